@@ -70,6 +70,10 @@ IMAGES = "images"                      # float32 [Ni, S, S, 3] normalized pixels
 IMAGE_MASK = "image_mask"              # int32 [Ni] 1 = image present
 IMAGE_TEXT_OFFSET = "image_text_offset"  # int32 [Ni]
 IMAGE_SLOT_RANK = "image_slot_rank"    # int32 [Ni]
+# How each input image was transformed: (orig_h, orig_w, scale_y, scale_x, offset_y,
+# offset_x), so processed = orig * scale + offset. Boxes are co-transformed with it,
+# and predicted boxes are mapped back to original pixels with it.
+IMAGE_GEOMETRY = "image_geometry"      # float32 [Ni, 6]
 
 AUDIO = "audio"                        # float32 [Ta, 80] log-mel fbank
 AUDIO_MASK = "audio_mask"              # int32 [Ta] 1 = real frame
@@ -116,7 +120,7 @@ DECODER_POSITIONS = "decoder_positions"
 
 DENSE_STREAMS: Mapping[str, tuple[str, ...]] = {
     # stream -> its companion features
-    IMAGES: (IMAGE_MASK, IMAGE_TEXT_OFFSET, IMAGE_SLOT_RANK),
+    IMAGES: (IMAGE_MASK, IMAGE_TEXT_OFFSET, IMAGE_SLOT_RANK, IMAGE_GEOMETRY),
     AUDIO: (AUDIO_MASK, AUDIO_TEXT_OFFSET, AUDIO_SLOT_RANK),
     VIDEO: (VIDEO_MASK, VIDEO_TEXT_OFFSET, VIDEO_SLOT_RANK),
     MOTION: (MOTION_MASK, MOTION_TEXT_OFFSET, MOTION_SLOT_RANK),
