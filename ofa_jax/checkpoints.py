@@ -1,0 +1,222 @@
+"""Orbax checkpoints: periodic async saves, keep-last-N, exact resume, fine-tune loads.
+
+Why a thin wrapper over `ocp.CheckpointManager`: orbax already writes each step
+into a temporary directory and renames it when complete (so a kill mid-save never
+leaves a step that looks finished), saves asynchronously, and deletes old steps.
+What we add is the layout of one step and the checks:
+
+* ``state``: the `TrainState` (step, params, optimizer state), sharded arrays;
+* ``data``: the input position (JSON), so a resumed run sees the same examples;
+* ``meta``: what produced it (JSON: mixture, batch size, seed, ...).
+
+The state is saved as a plain nested dict (`flax.serialization.to_state_dict`), so
+the on-disk tree does not depend on Python classes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Mapping, Optional
+
+import flax.serialization
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+STATE, DATA, META = "state", "data", "meta"
+
+
+class CheckpointError(ValueError):
+  """A checkpoint is missing, or does not fit the model it is loaded into."""
+
+
+def _nonempty(tree: Any) -> Any:
+  """Orbax does not store empty containers (optax EmptyState); mark them."""
+  if isinstance(tree, dict):
+    if not tree:
+      return {"__empty__": np.zeros((), np.int8)}
+    return {k: _nonempty(v) for k, v in tree.items()}
+  return tree
+
+
+def _restore_empty(tree: Any) -> Any:
+  if isinstance(tree, dict):
+    if set(tree) == {"__empty__"}:
+      return {}
+    return {k: _restore_empty(v) for k, v in tree.items()}
+  return tree
+
+
+def _abstract_leaf(x: Any) -> Any:
+  if isinstance(x, jax.ShapeDtypeStruct):
+    return x
+  sharding = getattr(x, "sharding", None)
+  return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)
+
+
+class CheckpointManager:
+  """Saves and restores (state, data position, meta) under `directory`.
+
+  All processes must call `save`/`restore` (orbax coordinates multi-host writes;
+  each host writes its own shards).
+  """
+
+  def __init__(self, directory: str, *, save_period: int = 1000,
+               keep: Optional[int] = 3, async_save: bool = True):
+    self.directory = os.path.abspath(directory)
+    self.save_period = max(int(save_period), 1)
+    # The period is decided here (orbax would also save the very first step).
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=1, max_to_keep=keep,
+        enable_async_checkpointing=async_save, create=True,
+        cleanup_tmp_directories=True)
+    self._mgr = ocp.CheckpointManager(self.directory, options=options,
+                                      item_names=(STATE, DATA, META))
+
+  def latest_step(self) -> Optional[int]:
+    return self._mgr.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._mgr.all_steps())
+
+  def save(self, step: int, state: Any, data_position: Mapping[str, Any],
+           meta: Mapping[str, Any], *, force: bool = False) -> bool:
+    """Starts a save when `step` is on the period (or `force`); returns whether."""
+    if not force and step % self.save_period:
+      return False
+    if step in self._mgr.all_steps():
+      return False
+    args = ocp.args.Composite(**{
+        STATE: ocp.args.StandardSave(_nonempty(
+            flax.serialization.to_state_dict(state))),
+        DATA: ocp.args.JsonSave(dict(data_position)),
+        META: ocp.args.JsonSave(dict(meta)),
+    })
+    saved = self._mgr.save(int(step), args=args, force=True)
+    if saved:
+      logging.info("checkpoint: saving step %d to %s", step, self.directory)
+    return saved
+
+  def restore(self, abstract_state: Any, step: Optional[int] = None
+              ) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """(state, data position, meta) of `step` (default: the latest).
+
+    `abstract_state` is the state's structure with `jax.ShapeDtypeStruct` leaves
+    carrying the target shardings (or real arrays, whose shardings are used).
+    """
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise CheckpointError(f"no checkpoint in {self.directory}")
+    target = jax.tree.map(_abstract_leaf, abstract_state)
+    target_dict = _nonempty(flax.serialization.to_state_dict(target))
+    _check_shapes(self._state_metadata(step), target_dict,
+                  f"{self.directory}/{step}/{STATE}")
+    restored = self._mgr.restore(step, args=ocp.args.Composite(**{
+        STATE: ocp.args.StandardRestore(target_dict),
+        DATA: ocp.args.JsonRestore(),
+        META: ocp.args.JsonRestore(),
+    }))
+    state = flax.serialization.from_state_dict(
+        target, _restore_empty(restored[STATE]))
+    return state, dict(restored[DATA] or {}), dict(restored[META] or {})
+
+  def _state_metadata(self, step: int) -> Any:
+    meta = self._mgr.item_metadata(step)
+    tree = meta[STATE] if meta is not None else None
+    return getattr(tree, "tree", tree)
+
+  def wait(self) -> None:
+    """Blocks until pending asynchronous saves are on disk."""
+    self._mgr.wait_until_finished()
+
+  def close(self) -> None:
+    self._mgr.wait_until_finished()
+    self._mgr.close()
+
+
+def _flat_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  out = {}
+  for path, leaf in flat:
+    shape = getattr(leaf, "shape", None)
+    out[jax.tree_util.keystr(path)] = None if shape is None else tuple(shape)
+  return out
+
+
+def _check_shapes(saved: Any, target: Any, where: str) -> None:
+  """Raises naming every differing path and shape (missing, extra, mismatched)."""
+  if saved is None:
+    return
+  have, want = _flat_shapes(saved), _flat_shapes(target)
+  problems = []
+  for k in sorted(set(want) - set(have)):
+    problems.append(f"  missing in checkpoint: {k} (model wants {want[k]})")
+  for k in sorted(set(have) - set(want)):
+    problems.append(f"  not in model: {k} (checkpoint has {have[k]})")
+  for k in sorted(set(have) & set(want)):
+    if have[k] is not None and want[k] is not None and have[k] != want[k]:
+      problems.append(f"  shape mismatch: {k}: checkpoint {have[k]} vs model "
+                      f"{want[k]}")
+  if problems:
+    shown = problems[:30] + ([f"  ... and {len(problems) - 30} more"]
+                             if len(problems) > 30 else [])
+    raise CheckpointError(f"checkpoint {where} does not fit the model:\n"
+                          + "\n".join(shown))
+
+
+def _resolve_params_checkpoint(path: str) -> tuple[str, Optional[str]]:
+  """(orbax directory, key of the params inside it) for a fine-tuning source.
+
+  Accepts: a training `MODEL_DIR` (latest step), one step directory of it, or the
+  output of `tools/convert_ofa_checkpoint.py` (a `checkpoint/` sub-folder with
+  `{"params": ...}`).
+  """
+  path = os.path.abspath(path)
+  if not os.path.isdir(path):
+    raise CheckpointError(f"initial checkpoint {path} does not exist")
+  if os.path.isdir(os.path.join(path, "checkpoint")):
+    return os.path.join(path, "checkpoint"), "params"
+  if os.path.isdir(os.path.join(path, STATE)):
+    return os.path.join(path, STATE), "params"
+  steps = [int(d) for d in os.listdir(path) if d.isdigit()]
+  if steps:
+    return os.path.join(path, str(max(steps)), STATE), "params"
+  return path, None
+
+
+def load_params(path: str, abstract_params: Any) -> Any:
+  """Parameters for fine-tuning from `path`, placed with the target shardings.
+
+  `abstract_params` gives the wanted structure, shapes, dtypes and shardings. Any
+  missing, extra or differently shaped parameter raises `CheckpointError` naming
+  the path and the shapes, before anything is loaded.
+  """
+  directory, key = _resolve_params_checkpoint(path)
+  target = jax.tree.map(_abstract_leaf, abstract_params)
+  target_dict = flax.serialization.to_state_dict(target)
+  ckptr = ocp.PyTreeCheckpointer()
+  try:
+    try:
+      meta = ckptr.metadata(directory)
+    except (FileNotFoundError, ValueError) as e:
+      raise CheckpointError(f"no orbax checkpoint at {directory}: {e}") from e
+    tree = getattr(meta, "item_metadata", meta)
+    tree = getattr(tree, "tree", tree)
+    if key is not None:
+      if key not in tree:
+        raise CheckpointError(f"checkpoint {directory} has no {key!r} entry "
+                              f"(it has {sorted(tree)})")
+      tree = tree[key]
+    _check_shapes(tree, target_dict, directory)
+    wanted = target_dict if key is None else {key: target_dict}
+    # Only the params are read (the optimizer moments of a training checkpoint
+    # are left on disk).
+    restored = ckptr.restore(directory, args=ocp.args.PyTreeRestore(
+        item=wanted,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(wanted),
+        partial_restore=True))
+  finally:
+    ckptr.close()
+  restored = restored if key is None else restored[key]
+  return flax.serialization.from_state_dict(target, restored)

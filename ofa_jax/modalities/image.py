@@ -1,0 +1,155 @@
+"""IMAGE: pixels for the ResNet adapter (input side) and for VQ tokenization (target).
+
+Input side, as OFA does it: decode, resize to image_size x image_size without
+keeping the aspect ratio (bicubic, antialiased like PIL), normalize with mean 0.5 /
+std 0.5. `preprocess=imagenet` uses ImageNet's mean/std and a resize of the shorter
+side to image_size / crop_pct followed by a centre crop (a random crop position in
+training, drawn from the slot seed, the only augmentation: it is cheap,
+deterministic and exactly representable in the geometry). `mask_ratio=p` zeroes the
+central square covering p of the area (OFA's image-infilling input).
+
+The geometry (orig_h, orig_w, scale_y, scale_x, offset_y, offset_x) records the
+transform, processed = orig * scale + offset, so BOX slots can be co-transformed and
+predicted boxes mapped back to original pixels.
+
+An undecodable value (corrupt or truncated bytes, an empty string, a missing file)
+is never an error and never zeros: `valid=False`, and the plan drops and counts the
+example. Options (slot attribute, else task option, else default):
+
+  image_size / option image_size                       input side, default 480
+  preprocess=image|imagenet                            input variant, default image
+  crop_pct / option image_crop_pct                     imagenet variant, default 0.875
+  mask_ratio                                           0 <= p < 1, default 0
+  augment / option image_augment                       random crop in training, True
+  option image_source = auto|bytes|path                how to read strings, auto
+  target_image_size / option target_image_size         target side, default 256
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+import tensorflow as tf
+
+from ofa_jax import features
+from ofa_jax.modalities import image_ops
+from ofa_jax.modalities.base import DenseSlotOutput, SlotContext
+
+DEFAULT_IMAGE_SIZE = 480
+DEFAULT_TARGET_IMAGE_SIZE = 256
+DEFAULT_CROP_PCT = 0.875
+_INPUT_VARIANTS = ("image", "imagenet")
+_TARGET_VARIANTS = ("image", "image_vqgan")
+_SOURCES = ("auto", "bytes", "path")
+
+
+def image_source(ctx: SlotContext) -> str:
+  source = image_ops.slot_option(ctx, "source", ("image_source",), "auto", str)
+  if source not in _SOURCES:
+    raise ValueError(f"{ctx.where()}: image_source must be one of {_SOURCES}, "
+                     f"got {source!r}")
+  return source
+
+
+def input_image_size(ctx: SlotContext, keys: tuple[str, ...] = ("image_size",)
+                     ) -> int:
+  size = image_ops.slot_option(ctx, "image_size", keys, DEFAULT_IMAGE_SIZE, int)
+  return int(image_ops.positive(ctx, "image_size", size))
+
+
+class ImageProcessor:
+  """The IMAGE modality (see the module docstring for the options)."""
+
+  modality = features.Modality.IMAGE
+
+  def _input_settings(self, ctx: SlotContext) -> dict[str, Any]:
+    variant = image_ops.slot_option(ctx, "preprocess", (), "image", str)
+    if variant not in _INPUT_VARIANTS:
+      raise ValueError(f"{ctx.where()}: IMAGE input preprocess must be one of "
+                       f"{_INPUT_VARIANTS}, got {variant!r}")
+    mask_ratio = image_ops.slot_option(ctx, "mask_ratio", (), 0.0, float)
+    if not 0.0 <= mask_ratio < 1.0:
+      raise ValueError(f"{ctx.where()}: mask_ratio must be in [0, 1), got "
+                       f"{mask_ratio!r}")
+    crop_pct = None
+    if variant == "imagenet":
+      crop_pct = image_ops.slot_option(ctx, "crop_pct", ("image_crop_pct",),
+                                       DEFAULT_CROP_PCT, float)
+      if not 0.0 < crop_pct <= 1.0:
+        raise ValueError(f"{ctx.where()}: crop_pct must be in (0, 1], got "
+                         f"{crop_pct!r}")
+    augment = image_ops.slot_option(ctx, "augment", ("image_augment",), True, bool)
+    return dict(
+        size=input_image_size(ctx), variant=variant, mask_ratio=mask_ratio,
+        crop_pct=crop_pct, source=image_source(ctx),
+        crop_seed=(image_ops.sub_seed(ctx.seed, 1)
+                   if ctx.is_training and augment and crop_pct is not None else None))
+
+  def preprocess_input(self, value: tf.Tensor, ctx: SlotContext) -> DenseSlotOutput:
+    """Encoded bytes / path / uint8 [H,W,3] -> float32 [S,S,3] + geometry [6]."""
+    cfg = self._input_settings(ctx)
+    size = cfg["size"]
+    if cfg["variant"] == "imagenet":
+      mean, std = image_ops.IMAGENET_MEAN, image_ops.IMAGENET_STD
+    else:
+      mean, std = image_ops.OFA_MEAN, image_ops.OFA_STD
+
+    def process(v):
+      image = image_ops.decode_image_uint8(v, cfg["source"])
+      pixels, geometry = image_ops.resize_geometry(
+          image, size, crop_pct=cfg["crop_pct"], crop_seed=cfg["crop_seed"],
+          method="bicubic")
+      return image_ops.normalize(pixels, mean, std), geometry
+
+    value = _as_tensor(value, ctx)
+    fallback = (tf.zeros([size, size, 3], tf.float32), tf.zeros([6], tf.float32))
+    (pixels, geometry), valid = image_ops.guarded(process, value, fallback)
+    if cfg["mask_ratio"] > 0:
+      pixels = image_ops.mask_centre(pixels, cfg["mask_ratio"])
+    return DenseSlotOutput(values=pixels, mask=tf.reshape(tf.cast(valid, tf.int32), [1]),
+                           valid=valid, geometry=geometry)
+
+  def preprocess_target(self, value: tf.Tensor, ctx: SlotContext) -> DenseSlotOutput:
+    """Pixels for VQ tokenization: float32 [St,St,3] in [-1, 1], mask int32 [1]."""
+    variant = image_ops.slot_option(ctx, "preprocess", (), "image_vqgan", str)
+    if variant not in _TARGET_VARIANTS:
+      raise ValueError(f"{ctx.where()}: IMAGE target preprocess must be one of "
+                       f"{_TARGET_VARIANTS}, got {variant!r}")
+    size = image_ops.slot_option(ctx, "target_image_size", ("target_image_size",),
+                                 DEFAULT_TARGET_IMAGE_SIZE, int)
+    size = int(image_ops.positive(ctx, "target_image_size", size))
+    source = image_source(ctx)
+
+    def process(v):
+      image = image_ops.decode_image_uint8(v, source)
+      pixels, geometry = image_ops.resize_geometry(
+          image, size, crop_pct=None, crop_seed=None, method="lanczos3")
+      return pixels / 127.5 - 1.0, geometry
+
+    value = _as_tensor(value, ctx)
+    fallback = (tf.zeros([size, size, 3], tf.float32), tf.zeros([6], tf.float32))
+    (pixels, geometry), valid = image_ops.guarded(process, value, fallback)
+    return DenseSlotOutput(values=pixels, mask=tf.reshape(tf.cast(valid, tf.int32), [1]),
+                           valid=valid, geometry=geometry)
+
+  def postprocess(self, tokens: Any, ctx: Mapping[str, Any]) -> np.ndarray:
+    """Pixels in [-1, 1] (e.g. a VQ decoder's output) -> uint8 [H, W, 3]."""
+    del ctx
+    pixels = np.asarray(tokens, dtype=np.float32)
+    if pixels.ndim != 3 or pixels.shape[-1] != 3:
+      raise ValueError(f"IMAGE postprocess expects pixels [H, W, 3] in [-1, 1], got "
+                       f"shape {pixels.shape}")
+    return np.clip(np.round((pixels + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def _as_tensor(value: Any, ctx: SlotContext) -> tf.Tensor:
+  try:
+    value = tf.convert_to_tensor(value)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"{ctx.where()}: an IMAGE value must be bytes, a path or a "
+                     f"uint8 [H, W, 3] array: {e}") from None
+  if value.dtype not in (tf.string, tf.uint8):
+    raise ValueError(f"{ctx.where()}: an IMAGE value must be a string (encoded "
+                     f"bytes or a path) or uint8 [H, W, 3], got {value.dtype.name}")
+  return value

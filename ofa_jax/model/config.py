@@ -1,0 +1,163 @@
+"""OFAConfig and the size presets (tiny ... huge, plus a CPU-sized `demo`).
+
+Why a frozen dataclass of plain values: the config is hashed into jit caches and
+flax module attributes, is written to `config.gin` by the trainer, and must be
+selectable from gin as `get_config("base", dtype="bfloat16")` without touching
+source. Sizes follow OFA-Sys/OFA `models/ofa/ofa.py` (see
+shared/docs/ofa_architecture.md §1); defaults are the flags every released OFA
+checkpoint was trained with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from typing import Any
+
+import jax.numpy as jnp
+
+_DTYPES = ("float32", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class OFAConfig:
+  """Hyper-parameters of the OFA encoder-decoder.
+
+  Attributes (non-obvious ones):
+    resnet_layers: blocks in ResNet stages 1-3 (stage 4 is never built).
+    resnet_width: channels of the stem; stage widths are width·(1, 2, 4) and the
+      output has 16·width channels (1024 for OFA's 64). The demo shrinks it.
+    num_type_embeddings: rows of the encoder type embedding (0 = text,
+      1 = image patches; later adapters may use further rows).
+    code_image_size: pixel size of target images whose VQ codes the decoder
+      emits; the code grid is code_image_size // 8 on a side.
+    dtype: compute dtype. Params stay float32; softmax, LayerNorm and logits are
+      float32 whatever this is.
+    remat: rematerialize each transformer layer in the backward pass.
+    use_dot_product_attention: route attention through
+      `jax.nn.dot_product_attention` (with OFA's additive bias) where no
+      attention-probability dropout is needed.
+    encoder_adapters: stream names (keys of `ofa_jax.model.adapters`) whose
+      dense inputs the encoder embeds, in addition to text tokens.
+  """
+
+  vocab_size: int = 59457
+  d_model: int = 256
+  encoder_layers: int = 4
+  decoder_layers: int = 4
+  attention_heads: int = 4
+  ffn_dim: int = 1024
+  resnet_layers: tuple[int, int, int] = (3, 4, 6)
+  resnet_width: int = 64
+  max_source_positions: int = 1024
+  max_target_positions: int = 1024
+  token_bucket_size: int = 256
+  image_bucket_size: int = 42
+  attn_scale_factor: float = 2.0
+  dropout: float = 0.1
+  attention_dropout: float = 0.0
+  activation_dropout: float = 0.0
+  encoder_drop_path_rate: float = 0.0
+  decoder_drop_path_rate: float = 0.0
+  resnet_drop_path_rate: float = 0.0
+  num_codes: int = 8192
+  num_bins: int = 1000
+  code_image_size: int = 128
+  num_type_embeddings: int = 2
+  layer_norm_eps: float = 1e-5
+  init_std: float = 0.02
+  pad_id: int = 1
+  dtype: str = "float32"
+  remat: bool = False
+  use_dot_product_attention: bool = False
+  encoder_adapters: tuple[str, ...] = ("images",)
+
+  def __post_init__(self):
+    problems = []
+    if self.dtype not in _DTYPES:
+      problems.append(f"dtype={self.dtype!r} (expected one of {_DTYPES})")
+    if self.d_model % self.attention_heads:
+      problems.append(f"d_model={self.d_model} is not divisible by "
+                      f"attention_heads={self.attention_heads}")
+    if len(tuple(self.resnet_layers)) != 3 or min(self.resnet_layers) < 1:
+      problems.append(f"resnet_layers={self.resnet_layers!r} (need 3 ints >= 1)")
+    if self.token_bucket_size % 2 or self.token_bucket_size < 4:
+      problems.append(f"token_bucket_size={self.token_bucket_size} (need an even "
+                      "number >= 4)")
+    if self.vocab_size <= self.pad_id:
+      problems.append(f"vocab_size={self.vocab_size} <= pad_id={self.pad_id}")
+    for name in ("dropout", "attention_dropout", "activation_dropout",
+                 "encoder_drop_path_rate", "decoder_drop_path_rate",
+                 "resnet_drop_path_rate"):
+      rate = getattr(self, name)
+      if not 0.0 <= rate < 1.0:
+        problems.append(f"{name}={rate} (need 0 <= rate < 1)")
+    if problems:
+      raise ValueError("Invalid OFAConfig: " + "; ".join(problems))
+    # Accept lists (gin, json) but keep the dataclass hashable.
+    object.__setattr__(self, "resnet_layers", tuple(self.resnet_layers))
+    object.__setattr__(self, "encoder_adapters", tuple(self.encoder_adapters))
+
+  @property
+  def head_dim(self) -> int:
+    return self.d_model // self.attention_heads
+
+  @property
+  def scaling(self) -> float:
+    """OFA's (head_dim · attn_scale_factor)^-0.5, for content and position logits."""
+    return float(self.head_dim * self.attn_scale_factor) ** -0.5
+
+  @property
+  def compute_dtype(self) -> Any:
+    return jnp.bfloat16 if self.dtype == "bfloat16" else jnp.float32
+
+  @property
+  def resnet_out_channels(self) -> int:
+    return 16 * self.resnet_width
+
+  @property
+  def code_grid_size(self) -> int:
+    return self.code_image_size // 8
+
+  def replace(self, **overrides) -> "OFAConfig":
+    return dataclasses.replace(self, **overrides)
+
+
+_PRESETS = types.MappingProxyType({
+    # name: (enc L, dec L, d, heads, ResNet stages 1-3); FFN = 4·d everywhere.
+    "tiny": dict(encoder_layers=4, decoder_layers=4, d_model=256,
+                 attention_heads=4, ffn_dim=1024, resnet_layers=(3, 4, 6)),
+    "medium": dict(encoder_layers=4, decoder_layers=4, d_model=512,
+                   attention_heads=8, ffn_dim=2048, resnet_layers=(3, 4, 23)),
+    "base": dict(encoder_layers=6, decoder_layers=6, d_model=768,
+                 attention_heads=12, ffn_dim=3072, resnet_layers=(3, 4, 23)),
+    "large": dict(encoder_layers=12, decoder_layers=12, d_model=1024,
+                  attention_heads=16, ffn_dim=4096, resnet_layers=(3, 8, 36)),
+    "huge": dict(encoder_layers=24, decoder_layers=12, d_model=1280,
+                 attention_heads=16, ffn_dim=5120, resnet_layers=(3, 8, 36)),
+    # Not an OFA size: small enough to train on 2 CPU cores in minutes at
+    # 64-96 px images (stride 16 gives 16-36 patches). Pair it with a small
+    # vocabulary through `vocab_size=`.
+    "demo": dict(encoder_layers=2, decoder_layers=2, d_model=128,
+                 attention_heads=4, ffn_dim=512, resnet_layers=(1, 1, 1),
+                 resnet_width=16, max_source_positions=256,
+                 max_target_positions=256, code_image_size=64),
+})
+
+PRESET_NAMES = tuple(_PRESETS)
+
+
+def get_config(name: str, **overrides) -> OFAConfig:
+  """The preset `name` (tiny, medium, base, large, huge, demo) with overrides.
+
+  Plain strings and numbers in, so gin can call it:
+  `get_config("tiny", vocab_size=4000, dtype="bfloat16")`.
+  """
+  if name not in _PRESETS:
+    raise ValueError(f"Unknown OFA preset {name!r}; known: {', '.join(_PRESETS)}")
+  fields = {f.name for f in dataclasses.fields(OFAConfig)}
+  unknown = sorted(set(overrides) - fields)
+  if unknown:
+    raise ValueError(f"Unknown OFAConfig field(s) {unknown} in overrides of "
+                     f"preset {name!r}")
+  return OFAConfig(**{**_PRESETS[name], **overrides})

@@ -1,0 +1,344 @@
+"""Graph-mode construction of one example's task features from one instruction.
+
+Why a separate module: `plan.py` decides *what* a task is (registration, decoding,
+postprocessing); this module does the per-example work inside tf.data: it walks the
+slots of one `|||` alternative in instruction order, hands each value to its
+modality processor, merges adjacent token slots into runs (`<s> ... </s>` on the
+encoder side, as OFASys's group_map), lays the dense slots out with their text
+offsets and slot ranks, and emits the one shared feature layout of
+`ofa_jax/features.py`. Everything here is traced once per alternative; nothing is
+evaluated in Python per example.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Optional
+
+import tensorflow as tf
+
+from ofa_jax import features as F
+from ofa_jax.instructions import (ContrastiveChoice, Instruction,
+                                  InterleavedGroup, PlainText, Slot)
+from ofa_jax.modalities.base import DenseSlotOutput, SlotContext
+
+M = F.Modality
+DENSE_INPUT_STREAMS = {M.IMAGE: F.IMAGES, M.AUDIO: F.AUDIO, M.VIDEO: F.VIDEO,
+                       M.MOTION: F.MOTION}
+DENSE_TARGET_STREAMS = {M.IMAGE: F.TARGET_IMAGE, M.AUDIO: F.TARGET_AUDIO,
+                        M.MOTION: F.TARGET_MOTION}
+VALID_KEY = "_valid_{}"        # bool [] per dense modality (False: drop example)
+CLIPPED_KEY = "_num_clipped"   # int32 []: values repaired by token modalities
+TRUNCATED_KEY = "_truncated_{}"  # bool [] per token stream (inputs / targets)
+TEXT = int(F.TokenKind.TEXT)
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildConfig:
+  """What the builder needs besides the example; fixed at registration."""
+
+  task: str
+  vocab: Any
+  options: Mapping[str, Any]
+  processors: Mapping[F.Modality, Any]
+  dense_dims: Mapping[str, tuple[int, ...]]  # trailing dims of absent streams
+  decoder_plain_with_loss: bool = False
+  sample_weight_field: Optional[str] = None
+
+
+def _ids(x) -> tf.Tensor:
+  return tf.reshape(tf.cast(x, tf.int32), [-1])
+
+
+def _const_tokens(vocab, text: str) -> tf.Tensor:
+  """Plain text of the instruction -> ids (computed once, at trace time)."""
+  ids = list(vocab.encode(text))
+  return tf.constant(ids, tf.int32, shape=[len(ids)])
+
+
+def _slot_seed(seed: tf.Tensor, salt: int) -> tf.Tensor:
+  return tf.random.experimental.stateless_fold_in(seed, salt)
+
+
+class _Walker:
+  """Accumulates one alternative's outputs while walking its elements."""
+
+  def __init__(self, cfg: BuildConfig, ex: Mapping[str, tf.Tensor],
+               seed: tf.Tensor, is_training: bool, alt_index: int):
+    self.cfg, self.ex, self.seed = cfg, ex, seed
+    self.is_training, self.alt_index = is_training, alt_index
+    self.num_clipped = tf.constant(0, tf.int32)
+    self.geometry: Optional[tf.Tensor] = None
+    self.valid = {m: tf.constant(True) for m in DENSE_INPUT_STREAMS}
+
+  def ctx(self, slot: Slot, salt: int) -> SlotContext:
+    return SlotContext(
+        task=self.cfg.task, slot_name=slot.name, attrs=dict(slot.attrs),
+        vocab=self.cfg.vocab, options=self.cfg.options,
+        is_training=self.is_training,
+        seed=_slot_seed(self.seed, 1000 * self.alt_index + salt),
+        image_geometry=self.geometry)
+
+  def value(self, slot: Slot) -> tf.Tensor:
+    if slot.name is None or slot.name not in self.ex:
+      raise ValueError(f"task {self.cfg.task!r}, slot {slot.to_string()}: the "
+                       f"example has no field {slot.name!r}")
+    return self.ex[slot.name]
+
+  # ---- token elements ------------------------------------------------------
+  def token_slot(self, slot: Slot, value: tf.Tensor, salt: int, target: bool
+                 ) -> tuple[tf.Tensor, tf.Tensor]:
+    proc = self.cfg.processors[slot.modality]
+    ctx = self.ctx(slot, salt)
+    out = (proc.preprocess_target(value, ctx) if target
+           else proc.preprocess_input(value, ctx))
+    self.num_clipped += tf.cast(out.num_clipped, tf.int32)
+    return _ids(out.tokens), _ids(out.kinds)
+
+  def group(self, group: InterleavedGroup, salts: Mapping[Slot, int], target: bool
+            ) -> tuple[tf.Tensor, tf.Tensor]:
+    """Repeats the group's slots over its list-valued fields, item by item."""
+    values = [self.value(s) for s in group.slots]
+    n = tf.shape(values[0])[0]
+    for s, v in zip(group.slots[1:], values[1:]):
+      tf.debugging.assert_equal(
+          tf.shape(v)[0], n, message=f"task {self.cfg.task!r}: interleaved group "
+          f"{group.to_string()}: field {s.name!r} has a different length than "
+          f"{group.slots[0].name!r}")
+    tokens = tf.TensorArray(tf.int32, size=0, dynamic_size=True,
+                            infer_shape=False, element_shape=[None])
+    kinds = tf.TensorArray(tf.int32, size=0, dynamic_size=True,
+                           infer_shape=False, element_shape=[None])
+
+    def body(i, tokens, kinds, clipped):
+      before = self.num_clipped
+      self.num_clipped = clipped
+      parts_t, parts_k = [], []
+      for s, v in zip(group.slots, values):
+        t, k = self.token_slot(s, v[i], salts[s] * 7919 + 1, target)
+        parts_t.append(t)
+        parts_k.append(k)
+      clipped_out = self.num_clipped
+      self.num_clipped = before
+      return (i + 1, tokens.write(i, tf.concat(parts_t, 0)),
+              kinds.write(i, tf.concat(parts_k, 0)), clipped_out)
+
+    _, tokens, kinds, clipped = tf.while_loop(
+        lambda i, *_: i < n, body,
+        (tf.constant(0), tokens, kinds, self.num_clipped))
+    self.num_clipped = clipped
+    empty = tf.zeros([0], tf.int32)
+    return (tf.cond(n > 0, tokens.concat, lambda: empty),
+            tf.cond(n > 0, kinds.concat, lambda: empty))
+
+  def choice(self, choice: ContrastiveChoice, salts: Mapping[Slot, int],
+             target: bool) -> tuple[tf.Tensor, tf.Tensor]:
+    """One of the choice's token slots, drawn from the example seed."""
+    pick = tf.random.stateless_uniform(
+        [], _slot_seed(self.seed, 500_000 + choice.position), 0, len(choice.slots),
+        tf.int32)
+    clipped = []
+
+    def branch(s):
+      def fn():
+        before = self.num_clipped
+        self.num_clipped = tf.constant(0, tf.int32)
+        t, k = self.token_slot(s, self.value(s), salts[s], target)
+        clipped.append(self.num_clipped)
+        self.num_clipped = before
+        return t, k, clipped[-1]
+      return fn
+
+    t, k, c = tf.switch_case(pick, [branch(s) for s in choice.slots])
+    self.num_clipped += c
+    return t, k
+
+  def element_tokens(self, element, salts, target: bool
+                     ) -> Optional[tuple[tf.Tensor, tf.Tensor]]:
+    if isinstance(element, PlainText):
+      text = element.text.strip()
+      if not text:
+        return None
+      ids = _const_tokens(self.cfg.vocab, text)
+      return ids, tf.fill(tf.shape(ids), TEXT)
+    if isinstance(element, InterleavedGroup):
+      return self.group(element, salts, target)
+    if isinstance(element, ContrastiveChoice):
+      return self.choice(element, salts, target)
+    return self.token_slot(element, self.value(element), salts[element], target)
+
+
+def _is_token_element(element) -> bool:
+  if isinstance(element, PlainText):
+    return True
+  if isinstance(element, (InterleavedGroup, ContrastiveChoice)):
+    return all(s.is_token_based for s in element.slots)
+  return element.is_token_based
+
+
+def _disables_boseos(element) -> bool:
+  slots = (element.slots if isinstance(element, (InterleavedGroup,
+                                                 ContrastiveChoice))
+           else () if isinstance(element, PlainText) else (element,))
+  return any(s.has("disable_auto_boseos") for s in slots)
+
+
+def empty_features(cfg: BuildConfig) -> dict[str, tf.Tensor]:
+  """Every dense stream absent: zero-length (or mask 0), right rank and dims."""
+  out = {}
+  for name, dims in cfg.dense_dims.items():
+    out[name] = tf.zeros([0, *dims], tf.float32)
+  out[F.IMAGE_MASK] = tf.zeros([0], tf.int32)
+  out[F.IMAGE_TEXT_OFFSET] = tf.zeros([0], tf.int32)
+  out[F.IMAGE_SLOT_RANK] = tf.zeros([0], tf.int32)
+  out[F.IMAGE_GEOMETRY] = tf.zeros([0, 6], tf.float32)
+  for prefix in ("audio", "video", "motion"):
+    out[f"{prefix}_mask"] = tf.zeros([0], tf.int32)
+    out[f"{prefix}_text_offset"] = tf.zeros([1], tf.int32)
+    out[f"{prefix}_slot_rank"] = tf.zeros([1], tf.int32)
+  out[F.TARGET_IMAGE_MASK] = tf.zeros([1], tf.int32)
+  out[F.TARGET_AUDIO_MASK] = tf.zeros([0], tf.int32)
+  out[F.TARGET_MOTION_MASK] = tf.zeros([0], tf.int32)
+  return out
+
+
+def build_alternative(cfg: BuildConfig, alt: Instruction, alt_index: int,
+                      ex: Mapping[str, tf.Tensor], seed: tf.Tensor,
+                      is_training: bool) -> dict[str, tf.Tensor]:
+  """The task features of `ex` under one alternative (graph mode)."""
+  w = _Walker(cfg, ex, seed, is_training, alt_index)
+  salts = {s: i for i, s in enumerate(alt.slots())}
+  out = empty_features(cfg)
+
+  # 1. Dense source slots first: boxes anywhere co-transform with the first image.
+  dense: dict[int, DenseSlotOutput] = {}
+  for i, element in enumerate(alt.source):
+    if isinstance(element, Slot) and not element.is_token_based:
+      proc = cfg.processors[element.modality]
+      res = proc.preprocess_input(w.value(element), w.ctx(element, salts[element]))
+      dense[i] = res
+      w.valid[element.modality] = tf.logical_and(w.valid[element.modality],
+                                                 tf.cast(res.valid, tf.bool))
+      if element.modality == M.IMAGE and w.geometry is None:
+        w.geometry = res.geometry
+
+  # 2. Encoder layout in instruction order: token runs and dense slots.
+  pieces: list[tf.Tensor] = []
+  run: list[tf.Tensor] = []
+  run_boseos = True
+  n_tokens = tf.constant(0, tf.int32)
+  images: list[tuple[DenseSlotOutput, tf.Tensor, int]] = []
+  rank = 0
+
+  def close_run():
+    nonlocal run, run_boseos, n_tokens
+    if run:
+      body = tf.concat(run, 0)
+      if run_boseos:
+        body = tf.concat([[cfg.vocab.bos_id], body, [cfg.vocab.eos_id]], 0)
+      pieces.append(body)
+      n_tokens += tf.shape(body)[0]
+    run, run_boseos = [], True
+
+  for i, element in enumerate(alt.source):
+    if _is_token_element(element):
+      res = w.element_tokens(element, salts, target=False)
+      if res is not None:
+        run.append(res[0])
+        run_boseos = run_boseos and not _disables_boseos(element)
+      continue
+    close_run()
+    res, modality = dense[i], element.modality
+    if modality == M.IMAGE:
+      images.append((res, n_tokens, rank))
+    else:
+      prefix = DENSE_INPUT_STREAMS[modality]
+      out[prefix] = tf.cast(res.values, tf.float32)
+      out[f"{prefix}_mask"] = _ids(res.mask)
+      out[f"{prefix}_text_offset"] = tf.reshape(n_tokens, [1])
+      out[f"{prefix}_slot_rank"] = tf.constant([rank], tf.int32)
+    rank += 1
+  close_run()
+  out[F.INPUTS] = tf.concat(pieces, 0) if pieces else tf.zeros([0], tf.int32)
+  if images:
+    out[F.IMAGES] = tf.stack([tf.cast(r.values, tf.float32) for r, _, _ in images])
+    out[F.IMAGE_MASK] = tf.concat([_ids(r.mask)[:1] for r, _, _ in images], 0)
+    out[F.IMAGE_TEXT_OFFSET] = tf.stack([o for _, o, _ in images])
+    out[F.IMAGE_SLOT_RANK] = tf.constant([k for _, _, k in images], tf.int32)
+    out[F.IMAGE_GEOMETRY] = tf.stack(
+        [tf.cast(r.geometry, tf.float32) for r, _, _ in images])
+
+  # 3. Decoder side: tokens, loss mask, kinds; a dense target fills its stream.
+  tokens, kinds, loss = [], [], []
+  add_eos = True
+  for element in alt.target:
+    if isinstance(element, Slot) and not element.is_token_based:
+      proc = cfg.processors[element.modality]
+      res = proc.preprocess_target(w.value(element), w.ctx(element, salts[element]))
+      name = DENSE_TARGET_STREAMS[element.modality]
+      out[name] = tf.cast(res.values, tf.float32)
+      out[f"{name}_mask"] = _ids(res.mask)
+      w.valid[element.modality] = tf.logical_and(w.valid[element.modality],
+                                                 tf.cast(res.valid, tf.bool))
+      continue
+    res = w.element_tokens(element, salts, target=True)
+    if res is None:
+      continue
+    if isinstance(element, PlainText):
+      trained = cfg.decoder_plain_with_loss
+    elif isinstance(element, Slot):
+      trained = not element.has("no_loss")
+    else:
+      trained = not any(s.has("no_loss") for s in element.slots)
+    tokens.append(res[0])
+    kinds.append(res[1])
+    loss.append(tf.fill(tf.shape(res[0]), int(trained)))
+    add_eos = add_eos and not _disables_boseos(element)
+  if add_eos:
+    tokens.append(tf.constant([cfg.vocab.eos_id], tf.int32))
+    kinds.append(tf.constant([TEXT], tf.int32))
+    # A dense target trains its own head: the token stream then carries no loss.
+    dense_target = alt.target_modality is not None and not alt.is_token_target
+    loss.append(tf.constant([0 if dense_target else 1], tf.int32))
+  cat = lambda xs: tf.concat(xs, 0) if xs else tf.zeros([0], tf.int32)  # noqa: E731
+  out[F.TARGETS], out[F.TARGET_KINDS] = cat(tokens), cat(kinds)
+  out[F.TARGET_LOSS_MASK] = cat(loss)
+
+  if cfg.sample_weight_field:
+    out[F.SAMPLE_WEIGHT] = tf.reshape(
+        tf.cast(ex[cfg.sample_weight_field], tf.float32), [])
+  else:
+    out[F.SAMPLE_WEIGHT] = tf.constant(1.0, tf.float32)
+  out[F.TASK_ID] = tf.constant(F.task_id_of(cfg.task), tf.int32)
+  for m in DENSE_INPUT_STREAMS:
+    out[VALID_KEY.format(m.value.lower())] = w.valid[m]
+  out[CLIPPED_KEY] = w.num_clipped
+  return out
+
+
+def truncate(ex: dict[str, tf.Tensor], sequence_length: Optional[Mapping[str, int]],
+             eos_id: int) -> dict[str, tf.Tensor]:
+  """Token streams longer than their length keep their head and end with </s>.
+
+  Why here and not seqio's trimming: seqio would cut `targets` but not its loss
+  mask and kinds, and would drop the final </s>.
+  """
+  ex = dict(ex)
+  for key, companions in ((F.INPUTS, ()),
+                          (F.TARGETS, (F.TARGET_LOSS_MASK, F.TARGET_KINDS))):
+    length = (sequence_length or {}).get(key)
+    n = tf.shape(ex[key])[0]
+    if not length:
+      ex[TRUNCATED_KEY.format(key)] = tf.constant(False)
+      continue
+    too_long = n > length
+    ex[TRUNCATED_KEY.format(key)] = too_long
+    keep = tf.minimum(n, length - 1)
+    ex[key] = tf.cond(too_long,
+                      lambda k=key: tf.concat([ex[k][:keep], [eos_id]], 0),
+                      lambda k=key: ex[k])
+    for c, last in zip(companions, (1, TEXT)):
+      ex[c] = tf.cond(too_long,
+                      lambda c=c, last=last: tf.concat([ex[c][:keep], [last]], 0),
+                      lambda c=c: ex[c])
+  return ex

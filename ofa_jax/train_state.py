@@ -1,0 +1,135 @@
+"""The training state: step, parameters, optimizer state. Nothing else.
+
+Why a plain pytree and not flax's TrainState: the state is saved by orbax and
+sharded leaf by leaf, so it must contain arrays only (no apply function, no
+optimizer object). The optimizer is passed to `apply_gradients` instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Optional
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+  @classmethod
+  def create(cls, params: Any, tx: optax.GradientTransformation) -> "TrainState":
+    """Works on boxed (`nn.Partitioned`) params too: optax maps over the boxes, so
+    the optimizer moments inherit the parameters' logical axes."""
+    return cls(step=jnp.zeros((), jnp.int32), params=params,
+               opt_state=tx.init(params))
+
+  def apply_gradients(self, grads: Any, tx: optax.GradientTransformation
+                      ) -> "TrainState":
+    updates, opt_state = tx.update(grads, self.opt_state, self.params)
+    return self.replace(step=self.step + 1,
+                        params=optax.apply_updates(self.params, updates),
+                        opt_state=opt_state)
+
+
+def abstract_and_init(init_variables: Callable[[jax.Array], Any],
+                      tx: optax.GradientTransformation
+                      ) -> tuple[Any, Callable[[jax.Array], TrainState]]:
+  """(boxed abstract state, rng -> unboxed state) from a variables initializer.
+
+  `init_variables(rng)` returns flax variables whose `params` may be boxed with
+  logical axis names. The boxed abstract state is what `Partitioner` turns into
+  shardings; the returned init function builds the real, unboxed state (to be
+  jitted with those shardings as `out_shardings`).
+  """
+  def boxed_state(rng):
+    variables = init_variables(rng)
+    if "params" not in variables:
+      raise ValueError("init_variables must return flax variables with a 'params' "
+                       f"collection, got collections {sorted(variables)}")
+    return TrainState.create(variables["params"], tx)
+
+  abstract = jax.eval_shape(boxed_state, jax.random.key(0))
+
+  def init(rng):
+    return nn.meta.unbox(boxed_state(rng))
+
+  return abstract, init
+
+
+def make_train_step(model: Any, tx: optax.GradientTransformation, *,
+                    microbatches: int = 1,
+                    loss_kwargs: Optional[Mapping[str, Any]] = None,
+                    ) -> Callable[[TrainState, Any, jax.Array],
+                                  tuple[TrainState, dict[str, Any], dict[str, Any]]]:
+  """(state, batch, rng) -> (new state, scalar metrics, per-example aux).
+
+  `model.loss_fn(params, batch, dropout_rng, **loss_kwargs) -> (loss, aux)`; the
+  dropout rng depends only on (rng, step), so a resumed run draws the same masks.
+
+  Microbatching splits the batch into `microbatches` strided slices (example i
+  goes to microbatch i % k, so every slice stays spread over the `data` axis),
+  accumulates gradients in a `lax.scan` and averages them: the update equals the
+  full-batch one when the loss is a mean over equally sized microbatches.
+
+  Per-example aux entries (leading axis = batch) are returned for per-task
+  metrics; scalar aux entries are averaged into the metrics.
+  """
+  loss_kwargs = dict(loss_kwargs or {})
+  if microbatches < 1:
+    raise ValueError(f"microbatches must be >= 1, got {microbatches}")
+
+  def grad_fn(params, batch, rng):
+    (loss, aux), grads = jax.value_and_grad(
+        lambda p: model.loss_fn(p, batch, rng, **loss_kwargs), has_aux=True)(params)
+    return loss, aux, grads
+
+  def step(state: TrainState, batch: Any, rng: jax.Array):
+    rng = jax.random.fold_in(rng, state.step)
+    if microbatches == 1:
+      loss, aux, grads = grad_fn(state.params, batch, rng)
+    else:
+      def split(x):
+        b = x.shape[0]
+        if b % microbatches:
+          raise ValueError(f"batch size {b} is not divisible by microbatches="
+                           f"{microbatches}")
+        x = x.reshape((b // microbatches, microbatches) + x.shape[1:])
+        return jnp.swapaxes(x, 0, 1)
+
+      mbs = jax.tree.map(split, batch)
+
+      def body(acc, i):
+        mb = jax.tree.map(lambda x: x[i], mbs)
+        loss, aux, grads = grad_fn(state.params, mb, jax.random.fold_in(rng, i))
+        acc = jax.tree.map(jnp.add, acc, grads)
+        return acc, (loss, aux)
+
+      zeros = jax.tree.map(jnp.zeros_like, state.params)
+      grads, (losses, auxs) = jax.lax.scan(body, zeros, jnp.arange(microbatches))
+      grads = jax.tree.map(lambda g: g / microbatches, grads)
+      loss = jnp.mean(losses)
+
+      def unsplit(x):  # [k, B/k, ...] -> [B, ...] in the original order
+        if x.ndim < 2:
+          return jnp.mean(x)
+        return jnp.swapaxes(x, 0, 1).reshape((-1,) + x.shape[2:])
+
+      aux = jax.tree.map(unsplit, auxs)
+    batch_size = jax.tree.leaves(batch)[0].shape[0]
+    per_example = {k: v for k, v in aux.items()
+                   if getattr(v, "ndim", 0) >= 1 and v.shape[0] == batch_size}
+    metrics = {k: jnp.mean(v) for k, v in aux.items() if k not in per_example}
+    if isinstance(batch, Mapping) and "task_id" in batch:
+      per_example["task_id"] = batch["task_id"]
+    metrics["loss"] = loss
+    metrics["grad_norm"] = optax.global_norm(grads)
+    new_state = state.apply_gradients(grads, tx)
+    return new_state, metrics, per_example
+
+  return step

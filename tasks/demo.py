@@ -1,0 +1,172 @@
+"""The embedded demo: nine tasks over the generated world, one instruction each.
+
+Why these tasks: each mirrors a real OFASys task one to one (COCO caption, VQAv2
+with a closed answer set, RefCOCO grounding, grounded captioning, ImageNet
+classification, image-text matching, detection, sudoku, text infilling), so the
+whole path (instruction -> SeqIO -> model -> decoding -> postprocess -> metric)
+is exercised on a fresh machine without downloads.
+
+Registration is an explicit call, `register_demo_tasks(...)`; calling it again with
+the same arguments is a no-op, with other arguments it raises unless `replace=True`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping, Optional, Sequence
+
+import seqio
+
+from ofa_jax import plan as plan_lib
+from ofa_jax import plan_pipeline
+from ofa_jax.metrics import caption as caption_metrics
+from ofa_jax.metrics import classification as cls_metrics
+from ofa_jax.metrics import detection as det_metrics
+from ofa_jax.metrics import grounding as grounding_metrics
+from ofa_jax.metrics import sudoku as sudoku_metrics
+from ofa_jax.metrics import text as text_metrics
+from ofa_jax.metrics import vqa as vqa_metrics
+from tasks import demo_world as world
+
+MIXTURE = "demo_mixture"
+PREFIX = "demo_"
+
+# One line per task: (name, instruction, source kind, metric_fns, extra options).
+INSTRUCTIONS: tuple[tuple[str, str, str], ...] = (
+    ("caption", "[IMAGE:img] what does the image describe? -> [TEXT:cap]",
+     "caption"),
+    ("vqa", "[IMAGE:img] [TEXT:question] -> [TEXT:answer,closed_set]", "vqa"),
+    ("grounding", '[IMAGE:img] which region does the text " [TEXT:cap] " '
+     "describe? -> [BOX:region]", "grounding"),
+    ("grounded_caption", "[IMAGE:img] what does the region describe? region: "
+     "[BOX:region] -> [TEXT:cap]", "grounded_caption"),
+    ("classify", "[IMAGE:img] what shape is in the image? -> "
+     "[TEXT:label,closed_set]", "classify"),
+    ("matching", '[IMAGE:img] does the image describe " [TEXT:cap] "? -> '
+     "[TEXT:label,closed_set]", "matching"),
+    ("detection", "[IMAGE:img] what are the objects in the image? -> "
+     "( [BOX:boxes] [TEXT:labels] )*", "detection"),
+    ("sudoku", 'solve the sudoku puzzle " [TEXT:puzzle] " -> [TEXT:solution]',
+     "sudoku"),
+    ("infilling", 'what is the complete text of " [TEXT:sentence,mask_ratio=0.3] '
+     '"? -> [TEXT:sentence]', "infilling"),
+)
+
+METRICS = {
+    "caption": (caption_metrics.cider,),
+    "vqa": (vqa_metrics.vqa_score,),
+    "grounding": (grounding_metrics.iou_accuracy,),
+    "grounded_caption": (caption_metrics.cider,),
+    "classify": (cls_metrics.accuracy,),
+    "matching": (cls_metrics.accuracy,),
+    "detection": (det_metrics.detection_prf,),
+    "sudoku": (sudoku_metrics.solved_rate,),
+    "infilling": (text_metrics.exact_match,),
+}
+
+CLOSED_SETS = {
+    "vqa": world.vqa_answers(),
+    "classify": world.SHAPES,
+    "matching": ("yes", "no"),
+}
+
+# Task feature lengths that fit every demo task (longer streams are truncated and
+# counted by the plan).
+FEATURE_LENGTHS = {"inputs": 64, "targets": 40, "images": 1, "audio": 0,
+                   "video": 0, "motion": 0, "target_image": 0, "target_audio": 0,
+                   "target_motion": 0}
+
+DEFAULT_NUM_EXAMPLES = {"train": 5000, "validation": 200, "test": 200}
+
+_GRID_RE = re.compile(r"[0-9](?:\s*[:|]\s*[0-9]){15}")
+
+
+def task_names() -> tuple[str, ...]:
+  return tuple(PREFIX + name for name, _, _ in INSTRUCTIONS)
+
+
+def _sudoku_postprocess(plan):
+  """Targets carry the puzzle too, so any valid completion counts as solved."""
+  base = plan_pipeline.default_postprocess_fn(plan)
+
+  def postprocess(output: Any, example: Optional[Mapping[str, Any]] = None,
+                  is_target: bool = False) -> Any:
+    text = base(output, example=example, is_target=is_target)
+    if not is_target or example is None or "inputs" not in example:
+      return text
+    source = plan.vocab.decode(list(example["inputs"]))
+    match = _GRID_RE.search(source)
+    if match is None:
+      return text
+    return {"puzzle": re.sub(r"\s+", "", match.group(0)), "solution": text}
+
+  return postprocess
+
+
+def _options(name: str, image_size: int) -> dict[str, Any]:
+  options: dict[str, Any] = {"image_size": image_size}
+  if name in CLOSED_SETS:
+    options["closed_set"] = list(CLOSED_SETS[name])
+  if name == "detection":
+    options["max_len"] = FEATURE_LENGTHS["targets"]
+  return options
+
+
+def register_demo_tasks(image_size: int = 64, *, replace: bool = False,
+                        num_examples: Optional[Mapping[str, int]] = None,
+                        seed: int = 0, canvas: int = 64,
+                        rates: Optional[Mapping[str, float]] = None,
+                        vocabulary=None) -> tuple[str, ...]:
+  """Registers the nine demo tasks and `demo_mixture`; returns the task names.
+
+  Args:
+    image_size: side of the processed images (the model's input resolution).
+    replace: re-register over existing demo tasks with different arguments.
+    num_examples: examples per split (default `DEFAULT_NUM_EXAMPLES`).
+    seed: the world's seed.
+    canvas: side of the rendered images (before resizing to image_size).
+    rates: mixing rate per task short name (default 1.0 each).
+    vocabulary: an OFAVocabulary (default: the bundled one).
+  """
+  counts = dict(num_examples or DEFAULT_NUM_EXAMPLES)
+  signature = (image_size, tuple(sorted(counts.items())), seed, canvas,
+               tuple(sorted((rates or {}).items())))
+  names = task_names()
+  existing = [n for n in names if n in seqio.TaskRegistry.names()]
+  if existing and not replace:
+    same = all(getattr(seqio.TaskRegistry.get(n), "plan", None) is not None
+               and seqio.TaskRegistry.get(n).plan.options.get("demo_signature")
+               == signature for n in names if n in existing)
+    if same and len(existing) == len(names) and MIXTURE in seqio.MixtureRegistry.names():
+      return names
+    raise ValueError(
+        f"demo tasks {existing} are already registered with other arguments; "
+        "pass replace=True to replace them")
+  for name, instruction, kind in INSTRUCTIONS:
+    source = world.function_source(kind, counts, seed=seed, canvas=canvas)
+    plan_lib.register_task(
+        PREFIX + name, instruction, source, metric_fns=METRICS[name],
+        make_postprocess_fn=_sudoku_postprocess if name == "sudoku" else None,
+        replace=True, vocabulary=vocabulary, demo_signature=signature,
+        **_options(name, image_size))
+  rates = dict(rates or {})
+  plan_lib.register_mixture(
+      MIXTURE, [(PREFIX + name, rates.get(name, 1.0)) for name, _, _ in INSTRUCTIONS],
+      replace=True)
+  return names
+
+
+def chance_baselines(split: str = "validation", n: int = 200, seed: int = 0
+                     ) -> dict[str, dict[str, float]]:
+  """Each task's metric for a trivial predictor, to print next to the results."""
+  out: dict[str, dict[str, float]] = {}
+  out["classify"] = {"accuracy": cls_metrics.chance_baseline(len(world.SHAPES))}
+  out["matching"] = {"accuracy": cls_metrics.chance_baseline(2)}
+  vqa = world.records("vqa", n, seed=seed, split=split)
+  out["vqa"] = {"vqa_score": vqa_metrics.chance_baseline(
+      [str(a) for a in vqa["answer"]], world.vqa_answers())}
+  return out
+
+
+__all__: Sequence[str] = ("FEATURE_LENGTHS", "MIXTURE", "chance_baselines",
+                          "register_demo_tasks", "task_names")

@@ -1,0 +1,334 @@
+"""A deterministic, generated multi-modal world for the embedded demo (no downloads).
+
+Why generated: a fresh machine cannot download COCO or VQAv2, yet every task kind
+must be trainable and checkable in minutes on a CPU. Scenes of coloured shapes give
+each real task a faithful miniature (captions, closed-set VQA, referring
+expressions with boxes, detection, classification, matching), plus 4x4 sudoku and
+short texts for infilling. Everything is a pure function of (seed, split, index),
+so two runs, two hosts or two processes see the same examples.
+
+Images are PNG bytes (what a real source gives), rendered with PIL at `canvas` px.
+Boxes are pixel coordinates (x0, y0, x1, y1) in the rendered image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from typing import Mapping, Sequence
+
+import numpy as np
+import seqio
+import tensorflow as tf
+from PIL import Image, ImageDraw
+
+SHAPES = ("circle", "square", "triangle", "diamond")
+COLOURS = {
+    "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220),
+    "yellow": (235, 210, 40), "purple": (150, 60, 190), "orange": (245, 140, 30),
+}
+SIZES = ("small", "large")
+COUNT_WORDS = ("zero", "one", "two", "three")
+SPLITS = ("train", "validation", "test")
+# Distinct streams per split, so validation / test scenes are not train scenes.
+_SPLIT_SALT = {"train": 0, "validation": 1_000_003, "test": 2_000_029}
+BACKGROUND = (245, 245, 240)
+
+
+@dataclasses.dataclass(frozen=True)
+class Obj:
+  shape: str
+  colour: str
+  size: str
+  box: tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels
+
+  @property
+  def name(self) -> str:
+    return f"{self.colour} {self.shape}"
+
+  @property
+  def phrase(self) -> str:
+    return f"a {self.size} {self.colour} {self.shape}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Scene:
+  objects: tuple[Obj, ...]
+  canvas: int
+
+
+def _overlaps(a, b, margin=2.0) -> bool:
+  return not (a[2] + margin <= b[0] or b[2] + margin <= a[0]
+              or a[3] + margin <= b[1] or b[3] + margin <= a[1])
+
+
+def make_scene(rng: np.random.Generator, canvas: int, min_objects: int = 1,
+               max_objects: int = 3) -> Scene:
+  """1-3 non-overlapping objects; within a scene, (colour, shape) pairs are unique."""
+  n = int(rng.integers(min_objects, max_objects + 1))
+  objects: list[Obj] = []
+  used: set[tuple[str, str]] = set()
+  attempts = 0
+  while len(objects) < n and attempts < 200:
+    attempts += 1
+    shape = SHAPES[rng.integers(len(SHAPES))]
+    colour = list(COLOURS)[rng.integers(len(COLOURS))]
+    if (colour, shape) in used:
+      continue
+    size = SIZES[rng.integers(len(SIZES))]
+    side = canvas * (rng.uniform(0.18, 0.24) if size == "small"
+                     else rng.uniform(0.34, 0.42))
+    x0 = rng.uniform(1, canvas - side - 1)
+    y0 = rng.uniform(1, canvas - side - 1)
+    box = (float(x0), float(y0), float(x0 + side), float(y0 + side))
+    if any(_overlaps(box, o.box) for o in objects):
+      continue
+    used.add((colour, shape))
+    objects.append(Obj(shape, colour, size, box))
+  # Left-to-right order makes captions and detection targets canonical.
+  objects.sort(key=lambda o: (o.box[0], o.box[1]))
+  return Scene(tuple(objects), canvas)
+
+
+def render(scene: Scene) -> np.ndarray:
+  """uint8 [canvas, canvas, 3]."""
+  image = Image.new("RGB", (scene.canvas, scene.canvas), BACKGROUND)
+  draw = ImageDraw.Draw(image)
+  for o in scene.objects:
+    x0, y0, x1, y1 = o.box
+    fill = COLOURS[o.colour]
+    if o.shape == "circle":
+      draw.ellipse([x0, y0, x1, y1], fill=fill)
+    elif o.shape == "square":
+      draw.rectangle([x0, y0, x1, y1], fill=fill)
+    elif o.shape == "triangle":
+      draw.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], fill=fill)
+    else:  # diamond
+      cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+      draw.polygon([(cx, y0), (x1, cy), (cx, y1), (x0, cy)], fill=fill)
+  return np.asarray(image, dtype=np.uint8)
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+  buf = io.BytesIO()
+  Image.fromarray(pixels).save(buf, format="PNG")
+  return buf.getvalue()
+
+
+def caption_of(scene: Scene) -> str:
+  phrases = [o.phrase for o in scene.objects]
+  if len(phrases) == 1:
+    return phrases[0]
+  return ", ".join(phrases[:-1]) + " and " + phrases[-1]
+
+
+def vqa_answers() -> tuple[str, ...]:
+  """The closed answer set of the demo VQA task."""
+  return tuple(COLOURS) + SHAPES + COUNT_WORDS[1:] + ("yes", "no")
+
+
+def _vqa(scene: Scene, rng: np.random.Generator) -> tuple[str, str]:
+  """One unambiguous question about the scene and its answer."""
+  kind = int(rng.integers(4))
+  objs = scene.objects
+  if kind == 0:
+    return "how many objects are there?", COUNT_WORDS[len(objs)]
+  if kind == 1:  # colour of a shape that occurs once
+    shapes = [o.shape for o in objs]
+    unique = [o for o in objs if shapes.count(o.shape) == 1]
+    if unique:
+      o = unique[rng.integers(len(unique))]
+      return f"what color is the {o.shape}?", o.colour
+  if kind == 2:  # shape of a colour that occurs once
+    colours = [o.colour for o in objs]
+    unique = [o for o in objs if colours.count(o.colour) == 1]
+    if unique:
+      o = unique[rng.integers(len(unique))]
+      return f"what shape is the {o.colour} object?", o.shape
+  # Yes / no, balanced.
+  if rng.uniform() < 0.5:
+    o = objs[rng.integers(len(objs))]
+    return f"is there a {o.colour} {o.shape}?", "yes"
+  present = {(o.colour, o.shape) for o in objs}
+  while True:
+    colour = list(COLOURS)[rng.integers(len(COLOURS))]
+    shape = SHAPES[rng.integers(len(SHAPES))]
+    if (colour, shape) not in present:
+      return f"is there a {colour} {shape}?", "no"
+
+
+def _perturbed_caption(scene: Scene, rng: np.random.Generator) -> str:
+  """A caption that is false for the scene: one object's colour or shape changed."""
+  objs = list(scene.objects)
+  i = int(rng.integers(len(objs)))
+  o = objs[i]
+  present = {(p.colour, p.shape) for p in objs}
+  while True:
+    if rng.uniform() < 0.5:
+      colour, shape = list(COLOURS)[rng.integers(len(COLOURS))], o.shape
+    else:
+      colour, shape = o.colour, SHAPES[rng.integers(len(SHAPES))]
+    if (colour, shape) not in present:
+      break
+  objs[i] = dataclasses.replace(o, colour=colour, shape=shape)
+  return caption_of(Scene(tuple(objs), scene.canvas))
+
+
+def sudoku_4x4(rng: np.random.Generator, blanks: int) -> tuple[str, str]:
+  """(puzzle, solution) in OFASys's format: cells split by ':', rows by '|', 0 = blank."""
+  base = np.array([[0, 1, 2, 3], [2, 3, 0, 1], [1, 0, 3, 2], [3, 2, 1, 0]])
+  digits = rng.permutation(4) + 1
+  bands = rng.permutation(2)
+  rows = np.concatenate([rng.permutation(2) + 2 * b for b in bands])
+  stacks = rng.permutation(2)
+  cols = np.concatenate([rng.permutation(2) + 2 * s for s in stacks])
+  grid = digits[base[rows][:, cols]]
+  puzzle = grid.copy()
+  puzzle.reshape(-1)[rng.choice(16, size=blanks, replace=False)] = 0
+  fmt = lambda g: "|".join(":".join(str(v) for v in row) for row in g)  # noqa: E731
+  return fmt(puzzle), fmt(grid)
+
+
+def sudoku_is_solution(puzzle: str, answer: str) -> bool:
+  """True when `answer` is a valid 4x4 grid that keeps the puzzle's givens."""
+  try:
+    g = np.array([[int(c) for c in r.split(":")] for r in answer.strip().split("|")])
+    p = np.array([[int(c) for c in r.split(":")] for r in puzzle.strip().split("|")])
+  except ValueError:
+    return False
+  if g.shape != (4, 4) or p.shape != (4, 4):
+    return False
+  full = set(range(1, 5))
+  groups = list(g) + list(g.T) + [g[r:r + 2, c:c + 2].reshape(-1)
+                                  for r in (0, 2) for c in (0, 2)]
+  return (all(set(x.tolist()) == full for x in groups)
+          and bool(np.all((p == 0) | (p == g))))
+
+
+_SUBJECTS = ("the cat", "a small dog", "the old man", "my sister", "the teacher",
+             "a young girl", "the farmer", "our neighbour")
+_VERBS = ("paints", "finds", "carries", "draws", "likes", "sells", "hides", "cleans")
+_OBJECTS = tuple(f"the {c} {s}" for c in ("red", "blue", "green", "yellow")
+                 for s in ("box", "ball", "cup", "kite"))
+_PLACES = ("in the garden", "at the market", "near the river", "after school",
+           "before dinner", "on the table")
+
+
+def sentence(rng: np.random.Generator) -> str:
+  parts = (_SUBJECTS[rng.integers(len(_SUBJECTS))], _VERBS[rng.integers(len(_VERBS))],
+           _OBJECTS[rng.integers(len(_OBJECTS))], _PLACES[rng.integers(len(_PLACES))])
+  return " ".join(parts)
+
+
+# ---------------------------------------------------------------------------
+# Records: one column-oriented dict of numpy arrays per (task kind, split).
+# ---------------------------------------------------------------------------
+def _rng(seed: int, split: str, stream: int) -> np.random.Generator:
+  if split not in _SPLIT_SALT:
+    raise ValueError(f"demo world: unknown split {split!r}; splits are {SPLITS}")
+  return np.random.default_rng([seed, _SPLIT_SALT[split], stream])
+
+
+def _images(scenes: Sequence[Scene]) -> np.ndarray:
+  return np.array([png_bytes(render(s)) for s in scenes], dtype=object)
+
+
+def _scene_records(kind: str, n: int, seed: int, split: str, canvas: int
+                   ) -> dict[str, np.ndarray]:
+  stream = {"caption": 1, "vqa": 2, "grounding": 3, "grounded_caption": 4,
+            "classify": 5, "matching": 6, "detection": 7}[kind]
+  rng = _rng(seed, split, stream)
+  single = kind == "classify"
+  scenes = [make_scene(rng, canvas, max_objects=1 if single else 3)
+            for _ in range(n)]
+  out: dict[str, np.ndarray] = {"img": _images(scenes)}
+  if kind == "caption":
+    out["cap"] = np.array([caption_of(s) for s in scenes], dtype=object)
+  elif kind == "vqa":
+    qa = [_vqa(s, rng) for s in scenes]
+    out["question"] = np.array([q for q, _ in qa], dtype=object)
+    out["answer"] = np.array([a for _, a in qa], dtype=object)
+  elif kind in ("grounding", "grounded_caption"):
+    picks = [s.objects[rng.integers(len(s.objects))] for s in scenes]
+    out["region"] = np.array([o.box for o in picks], dtype=np.float32)
+    text = [f"the {o.size} {o.colour} {o.shape}" for o in picks]
+    out["cap"] = np.array(text, dtype=object)
+  elif kind == "classify":
+    out["label"] = np.array([s.objects[0].shape for s in scenes], dtype=object)
+  elif kind == "matching":
+    match = rng.uniform(size=n) < 0.5
+    out["cap"] = np.array([caption_of(s) if m else _perturbed_caption(s, rng)
+                           for s, m in zip(scenes, match)], dtype=object)
+    out["label"] = np.array(["yes" if m else "no" for m in match], dtype=object)
+  elif kind == "detection":
+    out["boxes"] = [np.array([o.box for o in s.objects], np.float32).reshape(-1, 4)
+                    for s in scenes]
+    out["labels"] = [np.array([o.name for o in s.objects], dtype=object)
+                     for s in scenes]
+  return out
+
+
+def records(kind: str, n: int, *, seed: int = 0, split: str = "train",
+            canvas: int = 64) -> dict[str, np.ndarray | list]:
+  """The first `n` examples of one demo task kind, column-oriented.
+
+  Kinds: caption, vqa, grounding, grounded_caption, classify, matching, detection,
+  sudoku, infilling. Detection's `boxes` / `labels` are lists of per-example arrays.
+  """
+  if kind == "sudoku":
+    rng = _rng(seed, split, 8)
+    pairs = [sudoku_4x4(rng, blanks=int(rng.integers(4, 9))) for _ in range(n)]
+    return {"puzzle": np.array([p for p, _ in pairs], dtype=object),
+            "solution": np.array([s for _, s in pairs], dtype=object)}
+  if kind == "infilling":
+    rng = _rng(seed, split, 9)
+    return {"sentence": np.array([sentence(rng) for _ in range(n)], dtype=object)}
+  return _scene_records(kind, n, seed, split, canvas)
+
+
+KINDS = ("caption", "vqa", "grounding", "grounded_caption", "classify", "matching",
+         "detection", "sudoku", "infilling")
+
+
+def _to_dataset(cols: Mapping[str, np.ndarray | list]) -> tf.data.Dataset:
+  tensors = {}
+  for k, v in cols.items():
+    if isinstance(v, list):  # ragged per-example lists (detection)
+      if v and v[0].dtype == object:
+        tensors[k] = tf.ragged.constant([x.tolist() for x in v], dtype=tf.string)
+      else:
+        tensors[k] = tf.RaggedTensor.from_row_lengths(
+            np.concatenate(v, 0).astype(np.float32), [len(x) for x in v])
+    elif v.dtype == object:
+      tensors[k] = tf.constant(list(v), dtype=tf.string)
+    else:
+      tensors[k] = tf.constant(v)
+  return tf.data.Dataset.from_tensor_slices(tensors)
+
+
+def function_source(kind: str, num_examples: Mapping[str, int], *, seed: int = 0,
+                    canvas: int = 64) -> seqio.FunctionDataSource:
+  """A seqio.FunctionDataSource over one demo task kind, with train/validation/test."""
+  if kind not in KINDS:
+    raise ValueError(f"demo world: unknown kind {kind!r}; kinds are {KINDS}")
+  counts = dict(num_examples)
+  for split in counts:
+    if split not in SPLITS:
+      raise ValueError(f"demo world: unknown split {split!r}; splits are {SPLITS}")
+
+  def dataset_fn(split: str, shuffle_files: bool, seed=None) -> tf.data.Dataset:
+    del shuffle_files, seed  # one in-memory "file"; seqio shuffles examples
+    return _to_dataset(records(kind, counts[split], seed=world_seed, split=split,
+                               canvas=canvas))
+
+  world_seed = seed
+  return seqio.FunctionDataSource(dataset_fn=dataset_fn, splits=tuple(counts),
+                                  num_input_examples=counts)
+
+
+def sources(num_examples: Mapping[str, int], *, seed: int = 0, canvas: int = 64
+            ) -> dict[str, seqio.FunctionDataSource]:
+  """One source per demo task kind."""
+  return {k: function_source(k, num_examples, seed=seed, canvas=canvas)
+          for k in KINDS}
+

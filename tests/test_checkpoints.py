@@ -1,0 +1,126 @@
+"""Orbax round trips of the sharded train state, keep-last-N, fine-tune loads, errors."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from ofa_jax import checkpoints
+from ofa_jax import optimizers
+from ofa_jax import partitioning
+from ofa_jax import train_state as train_state_lib
+from test_partitioning import ToyModel
+
+
+def _state(partitioner, model=None, seed=0):
+  model = model or ToyModel()
+  tx = optimizers.adamw(learning_rate=1e-3, total_steps=10)
+  abstract, init = train_state_lib.abstract_and_init(
+      lambda r: model.get_initial_variables(r, {"inputs": (1, 8)}), tx)
+  shardings = partitioner.logical_to_mesh_shardings(abstract)
+  state = partitioner.jit(init, in_shardings=None, out_shardings=shardings)(
+      jax.random.key(seed))
+  return state, shardings
+
+
+def _assert_trees_equal(a, b):
+  jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x),
+                                                          np.asarray(y)), a, b)
+
+
+def test_round_trip_keeps_values_and_sharding(tmp_path):
+  part = partitioning.make_partitioner(num_partitions=2, fsdp=True)
+  state, _ = _state(part)
+  state = state.replace(step=state.step + 7)
+  mgr = checkpoints.CheckpointManager(str(tmp_path), save_period=1)
+  assert mgr.save(7, state, {"batches": 7}, {"seed": 1})
+  mgr.wait()
+  other, _ = _state(part, seed=1)  # different values, same structure
+  restored, data, meta = mgr.restore(other)
+  mgr.close()
+  assert data == {"batches": 7} and meta == {"seed": 1}
+  _assert_trees_equal(restored, state)
+  kernel = restored.params["wi"]["kernel"]
+  assert kernel.sharding.spec == state.params["wi"]["kernel"].sharding.spec
+  # The Adam moments came back too (not just the params).
+  _assert_trees_equal(restored.opt_state, state.opt_state)
+
+
+def test_keep_last_n_and_period(tmp_path):
+  part = partitioning.make_partitioner()
+  state, _ = _state(part)
+  mgr = checkpoints.CheckpointManager(str(tmp_path), save_period=2, keep=2)
+  saved = [mgr.save(s, state, {}, {}) for s in range(1, 8)]
+  mgr.wait()
+  assert saved == [False, True, False, True, False, True, False]
+  assert mgr.save(7, state, {}, {}, force=True)
+  assert not mgr.save(7, state, {}, {}, force=True)  # already there
+  mgr.close()
+  assert checkpoints.CheckpointManager(str(tmp_path)).all_steps() == [6, 7]
+
+
+def test_restore_into_wrong_shapes_names_the_parameter(tmp_path):
+  part = partitioning.make_partitioner()
+  state, _ = _state(part)
+  mgr = checkpoints.CheckpointManager(str(tmp_path))
+  mgr.save(1, state, {}, {}, force=True)
+  mgr.wait()
+  bigger, _ = _state(part, ToyModel(mlp=48))
+  with pytest.raises(checkpoints.CheckpointError,
+                     match=r"wi.*kernel.*\(16, 32\) vs model \(16, 48\)"):
+    mgr.restore(bigger)
+  mgr.close()
+
+
+def test_load_params_for_finetuning(tmp_path):
+  part = partitioning.make_partitioner(num_partitions=2)
+  state, shardings = _state(part)
+  mgr = checkpoints.CheckpointManager(str(tmp_path / "run"))
+  mgr.save(3, state, {}, {}, force=True)
+  mgr.close()
+  fresh, fresh_sh = _state(part, seed=5)
+  params = checkpoints.load_params(str(tmp_path / "run"), fresh.params)
+  _assert_trees_equal(params, state.params)
+  assert params["wi"]["kernel"].sharding.spec == fresh.params["wi"][
+      "kernel"].sharding.spec
+
+  other, _ = _state(part, ToyModel(embed=8, heads=2))
+  with pytest.raises(checkpoints.CheckpointError) as e:
+    checkpoints.load_params(str(tmp_path / "run"), other.params)
+  assert str(tmp_path / "run") in str(e.value)
+  assert "shape mismatch" in str(e.value) and "embedding" in str(e.value)
+  with pytest.raises(checkpoints.CheckpointError, match="does not exist"):
+    checkpoints.load_params(str(tmp_path / "nope"), other.params)
+
+
+def test_load_params_from_converted_layout(tmp_path):
+  """The output of tools/convert_ofa_checkpoint.py (`checkpoint/{params,...}`)."""
+  import orbax.checkpoint as ocp
+  part = partitioning.make_partitioner()
+  state, _ = _state(part)
+  ckptr = ocp.StandardCheckpointer()
+  ckptr.save(str(tmp_path / "conv" / "checkpoint"),
+             {"params": jax.device_get(state.params)})
+  ckptr.wait_until_finished()
+  ckptr.close()
+  fresh, _ = _state(part, seed=3)
+  params = checkpoints.load_params(str(tmp_path / "conv"), fresh.params)
+  _assert_trees_equal(params, state.params)
+
+
+def test_unfinished_save_is_invisible(tmp_path):
+  """A step directory still being written (orbax tmp name) is never restored."""
+  part = partitioning.make_partitioner()
+  state, _ = _state(part)
+  mgr = checkpoints.CheckpointManager(str(tmp_path))
+  mgr.save(1, state, {"batches": 1}, {}, force=True)
+  mgr.close()
+  os.makedirs(tmp_path / "2.orbax-checkpoint-tmp-123" / "state")
+  mgr = checkpoints.CheckpointManager(str(tmp_path))
+  assert mgr.latest_step() == 1
+  _, data, _ = mgr.restore(state)
+  assert data == {"batches": 1}
+  mgr.close()

@@ -1,0 +1,116 @@
+"""Prefix trie: OFA semantics on the host, and the same answers from the jit tables."""
+
+from __future__ import annotations
+
+import hypothesis
+from hypothesis import strategies as st
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ofa_jax import trie as trie_lib
+from ofa_jax import vocab as vocab_lib
+
+BOS, EOS, V = 0, 2, 40
+
+_seqs = st.lists(st.lists(st.integers(4, V - 1), min_size=1, max_size=5),
+                 min_size=1, max_size=8)
+
+
+def _with_specials(seqs):
+  return [[BOS] + s + [EOS] for s in seqs]
+
+
+def test_ofa_semantics():
+  t = trie_lib.Trie.from_sequences([[0, 5, 6, 2], [0, 5, 7, 2], [0, 9, 2]])
+  assert t.next_allowed([]) == [0]
+  assert t.next_allowed([0]) == [5, 9]
+  assert t.next_allowed([0, 5]) == [6, 7]
+  assert t.next_allowed([0, 5, 6]) == [2]
+  assert t.next_allowed([0, 8]) == [2]  # fell off: eos only
+  assert t.next_allowed([0, 9, 2]) == [2]  # complete answer: eos (OFA: nothing)
+  assert [0, 9, 2] in t and [0, 9] not in t
+  with pytest.raises(ValueError, match="empty"):
+    t.insert([])
+
+
+@hypothesis.settings(max_examples=60, deadline=None)
+@hypothesis.given(seqs=_seqs, choices=st.lists(st.integers(0, 1000), min_size=8, max_size=8))
+def test_walking_the_trie_only_yields_inserted_answers(seqs, choices):
+  full = _with_specials(seqs)
+  t = trie_lib.Trie.from_sequences(full)
+  prefix = [BOS]
+  for c in choices * 2:
+    allowed = t.next_allowed(prefix)
+    prefix.append(allowed[c % len(allowed)])
+    assert any(s[:len(prefix)] == prefix for s in full), prefix
+    if prefix[-1] == EOS:
+      break
+  assert prefix in full
+
+
+@hypothesis.settings(max_examples=60, deadline=None)
+@hypothesis.given(seqs=_seqs, junk=st.lists(st.integers(3, V - 1), min_size=1, max_size=4))
+def test_off_trie_prefixes_allow_only_eos(seqs, junk):
+  full = _with_specials(seqs)
+  t = trie_lib.Trie.from_sequences(full)
+  prefix = [BOS] + junk
+  hypothesis.assume(not any(s[:len(prefix)] == prefix for s in full))
+  assert t.next_allowed(prefix) == [EOS]
+
+
+@hypothesis.settings(max_examples=25, deadline=None)
+@hypothesis.given(seqs=_seqs, junk=st.lists(st.integers(3, V - 1), min_size=1, max_size=3))
+def test_jit_tables_agree_with_host_trie(seqs, junk):
+  full = _with_specials(seqs)
+  t = trie_lib.Trie.from_sequences(full)
+  tables = t.tables()
+  assert tables.start == t.walk([BOS])
+  step = jax.jit(lambda s, tok: trie_lib.next_state(tables, s, tok))
+  mask = jax.jit(lambda s: trie_lib.allowed_mask(tables, s, V))
+  for path in full + [[BOS] + junk + [EOS]]:
+    state = jnp.int32(tables.start)
+    for k in range(1, len(path)):
+      want = np.zeros(V, bool)
+      want[t.next_allowed(path[:k])] = True
+      np.testing.assert_array_equal(np.asarray(mask(state)), want, err_msg=str(path[:k]))
+      state = step(state, path[k])
+
+
+def test_tables_batched_states():
+  t = trie_lib.Trie.from_sequences([[0, 5, 6, 2], [0, 9, 2]])
+  tables = t.tables()
+  states = jnp.array([[tables.start, tables.dead]], jnp.int32)
+  m = trie_lib.allowed_mask(tables, states, V)
+  assert m.shape == (1, 2, V)
+  assert np.flatnonzero(m[0, 0]).tolist() == [5, 9]
+  assert np.flatnonzero(m[0, 1]).tolist() == [EOS]
+  nxt = trie_lib.next_state(tables, states, jnp.array([[9, 9]]))
+  assert nxt[0, 1] == tables.dead and nxt[0, 0] == t.walk([0, 9])
+
+
+def test_candidate_masks_match_next_allowed():
+  full = [[0, 5, 6, 2], [0, 5, 7, 2], [0, 9, 2]]
+  t = trie_lib.Trie.from_sequences(full)
+  cands = [s[1:] for s in full]
+  length = 4
+  dense = t.candidate_masks(cands, length, V)
+  assert dense.shape == (3, length, V)
+  for c, cand in enumerate(cands):
+    for pos in range(len(cand)):
+      assert np.flatnonzero(dense[c, pos]).tolist() == t.next_allowed([BOS] + cand[:pos])
+  states = t.candidate_states(cands, length)
+  np.testing.assert_array_equal(np.asarray(trie_lib.allowed_mask(t.tables(), states, V)), dense)
+
+
+def test_from_answers_with_vocabulary():
+  v = vocab_lib.default_vocabulary()
+  answers = ["yes", "no", "maybe", "red circle", "red square"]
+  t = trie_lib.Trie.from_answers(v, answers)
+  for a in answers:
+    assert [v.bos_id] + v.encode(a) + [v.eos_id] in t
+  first = t.next_allowed([v.bos_id])
+  assert sorted({v.encode(a)[0] for a in answers}) == first
+  with pytest.raises(ValueError, match="non-empty"):
+    trie_lib.Trie.from_answers(v, ["ok", ""])
