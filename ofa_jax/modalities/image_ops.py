@@ -123,6 +123,7 @@ def guarded(fn: Callable[[Any], Any], value: Any, fallback: Any,
         shapes)
 
   inner = tf.data.Dataset.from_tensors(value).map(conformed).ignore_errors()
+  inner = inner.with_options(_inner_options())
 
   def take(state, element):
     del state
@@ -130,6 +131,20 @@ def guarded(fn: Callable[[Any], Any], value: Any, fallback: Any,
 
   result, ok = inner.reduce((fallback, tf.constant(False)), take)
   return result, ok
+
+
+def _inner_options() -> tf.data.Options:
+  """No graph rewriting, autotuning or threads for the one-element guard dataset.
+
+  The defaults run tf.data's optimizer (a Grappler pass) and start autotuning for
+  every reduction, i.e. for every example: ~100x the cost of the decode itself.
+  """
+  options = tf.data.Options()
+  options.experimental_optimization.apply_default_optimizations = False
+  options.autotune.enabled = False
+  options.threading.private_threadpool_size = 1
+  options.experimental_warm_start = False
+  return options
 
 
 def assert_that(condition: tf.Tensor, message: str) -> tf.Operation:

@@ -1,0 +1,451 @@
+"""OFAModel: the t5x BaseModel-like interface between the network and the loops.
+
+Why a wrapper around the Flax module: the trainer, the evaluator and the inference
+API must not know how OFA computes its loss (label smoothing restricted to the ids
+a target token may take), how a task decodes (beam search, a box of 4 bins, a
+closed-set trie, sampled image codes), or that the ResNet carries BatchNorm
+statistics. They call `loss_fn`, `predict_batch` and `score_batch` on batches of
+model features (`ofa_jax/features.py`), all pure and `jax.jit`-able.
+
+`params` everywhere may be the `params` collection alone or the full variables
+`{"params", "batch_stats"}`; boxed (`nn.Partitioned`) leaves are unboxed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ofa_jax import decoding as decoding_lib
+from ofa_jax import decoding_constraints as dc
+from ofa_jax import decoding_sampling
+from ofa_jax import features as F
+from ofa_jax import models_scoring
+from ofa_jax.model import transformer as transformer_lib
+from ofa_jax.model.config import OFAConfig
+
+Array = jax.Array
+PyTree = Any
+
+
+def _feature_converter_cls():
+  try:
+    from ofa_jax.feature_converter import OFAFeatureConverter  # pylint: disable=g-import-not-at-top
+  except ImportError:  # pragma: no cover - the data side is always shipped
+    return None
+  return OFAFeatureConverter
+
+
+class _LazyClassAttr:
+  """A class attribute computed on first access (keeps TF out of `import models`)."""
+
+  def __init__(self, fn):
+    self._fn = fn
+
+  def __get__(self, obj, owner):
+    return self._fn()
+
+
+# ---------------------------------------------------------------------------
+# The loss.
+# ---------------------------------------------------------------------------
+def token_losses(logits: Array, targets: Array, kinds: Optional[Array], *,
+                 kind_ranges: np.ndarray, label_smoothing: float,
+                 constrain_by_kind: bool) -> dict[str, Array]:
+  """Per-token label-smoothed cross entropy over the allowed ids (OFA's loss).
+
+  The allowed set of a target token is the id range of its `TokenKind`
+  (`kind_ranges[kind]`, plus the target itself so that a mislabelled kind cannot
+  make the loss infinite), or the whole vocabulary without `constrain_by_kind`.
+  Disallowed logits are -inf before the log-softmax; the smoothing mass is
+  spread over the allowed set only:
+    loss = (1 - eps - eps_i) * nll + eps_i * sum_{allowed} -log p,
+    eps_i = eps / (|allowed| - 1).
+
+  Returns float32 [B, L] `loss`, `nll` and bool [B, L] `correct` (argmax over
+  the allowed ids equals the target).
+  """
+  logits = logits.astype(jnp.float32)
+  vocab = logits.shape[-1]
+  ids = jnp.arange(vocab, dtype=jnp.int32)
+  targets = targets.astype(jnp.int32)
+  if constrain_by_kind:
+    if kinds is None:
+      raise ValueError(f"loss_fn(constrain_by_kind=True) needs the "
+                       f"{F.DECODER_TARGET_KINDS!r} feature")
+    rng = jnp.asarray(kind_ranges)[jnp.clip(kinds, 0, len(kind_ranges) - 1)]
+    lo, hi = rng[..., 0:1], rng[..., 1:2]
+    allowed = ((ids >= lo) & (ids < hi)) | (ids == targets[..., None])
+    num_allowed = (jnp.minimum(hi, vocab) - lo)[..., 0] + (
+        (targets < lo[..., 0]) | (targets >= hi[..., 0])).astype(jnp.int32)
+    logits = jnp.where(allowed, logits, -jnp.inf)
+  else:
+    allowed = None
+    num_allowed = jnp.full(targets.shape, vocab, jnp.int32)
+  lp = jax.nn.log_softmax(logits, axis=-1)
+  nll = -jnp.take_along_axis(lp, targets[..., None], axis=-1)[..., 0]
+  finite_lp = lp if allowed is None else jnp.where(allowed, lp, 0.0)
+  smooth = -jnp.sum(finite_lp, axis=-1)
+  eps = float(label_smoothing)
+  eps_i = eps / jnp.maximum(num_allowed - 1, 1).astype(jnp.float32)
+  loss = (1.0 - eps - eps_i) * nll + eps_i * smooth if eps else nll
+  correct = jnp.argmax(logits, axis=-1) == targets
+  return {"loss": loss, "nll": nll, "correct": correct}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DecodeSettings:
+  """Resolved decoding settings (from a task's `plan.DecodingSpec` + overrides).
+
+  kind: "text", "box", "closed_set" or "image_codes"; method: "beam", "greedy"
+  or "sample". `max_len` counts decoded positions, including a forced prompt
+  and the final `</s>`. `trie` is a `decoding_constraints.DenseTrie`.
+  """
+
+  kind: str = "text"
+  method: str = "beam"
+  beam_size: int = 5
+  max_len: Optional[int] = None
+  min_len: int = 0
+  length_penalty: float = 1.0
+  no_repeat_ngram_size: int = 0
+  num_boxes: int = 1
+  trie: Optional[dc.DenseTrie] = None
+  num_samples: int = 1
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+  use_cache: bool = True
+  return_all: bool = False
+
+  KINDS = ("text", "box", "closed_set", "image_codes")
+  METHODS = ("beam", "greedy", "sample")
+
+  def __post_init__(self):
+    if self.kind not in self.KINDS:
+      raise ValueError(f"DecodeSettings.kind={self.kind!r}; token decoding knows "
+                       f"{self.KINDS} (dense targets have their own generators)")
+    if self.method not in self.METHODS:
+      raise ValueError(f"DecodeSettings.method={self.method!r}; expected one of "
+                       f"{self.METHODS}")
+    if self.kind == "closed_set" and self.trie is None:
+      raise ValueError("DecodeSettings(kind='closed_set') needs a trie")
+    if self.beam_size < 1 or self.num_samples < 1:
+      raise ValueError(f"beam_size={self.beam_size} and num_samples="
+                       f"{self.num_samples} must be >= 1")
+
+  @classmethod
+  def from_spec(cls, spec: Any = None, **overrides) -> "DecodeSettings":
+    """From `ofa_jax.plan.DecodingSpec` (duck-typed) and keyword overrides.
+
+    The spec's `max_len` counts free tokens before `</s>` (OFA's max_len_b);
+    one position is added for `</s>` (a box: 4 bins + `</s>` = 5).
+    """
+    kw: dict[str, Any] = {}
+    if spec is not None:
+      kind = getattr(spec, "kind")
+      kw["kind"] = kind
+      kw["beam_size"] = int(getattr(spec, "beam_size", 5))
+      kw["min_len"] = int(getattr(spec, "min_len", 0))
+      if getattr(spec, "max_len", None) is not None:
+        kw["max_len"] = int(spec.max_len) + 1
+      if getattr(spec, "sampling", False):
+        kw["method"] = "sample"
+        kw["num_samples"] = kw["beam_size"]
+      if kind == "image_codes":
+        kw.update(method="sample", top_k=256, num_samples=kw["beam_size"])
+      trie = getattr(spec, "trie", None)
+      if trie is not None:
+        kw["trie"] = dc.DenseTrie.from_tables(trie)
+    kw.update(overrides)
+    if kw.get("method") == "greedy":
+      kw["beam_size"] = 1
+    return cls(**kw)
+
+  def constraints(self, layout: dc.IdLayout) -> tuple:
+    if self.kind == "box":
+      return (dc.box_constraint(layout, self.num_boxes),)
+    if self.kind == "image_codes":
+      if self.max_len is None:
+        raise ValueError("image_codes decoding needs max_len (codes + 1)")
+      return (dc.image_constraint(layout, self.max_len - 1),)
+    if self.kind == "closed_set":
+      return (dc.TrieConstraint(self.trie, eos_id=layout.eos_id),)
+    return (dc.text_constraint(layout),)
+
+
+class OFAModel:
+  """The OFA network behind t5x's BaseModel methods (optimizer-agnostic).
+
+  Args:
+    config: the `OFAConfig` of the network.
+    vocabulary: the `ofa_jax.vocab.OFAVocabulary` (its code / bin ranges decide
+      what each target kind may emit); None derives the ranges from the config
+      (codes and bins are the last `num_codes + num_bins` ids).
+    module: the Flax module (default `OFATransformer(config)`).
+    loss_normalization: "tokens" divides the summed loss by the number of loss
+      tokens of the batch (OFA's sample_size); "none" returns the sum.
+  """
+
+  FEATURE_CONVERTER_CLS = _LazyClassAttr(_feature_converter_cls)
+
+  def __init__(self, config: OFAConfig, vocabulary: Any = None, *,
+               module: Optional[nn.Module] = None,
+               loss_normalization: str = "tokens"):
+    if loss_normalization not in ("tokens", "none"):
+      raise ValueError(f"loss_normalization={loss_normalization!r}; expected "
+                       "'tokens' or 'none'")
+    self.config = config
+    self.vocabulary = vocabulary
+    self.module = module or transformer_lib.OFATransformer(config)
+    self.loss_normalization = loss_normalization
+    if vocabulary is not None:
+      self.layout = dc.IdLayout.from_vocabulary(vocabulary)
+      if int(vocabulary.vocab_size) > config.vocab_size:
+        raise ValueError(f"vocabulary has {vocabulary.vocab_size} ids but "
+                         f"config.vocab_size={config.vocab_size}")
+    else:
+      code = config.vocab_size - config.num_codes - config.num_bins
+      if code <= F.UNK_ID:
+        raise ValueError(f"config.vocab_size={config.vocab_size} leaves no text "
+                         f"ids before {config.num_codes} codes and "
+                         f"{config.num_bins} bins")
+      self.layout = dc.IdLayout(code_offset=code, num_codes=config.num_codes,
+                                bin_offset=code + config.num_codes,
+                                num_bins=config.num_bins)
+    self.kind_ranges = self.layout.kind_ranges_table()
+
+  # ---- variables ---------------------------------------------------------
+  def get_initial_variables(self, rng: Array, input_shapes: Mapping[str, Any],
+                            input_types: Optional[Mapping[str, Any]] = None
+                            ) -> dict:
+    """`{"params", "batch_stats"}` (params boxed with logical axes).
+
+    `input_shapes` maps model features to shapes, or is a batch of arrays.
+    """
+    batch = {}
+    for k, v in input_shapes.items():
+      if hasattr(v, "shape") and hasattr(v, "dtype"):
+        batch[k] = jnp.zeros(v.shape, v.dtype)
+        continue
+      dtype = (input_types or {}).get(k) or _default_dtype(k)
+      batch[k] = jnp.zeros(tuple(v), dtype)
+    if F.DECODER_INPUT_TOKENS not in batch:
+      raise ValueError(f"get_initial_variables: input_shapes lack "
+                       f"{F.DECODER_INPUT_TOKENS!r}; got {sorted(batch)}")
+    params_rng, dropout_rng = jax.random.split(rng)
+    return dict(self.module.init({"params": params_rng, "dropout": dropout_rng},
+                                 batch, train=False))
+
+  @staticmethod
+  def split_variables(params: PyTree, batch_stats: Optional[PyTree] = None
+                      ) -> dict:
+    """Variables dict from params (or variables) and optional batch_stats."""
+    params = nn.meta.unbox(params)
+    if isinstance(params, Mapping) and "params" in params:
+      variables = dict(params)
+    else:
+      variables = {"params": params}
+    if batch_stats is not None:
+      variables["batch_stats"] = nn.meta.unbox(batch_stats)
+    return variables
+
+  # ---- loss --------------------------------------------------------------
+  def loss_fn(self, params: PyTree, batch: Mapping[str, Array],
+              dropout_rng: Optional[Array], *, batch_stats: Optional[PyTree] = None,
+              label_smoothing: float = 0.1, constrain_by_kind: bool = True,
+              step: Optional[Array] = None) -> tuple[Array, dict]:
+    """Label-smoothed cross entropy over the loss tokens of the batch.
+
+    Training mode (dropout, BatchNorm on batch statistics) when `dropout_rng` is
+    given, eval mode (running statistics) otherwise. Token weights are
+    `decoder_loss_weights` (0 on pad and prompt tokens, the sample weight
+    elsewhere).
+
+    Returns `(loss, aux)`: loss is the weighted sum, divided by the number of
+    loss tokens with loss_normalization="tokens". aux holds per-example
+    `loss_sum`, `nll_sum`, `num_tokens`, `weight_sum`, `num_correct` and
+    `task_id` (the trainer sums them per task), and — only when batch_stats were
+    passed (here or inside `params`) in training mode — the updated
+    `batch_stats`.
+    """
+    del step
+    variables = self.split_variables(params, batch_stats)
+    train = dropout_rng is not None
+    if train:
+      logits, updates = self.module.apply(
+          variables, batch, train=True, rngs={"dropout": dropout_rng},
+          mutable=["batch_stats"])
+    else:
+      logits, updates = self.module.apply(variables, batch, train=False), {}
+    targets = batch[F.DECODER_TARGET_TOKENS]
+    weights = jnp.asarray(batch[F.DECODER_LOSS_WEIGHTS], jnp.float32)
+    per_tok = token_losses(logits, targets, batch.get(F.DECODER_TARGET_KINDS),
+                           kind_ranges=self.kind_ranges,
+                           label_smoothing=label_smoothing,
+                           constrain_by_kind=constrain_by_kind)
+    on = weights > 0
+    # where(): a -inf nll at a weight-0 position must not make a NaN.
+    loss_sum = jnp.sum(jnp.where(on, per_tok["loss"] * weights, 0.0), axis=1)
+    aux = {
+        "loss_sum": loss_sum,
+        "nll_sum": jnp.sum(jnp.where(on, per_tok["nll"] * weights, 0.0), axis=1),
+        "num_tokens": jnp.sum(on, axis=1).astype(jnp.float32),
+        "weight_sum": jnp.sum(weights, axis=1),
+        "num_correct": jnp.sum(on & per_tok["correct"], axis=1).astype(jnp.float32),
+    }
+    if F.TASK_ID in batch:
+      aux["task_id"] = jnp.asarray(batch[F.TASK_ID], jnp.int32).reshape(-1)
+    loss = jnp.sum(loss_sum)
+    if self.loss_normalization == "tokens":
+      loss = loss / jnp.maximum(jnp.sum(aux["num_tokens"]), 1.0)
+    if train and "batch_stats" in variables and "batch_stats" in updates:
+      aux["batch_stats"] = updates["batch_stats"]
+    return loss, aux
+
+  # ---- scoring -------------------------------------------------------------
+  def score_batch(self, params: PyTree, batch: Mapping[str, Array],
+                  candidates: Optional[np.ndarray] = None, *,
+                  batch_stats: Optional[PyTree] = None,
+                  constrain_by_kind: bool = True,
+                  trie: Optional[dc.DenseTrie] = None,
+                  candidate_chunk: int = 16):
+    """Teacher-forced log-likelihood per example, or all-candidate scoring.
+
+    Without candidates: float32 [B], the sum over target tokens of
+    `decoder_loss_weights * log p(target)` (equal to minus the unsmoothed loss
+    sum). With candidates (int [C, Lc]: each a closed-set answer's tokens after
+    `<s>`, ending in `</s>`, padded with `<pad>`): `(best [B], scores [B, C])`,
+    the encoder run once per example and the decoder over every candidate after
+    the example's forced prompt; see `models_scoring.score_candidates`.
+    """
+    variables = self.split_variables(params, batch_stats)
+    if candidates is not None:
+      return models_scoring.score_candidates(
+          self.module, variables, batch, candidates, trie=trie,
+          chunk=candidate_chunk)
+    logits = self.module.apply(variables, batch, train=False)
+    weights = jnp.asarray(batch[F.DECODER_LOSS_WEIGHTS], jnp.float32)
+    per_tok = token_losses(logits, batch[F.DECODER_TARGET_TOKENS],
+                           batch.get(F.DECODER_TARGET_KINDS),
+                           kind_ranges=self.kind_ranges, label_smoothing=0.0,
+                           constrain_by_kind=constrain_by_kind)
+    return -jnp.sum(jnp.where(weights > 0, per_tok["nll"] * weights, 0.0), axis=1)
+
+  # ---- prediction ----------------------------------------------------------
+  def predict_batch(self, params: PyTree, batch: Mapping[str, Array], *,
+                    decoding: Any = None, rng: Optional[Array] = None,
+                    batch_stats: Optional[PyTree] = None, **overrides) -> Array:
+    """Decoded tokens [B, L] (see `predict_batch_with_aux`)."""
+    return self.predict_batch_with_aux(params, batch, decoding=decoding, rng=rng,
+                                       batch_stats=batch_stats, **overrides)[0]
+
+  def predict_batch_with_aux(self, params: PyTree, batch: Mapping[str, Array], *,
+                             decoding: Any = None, rng: Optional[Array] = None,
+                             batch_stats: Optional[PyTree] = None, **overrides
+                             ) -> tuple[Array, dict]:
+    """Decodes the batch as its task's target slot says.
+
+    Args:
+      decoding: a `DecodeSettings`, or a `plan.DecodingSpec` (resolved with
+        `overrides` through `DecodeSettings.from_spec`), or None (text beam).
+      rng: PRNG key for sampling.
+
+    Returns:
+      tokens int32 [B, L] in the decoder-target format (forced prompt, answer,
+      `</s>`, pad), or [B, K, L] with return_all; aux {"scores": [B] or [B, K]}.
+      The forced prompt is the leading no-loss part of `decoder_target_tokens`
+      when the batch has targets.
+    """
+    if isinstance(decoding, DecodeSettings):
+      s = dataclasses.replace(decoding, **overrides) if overrides else decoding
+    else:
+      s = DecodeSettings.from_spec(decoding, **overrides)
+    variables = self.split_variables(params, batch_stats)
+    module = self.module
+    encoded = module.apply(variables, batch, train=False, method=module.encode)
+    b = encoded.hidden.shape[0]
+    targets = batch.get(F.DECODER_TARGET_TOKENS)
+    length = s.max_len or (None if targets is None else targets.shape[1])
+    if length is None:
+      raise ValueError("predict_batch: give max_len or a batch with "
+                       f"{F.DECODER_TARGET_TOKENS!r}")
+    forced_tokens = forced_lengths = None
+    if targets is not None and F.DECODER_LOSS_WEIGHTS in batch:
+      forced_tokens, forced_lengths = _forced_prompt(
+          targets, batch[F.DECODER_LOSS_WEIGHTS], length)
+    if s.kind == "image_codes":
+      encoded = encoded.replace(code_mask=jnp.ones((b,), jnp.bool_))
+    n = s.beam_size if s.method == "beam" else (
+        s.num_samples if s.method == "sample" else 1)
+    enc_rows = decoding_lib.expand_rows(encoded, n)
+    rules = decoding_lib.DecodingRules(
+        min_len=s.min_len, no_repeat_ngram_size=s.no_repeat_ngram_size,
+        constraints=s.constraints(self.layout))
+    if s.use_cache:
+      cache = transformer_lib.init_cache(self.config, b * n, length)
+
+      def tokens_to_logits(state: decoding_lib.DecodingState):
+        logits, mut = module.apply({**variables, "cache": state.cache}, enc_rows,
+                                   state.cur_token[:, None], decode=True,
+                                   mutable=["cache"], method=module.decode)
+        return logits[:, 0], mut["cache"]
+    else:
+      cache = ()
+
+      def tokens_to_logits(state: decoding_lib.DecodingState):
+        logits = module.apply(variables, enc_rows, state.sequences,
+                              method=module.decode)
+        return jnp.take(logits, state.cur_index, axis=1), state.cache
+
+    common = dict(batch_size=b, max_decode_len=length, rules=rules,
+                  forced_tokens=forced_tokens, forced_lengths=forced_lengths)
+    if s.method == "beam":
+      tokens, scores = decoding_lib.beam_search(
+          tokens_to_logits, cache, beam_size=n, length_penalty=s.length_penalty,
+          **common)
+    else:
+      tokens, scores = decoding_sampling.temperature_sample(
+          tokens_to_logits, cache, rng, num_samples=n,
+          temperature=s.temperature, top_k=1 if s.method == "greedy" else s.top_k,
+          top_p=s.top_p, **common)
+    if not s.return_all:
+      tokens, scores = tokens[:, 0], scores[:, 0]
+    return tokens, {"scores": scores}
+
+
+def _forced_prompt(targets: Array, weights: Array, length: int
+                   ) -> tuple[Array, Array]:
+  """The batch's forced prompt, cut or padded to the decode length."""
+  tokens, lengths = decoding_lib.forced_prompt_from_targets(targets, weights)
+  lo = tokens.shape[1]
+  if lo >= length:
+    tokens = tokens[:, :length]
+  else:
+    tokens = jnp.pad(tokens, ((0, 0), (0, length - lo)),
+                     constant_values=F.PAD_ID)
+  return tokens, jnp.minimum(lengths, length)
+
+
+def _default_dtype(name: str):
+  floats = {F.DECODER_LOSS_WEIGHTS, F.IMAGE_GEOMETRY, F.SAMPLE_WEIGHT}
+  if name in floats or name in F.DENSE_STREAMS:
+    return jnp.float32
+  return jnp.int32
+
+
+def per_task_sums(aux: Mapping[str, Array], task_ids: Sequence[int]
+                  ) -> dict[int, dict[str, Array]]:
+  """{task_id: {metric: sum}} of the per-example aux of `loss_fn` (jit-able)."""
+  out = {}
+  tid = aux["task_id"]
+  for t in task_ids:
+    sel = (tid == int(t)).astype(jnp.float32)
+    out[int(t)] = {k: jnp.sum(v * sel) for k, v in aux.items()
+                   if k not in ("task_id", "batch_stats")}
+  return out
