@@ -137,6 +137,13 @@ class GPT2BPETokenizer:
         symbols.append(parts[0])
     return cls(encoder, merges, symbols, add_prefix_space=add_prefix_space)
 
+  def __getstate__(self):
+    return {"encoder": self._encoder, "merges": sorted(self._ranks, key=self._ranks.get),
+            "dict_symbols": self._symbols, "add_prefix_space": self._add_prefix_space}
+
+  def __setstate__(self, state):
+    self.__init__(**state)
+
   @property
   def size(self) -> int:
     return NUM_SPECIALS + len(self._symbols)

@@ -281,11 +281,13 @@ def save_converted(variables: Mapping[str, Any], out_dir: str,
   return ckpt_dir
 
 
-def load_converted(path: str) -> dict[str, Any]:
+def load_converted(path: str, target: Optional[Any] = None) -> dict[str, Any]:
   """Restores ``{"params": ..., "batch_stats": ...}`` written by ``save_converted``.
 
   ``path`` is the conversion output directory or its ``checkpoint`` subfolder.
-  Arrays come back as host numpy arrays; place them with the partitioner.
+  Without ``target`` the arrays come back unboxed, unsharded; pass a tree of
+  ``jax.ShapeDtypeStruct`` with shardings (same structure, e.g. from the
+  partitioner) to restore each array straight onto its devices.
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   path = os.path.abspath(path)
@@ -295,7 +297,10 @@ def load_converted(path: str) -> dict[str, Any]:
     raise FileNotFoundError(f"load_converted: no converted checkpoint at {path}")
   checkpointer = ocp.StandardCheckpointer()
   try:
-    restored = checkpointer.restore(path)
+    if target is not None:
+      target = {c: _unbox(dict(target))[c] for c in COLLECTIONS
+                if c in target}
+    restored = checkpointer.restore(path, target)
   finally:
     checkpointer.close()
   return {c: restored[c] for c in COLLECTIONS if c in restored}

@@ -165,34 +165,57 @@ def _check_shapes(saved: Any, target: Any, where: str) -> None:
                           + "\n".join(shown))
 
 
-def _resolve_params_checkpoint(path: str) -> tuple[str, Optional[str]]:
-  """(orbax directory, key of the params inside it) for a fine-tuning source.
+def _resolve_checkpoint(path: str, collection: str
+                        ) -> tuple[str, Optional[tuple[str, ...]]]:
+  """(orbax directory, key path of `collection` inside it) for a fine-tuning source.
 
   Accepts: a training `MODEL_DIR` (latest step), one step directory of it, or the
   output of `tools/convert_ofa_checkpoint.py` (a `checkpoint/` sub-folder with
-  `{"params": ...}`).
+  `{"params": ..., "batch_stats": ...}`).
   """
   path = os.path.abspath(path)
   if not os.path.isdir(path):
     raise CheckpointError(f"initial checkpoint {path} does not exist")
+  in_state = (collection,) if collection == "params" else ("model_state",
+                                                           collection)
   if os.path.isdir(os.path.join(path, "checkpoint")):
-    return os.path.join(path, "checkpoint"), "params"
+    return os.path.join(path, "checkpoint"), (collection,)
   if os.path.isdir(os.path.join(path, STATE)):
-    return os.path.join(path, STATE), "params"
+    return os.path.join(path, STATE), in_state
   steps = [int(d) for d in os.listdir(path) if d.isdigit()]
   if steps:
-    return os.path.join(path, str(max(steps)), STATE), "params"
+    return os.path.join(path, str(max(steps)), STATE), in_state
   return path, None
 
 
-def load_params(path: str, abstract_params: Any) -> Any:
-  """Parameters for fine-tuning from `path`, placed with the target shardings.
+def has_collection(path: str, collection: str) -> bool:
+  """Whether a fine-tuning source holds `collection` (e.g. "batch_stats")."""
+  try:
+    directory, key = _resolve_checkpoint(path, collection)
+    ckptr = ocp.PyTreeCheckpointer()
+    try:
+      tree = ckptr.metadata(directory)
+    finally:
+      ckptr.close()
+  except (CheckpointError, FileNotFoundError, ValueError):
+    return False
+  tree = getattr(getattr(tree, "item_metadata", tree), "tree", tree)
+  for k in key or ():
+    if not isinstance(tree, Mapping) or k not in tree:
+      return False
+    tree = tree[k]
+  return True
+
+
+def load_params(path: str, abstract_params: Any, *,
+                collection: str = "params") -> Any:
+  """Parameters (or another collection) for fine-tuning from `path`, sharded.
 
   `abstract_params` gives the wanted structure, shapes, dtypes and shardings. Any
-  missing, extra or differently shaped parameter raises `CheckpointError` naming
+  missing, extra or differently shaped entry raises `CheckpointError` naming
   the path and the shapes, before anything is loaded.
   """
-  directory, key = _resolve_params_checkpoint(path)
+  directory, key = _resolve_checkpoint(path, collection)
   target = jax.tree.map(_abstract_leaf, abstract_params)
   target_dict = flax.serialization.to_state_dict(target)
   ckptr = ocp.PyTreeCheckpointer()
@@ -203,20 +226,24 @@ def load_params(path: str, abstract_params: Any) -> Any:
       raise CheckpointError(f"no orbax checkpoint at {directory}: {e}") from e
     tree = getattr(meta, "item_metadata", meta)
     tree = getattr(tree, "tree", tree)
-    if key is not None:
-      if key not in tree:
-        raise CheckpointError(f"checkpoint {directory} has no {key!r} entry "
-                              f"(it has {sorted(tree)})")
-      tree = tree[key]
+    for k in key or ():
+      if not isinstance(tree, Mapping) or k not in tree:
+        raise CheckpointError(
+            f"checkpoint {directory} has no {'/'.join(key)!r} entry (it has "
+            f"{sorted(tree) if isinstance(tree, Mapping) else type(tree)})")
+      tree = tree[k]
     _check_shapes(tree, target_dict, directory)
-    wanted = target_dict if key is None else {key: target_dict}
-    # Only the params are read (the optimizer moments of a training checkpoint
-    # are left on disk).
+    wanted = target_dict
+    for k in reversed(key or ()):
+      wanted = {k: wanted}
+    # Only this collection is read (e.g. the optimizer moments of a training
+    # checkpoint stay on disk).
     restored = ckptr.restore(directory, args=ocp.args.PyTreeRestore(
         item=wanted,
         restore_args=ocp.checkpoint_utils.construct_restore_args(wanted),
         partial_restore=True))
   finally:
     ckptr.close()
-  restored = restored if key is None else restored[key]
+  for k in key or ():
+    restored = restored[k]
   return flax.serialization.from_state_dict(target, restored)

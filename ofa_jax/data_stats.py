@@ -143,10 +143,10 @@ def checkpointable(ds: tf.data.Dataset) -> tf.data.Dataset:
 
   tf.data refuses to serialize an iterator whose functions hold "external state"
   under its default policy. Two things of ours count as such: the counters'
-  `assign_add`, and the one-element `reduce` by which the dense modalities guard
-  their decoding (`image_ops.guarded`). Neither carries state from one example to
-  the next that resuming would need: the counters are logs, not the data position,
-  and a guard's reduction starts afresh for every example. So WARN is right: the
+  `assign_add`, and the nested one-element dataset by which the dense modalities
+  guard their decoding (`image_ops.guarded`). Neither carries state from one
+  example to the next that resuming would need: the counters are logs, not the
+  data position, and a guard's dataset starts afresh for every example. So WARN is right: the
   iterator is saved and TF says the external state is not part of it. Options apply
   to the whole pipeline, so one call anywhere in it is enough; `filter_invalid`
   makes it for you.

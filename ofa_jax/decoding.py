@@ -31,7 +31,6 @@ from typing import Any, Callable, Optional, Sequence
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ofa_jax import features
 from ofa_jax import decoding_constraints as dc
@@ -71,6 +70,9 @@ class DecodingRules:
   Attributes:
     eos_id / pad_id / bos_id: special ids.
     min_len: `</s>` is banned until this many free tokens were emitted.
+    max_free_len: at most this many free tokens, `</s>` included (None: only
+      the buffer length L bounds them). Lets one static L serve prompts of any
+      length: L = longest prompt + max_free_len.
     no_repeat_ngram_size: ban any n-gram of this size from occurring twice in a
       row's decoder inputs (`<s>`, prompt and free tokens); 0 disables.
     constraints: `decoding_constraints.Constraint`s, AND-ed.
@@ -82,6 +84,7 @@ class DecodingRules:
   pad_id: int = features.PAD_ID
   bos_id: int = features.BOS_ID
   min_len: int = 0
+  max_free_len: Optional[int] = None
   no_repeat_ngram_size: int = 0
   constraints: Sequence[dc.Constraint] = ()
   logits_processor: Optional[LogitsProcessor] = None
@@ -180,8 +183,12 @@ def step_log_probs(logits: jax.Array, state: DecodingState, *, rules: DecodingRu
                                rules.no_repeat_ngram_size, vocab)
     lp = jnp.where(banned, NEG_INF, lp)
   # The last position admits only </s> (with its own log-prob, min_len aside).
-  last = state.cur_index >= max_len - 1
-  lp = jnp.where(last, jnp.where(ids == rules.eos_id, eos_lp[:, None], NEG_INF), lp)
+  last = (state.cur_index >= max_len - 1)
+  if rules.max_free_len is not None:
+    last = last | (free_step >= rules.max_free_len - 1)
+  last = jnp.broadcast_to(last, free_step.shape)[:, None]
+  lp = jnp.where(last, jnp.where(ids == rules.eos_id, eos_lp[:, None], NEG_INF),
+                 lp)
   forced = jnp.where(ids == forced_token[:, None], 0.0, NEG_INF)
   return jnp.where((free_step < 0)[:, None], forced, lp)
 

@@ -10,6 +10,7 @@ configure plain functions and classes by their import path.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from typing import Optional, Sequence
@@ -23,6 +24,12 @@ DEFAULT_GIN_SEARCH_PATHS = (os.path.join(_REPO_ROOT, "gin"), _REPO_ROOT)
 
 _REQUIRED_RE = re.compile(r"^(\S+)/macro\.value set to `%gin\.REQUIRED`")
 _SHORTHAND_RE = re.compile(r"^--gin\.([^=]+)=(.*)$", re.DOTALL)
+
+
+class _DropPathNotFound(logging.Filter):
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Path not found")
 
 
 class GinConfigError(ValueError):
@@ -71,12 +78,18 @@ def parse_gin_flags(gin_files: Sequence[str],
       raise GinConfigError(
           f"gin file {f!r} not found in the working directory or in the search "
           f"paths {paths}")
+  # gin logs an ERROR for every search-path candidate that misses, even when a
+  # later one is found; those lines are noise, real misses raise below.
+  quiet = _DropPathNotFound()
+  logging.getLogger().addFilter(quiet)
   try:
     gin.parse_config_files_and_bindings(list(gin_files), list(gin_bindings),
                                         finalize_config=False)
-  except (ValueError, SyntaxError, IOError, ImportError) as e:
+  except Exception as e:  # gin raises many types; all are config errors here
     raise GinConfigError(f"while parsing gin files {list(gin_files)} and bindings "
-                         f"{list(gin_bindings)}: {e}") from e
+                         f"{list(gin_bindings)}: {type(e).__name__}: {e}") from e
+  finally:
+    logging.getLogger().removeFilter(quiet)
   if finalize:
     try:
       gin.finalize()
@@ -142,3 +155,12 @@ def write_operative_config(model_dir: str, *, also_full: bool = True) -> str:
     with open(os.path.join(model_dir, "config_full.gin"), "w") as f:
       f.write(gin.config_str())
   return path
+
+
+def vocab_size_of(vocabulary) -> int:
+  """`vocabulary.vocab_size`, for gin: size the embedding from the vocabulary.
+
+  `VOCAB_SIZE = @gin_utils.vocab_size_of()` keeps the model's id space equal to
+  the vocabulary's instead of a number copied into a gin file.
+  """
+  return int(vocabulary.vocab_size)

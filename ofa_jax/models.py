@@ -24,8 +24,9 @@ import numpy as np
 from ofa_jax import decoding as decoding_lib
 from ofa_jax import decoding_constraints as dc
 from ofa_jax import decoding_sampling
+from ofa_jax import decoding_scoring
+from ofa_jax.decoding_settings import DecodeSettings  # re-exported
 from ofa_jax import features as F
-from ofa_jax import models_scoring
 from ofa_jax.model import transformer as transformer_lib
 from ofa_jax.model.config import OFAConfig
 
@@ -96,87 +97,6 @@ def token_losses(logits: Array, targets: Array, kinds: Optional[Array], *,
   loss = (1.0 - eps - eps_i) * nll + eps_i * smooth if eps else nll
   correct = jnp.argmax(logits, axis=-1) == targets
   return {"loss": loss, "nll": nll, "correct": correct}
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class DecodeSettings:
-  """Resolved decoding settings (from a task's `plan.DecodingSpec` + overrides).
-
-  kind: "text", "box", "closed_set" or "image_codes"; method: "beam", "greedy"
-  or "sample". `max_len` counts decoded positions, including a forced prompt
-  and the final `</s>`. `trie` is a `decoding_constraints.DenseTrie`.
-  """
-
-  kind: str = "text"
-  method: str = "beam"
-  beam_size: int = 5
-  max_len: Optional[int] = None
-  min_len: int = 0
-  length_penalty: float = 1.0
-  no_repeat_ngram_size: int = 0
-  num_boxes: int = 1
-  trie: Optional[dc.DenseTrie] = None
-  num_samples: int = 1
-  temperature: float = 1.0
-  top_k: int = 0
-  top_p: float = 1.0
-  use_cache: bool = True
-  return_all: bool = False
-
-  KINDS = ("text", "box", "closed_set", "image_codes")
-  METHODS = ("beam", "greedy", "sample")
-
-  def __post_init__(self):
-    if self.kind not in self.KINDS:
-      raise ValueError(f"DecodeSettings.kind={self.kind!r}; token decoding knows "
-                       f"{self.KINDS} (dense targets have their own generators)")
-    if self.method not in self.METHODS:
-      raise ValueError(f"DecodeSettings.method={self.method!r}; expected one of "
-                       f"{self.METHODS}")
-    if self.kind == "closed_set" and self.trie is None:
-      raise ValueError("DecodeSettings(kind='closed_set') needs a trie")
-    if self.beam_size < 1 or self.num_samples < 1:
-      raise ValueError(f"beam_size={self.beam_size} and num_samples="
-                       f"{self.num_samples} must be >= 1")
-
-  @classmethod
-  def from_spec(cls, spec: Any = None, **overrides) -> "DecodeSettings":
-    """From `ofa_jax.plan.DecodingSpec` (duck-typed) and keyword overrides.
-
-    The spec's `max_len` counts free tokens before `</s>` (OFA's max_len_b);
-    one position is added for `</s>` (a box: 4 bins + `</s>` = 5).
-    """
-    kw: dict[str, Any] = {}
-    if spec is not None:
-      kind = getattr(spec, "kind")
-      kw["kind"] = kind
-      kw["beam_size"] = int(getattr(spec, "beam_size", 5))
-      kw["min_len"] = int(getattr(spec, "min_len", 0))
-      if getattr(spec, "max_len", None) is not None:
-        kw["max_len"] = int(spec.max_len) + 1
-      if getattr(spec, "sampling", False):
-        kw["method"] = "sample"
-        kw["num_samples"] = kw["beam_size"]
-      if kind == "image_codes":
-        kw.update(method="sample", top_k=256, num_samples=kw["beam_size"])
-      trie = getattr(spec, "trie", None)
-      if trie is not None:
-        kw["trie"] = dc.DenseTrie.from_tables(trie)
-    kw.update(overrides)
-    if kw.get("method") == "greedy":
-      kw["beam_size"] = 1
-    return cls(**kw)
-
-  def constraints(self, layout: dc.IdLayout) -> tuple:
-    if self.kind == "box":
-      return (dc.box_constraint(layout, self.num_boxes),)
-    if self.kind == "image_codes":
-      if self.max_len is None:
-        raise ValueError("image_codes decoding needs max_len (codes + 1)")
-      return (dc.image_constraint(layout, self.max_len - 1),)
-    if self.kind == "closed_set":
-      return (dc.TrieConstraint(self.trie, eos_id=layout.eos_id),)
-    return (dc.text_constraint(layout),)
 
 
 class OFAModel:
@@ -322,11 +242,11 @@ class OFAModel:
     sum). With candidates (int [C, Lc]: each a closed-set answer's tokens after
     `<s>`, ending in `</s>`, padded with `<pad>`): `(best [B], scores [B, C])`,
     the encoder run once per example and the decoder over every candidate after
-    the example's forced prompt; see `models_scoring.score_candidates`.
+    the example's forced prompt; see `decoding_scoring.score_candidates`.
     """
     variables = self.split_variables(params, batch_stats)
     if candidates is not None:
-      return models_scoring.score_candidates(
+      return decoding_scoring.score_candidates(
           self.module, variables, batch, candidates, trie=trie,
           chunk=candidate_chunk)
     logits = self.module.apply(variables, batch, train=False)
@@ -371,12 +291,19 @@ class OFAModel:
     encoded = module.apply(variables, batch, train=False, method=module.encode)
     b = encoded.hidden.shape[0]
     targets = batch.get(F.DECODER_TARGET_TOKENS)
-    length = s.max_len or (None if targets is None else targets.shape[1])
-    if length is None:
-      raise ValueError("predict_batch: give max_len or a batch with "
-                       f"{F.DECODER_TARGET_TOKENS!r}")
+    may_prompt = targets is not None and F.DECODER_LOSS_WEIGHTS in batch
+    if s.max_len is None:
+      if targets is None:
+        raise ValueError("predict_batch: give max_len or a batch with "
+                         f"{F.DECODER_TARGET_TOKENS!r}")
+      length = targets.shape[1]
+    else:
+      room = s.max_prompt_len
+      if room is None:
+        room = targets.shape[1] if may_prompt else 0
+      length = room + s.max_len
     forced_tokens = forced_lengths = None
-    if targets is not None and F.DECODER_LOSS_WEIGHTS in batch:
+    if may_prompt:
       forced_tokens, forced_lengths = _forced_prompt(
           targets, batch[F.DECODER_LOSS_WEIGHTS], length)
     if s.kind == "image_codes":
@@ -385,7 +312,8 @@ class OFAModel:
         s.num_samples if s.method == "sample" else 1)
     enc_rows = decoding_lib.expand_rows(encoded, n)
     rules = decoding_lib.DecodingRules(
-        min_len=s.min_len, no_repeat_ngram_size=s.no_repeat_ngram_size,
+        min_len=s.min_len, max_free_len=s.max_len,
+        no_repeat_ngram_size=s.no_repeat_ngram_size,
         constraints=s.constraints(self.layout))
     if s.use_cache:
       cache = transformer_lib.init_cache(self.config, b * n, length)

@@ -44,16 +44,25 @@ class BuildConfig:
   dense_dims: Mapping[str, tuple[int, ...]]  # trailing dims of absent streams
   decoder_plain_with_loss: bool = False
   sample_weight_field: Optional[str] = None
+  # Plain text of the instruction -> its ids, tokenized once in Python (outside
+  # any traced function: autograph must not rewrite the tokenizer's Python).
+  plain_tokens: Mapping[str, tuple[int, ...]] = dataclasses.field(
+      default_factory=dict)
+
+
+def plain_text_tokens(vocab, template) -> dict[str, tuple[int, ...]]:
+  """Ids of every plain-text element of every alternative (stripped text)."""
+  out: dict[str, tuple[int, ...]] = {}
+  for alt in template.alternatives:
+    for element in alt.source + alt.target:
+      if isinstance(element, PlainText) and element.text.strip():
+        text = element.text.strip()
+        out.setdefault(text, tuple(int(i) for i in vocab.encode(text)))
+  return out
 
 
 def _ids(x) -> tf.Tensor:
   return tf.reshape(tf.cast(x, tf.int32), [-1])
-
-
-def _const_tokens(vocab, text: str) -> tf.Tensor:
-  """Plain text of the instruction -> ids (computed once, at trace time)."""
-  ids = list(vocab.encode(text))
-  return tf.constant(ids, tf.int32, shape=[len(ids)])
 
 
 def _slot_seed(seed: tf.Tensor, salt: int) -> tf.Tensor:
@@ -159,7 +168,8 @@ class _Walker:
       text = element.text.strip()
       if not text:
         return None
-      ids = _const_tokens(self.cfg.vocab, text)
+      ids = list(self.cfg.plain_tokens[text])
+      ids = tf.constant(ids, tf.int32, shape=[len(ids)])
       return ids, tf.fill(tf.shape(ids), TEXT)
     if isinstance(element, InterleavedGroup):
       return self.group(element, salts, target)

@@ -23,7 +23,7 @@ from ofa_jax import data_stats
 from ofa_jax import features as F
 from ofa_jax import plan_build as B
 from ofa_jax.instructions import InterleavedGroup
-from ofa_jax.plan_source import TRAINING_KEY
+from ofa_jax.plan_source import EVAL_KEY, TRAIN_KEY, is_training_dataset
 
 M = F.Modality
 
@@ -53,7 +53,7 @@ def check_fields(plan) -> Callable[[tf.data.Dataset], tf.data.Dataset]:
           raise ValueError(
               f"task {plan.name!r}, slot {slot.to_string()}{where}: the data has "
               f"no field {slot.name!r}; its fields are "
-              f"{sorted(x for x in spec if x != TRAINING_KEY)}")
+              f"{sorted(x for x in spec if x not in (TRAIN_KEY, EVAL_KEY))}")
     field = plan.options.get("sample_weight_field")
     if field and field not in spec:
       raise ValueError(f"task {plan.name!r}: sample_weight_field {field!r} is not a "
@@ -99,7 +99,8 @@ def build_examples(plan) -> Callable[..., tf.data.Dataset]:
         processors=plan.processors, dense_dims=plan.dense_dims,
         decoder_plain_with_loss=bool(plan.options.get("decoder_plain_with_loss",
                                                       False)),
-        sample_weight_field=plan.options.get("sample_weight_field"))
+        sample_weight_field=plan.options.get("sample_weight_field"),
+        plain_tokens=B.plain_text_tokens(plan.vocab, plan.template))
     alternatives = plan.template.alternatives
 
     def variant(ex, seed, is_training):
@@ -115,12 +116,11 @@ def build_examples(plan) -> Callable[..., tf.data.Dataset]:
       _check_static_lengths(plan, out, sequence_length)
       return B.truncate(out, sequence_length, plan.vocab.eos_id)
 
+    is_training = is_training_dataset(ds)
+
     @seqio.map_over_dataset(num_seeds=1)
     def per_example(ex, seed):
-      seed = tf.cast(tf.reshape(seed, [2]), tf.int32)
-      is_training = ex[TRAINING_KEY]
-      return tf.cond(is_training, lambda: variant(ex, seed, True),
-                     lambda: variant(ex, seed, False))
+      return variant(ex, tf.cast(tf.reshape(seed, [2]), tf.int32), is_training)
 
     return per_example(ds)
   return fn

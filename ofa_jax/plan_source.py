@@ -13,11 +13,24 @@ from typing import Optional, Sequence
 import seqio
 import tensorflow as tf
 
-TRAINING_KEY = "_ofa_is_training"
+TRAIN_KEY = "_ofa_split_train"
+EVAL_KEY = "_ofa_split_eval"
+
+
+def is_training_dataset(ds: tf.data.Dataset) -> bool:
+  """True for a dataset of a training split (as tagged by SplitTaggedSource)."""
+  spec = ds.element_spec
+  if TRAIN_KEY in spec:
+    return True
+  if EVAL_KEY in spec:
+    return False
+  raise ValueError("the dataset does not come from a SplitTaggedSource (no "
+                   f"{TRAIN_KEY!r} / {EVAL_KEY!r} key); ofa_jax tasks wrap their "
+                   "source at registration")
 
 
 class SplitTaggedSource(seqio.DataSource):
-  """Delegates to `inner`; adds `_ofa_is_training` (split in `train_splits`)."""
+  """Delegates to `inner`; tags examples with the kind of split (train / eval)."""
 
   def __init__(self, inner: seqio.DataSourceInterface,
                train_splits: Sequence[str] = ("train",)):
@@ -50,11 +63,11 @@ class SplitTaggedSource(seqio.DataSource):
     del sequence_length, use_cached, num_epochs
     ds = self._inner.get_dataset(split=split, shuffle=shuffle, seed=seed,
                                  shard_info=shard_info)
-    flag = split in self._train_splits
+    key = TRAIN_KEY if split in self._train_splits else EVAL_KEY
     if not isinstance(ds.element_spec, dict):
       raise ValueError(f"data source {self._inner!r} must yield dicts of features, "
                        f"got {ds.element_spec}")
-    return ds.map(lambda ex: {**ex, TRAINING_KEY: tf.constant(flag)},
+    return ds.map(lambda ex: {**ex, key: tf.constant(True)},
                   num_parallel_calls=tf.data.AUTOTUNE)
 
   def __repr__(self) -> str:

@@ -18,16 +18,20 @@ import optax
 
 @flax.struct.dataclass
 class TrainState:
+  """`model_state`: the non-trained variable collections (e.g. `batch_stats`)."""
+
   step: jax.Array
   params: Any
   opt_state: Any
+  model_state: Any = flax.struct.field(default_factory=dict)
 
   @classmethod
-  def create(cls, params: Any, tx: optax.GradientTransformation) -> "TrainState":
+  def create(cls, params: Any, tx: optax.GradientTransformation,
+             model_state: Optional[Mapping[str, Any]] = None) -> "TrainState":
     """Works on boxed (`nn.Partitioned`) params too: optax maps over the boxes, so
     the optimizer moments inherit the parameters' logical axes."""
     return cls(step=jnp.zeros((), jnp.int32), params=params,
-               opt_state=tx.init(params))
+               opt_state=tx.init(params), model_state=dict(model_state or {}))
 
   def apply_gradients(self, grads: Any, tx: optax.GradientTransformation
                       ) -> "TrainState":
@@ -52,7 +56,8 @@ def abstract_and_init(init_variables: Callable[[jax.Array], Any],
     if "params" not in variables:
       raise ValueError("init_variables must return flax variables with a 'params' "
                        f"collection, got collections {sorted(variables)}")
-    return TrainState.create(variables["params"], tx)
+    others = {k: v for k, v in variables.items() if k != "params"}
+    return TrainState.create(variables["params"], tx, others)
 
   abstract = jax.eval_shape(boxed_state, jax.random.key(0))
 
@@ -84,15 +89,22 @@ def make_train_step(model: Any, tx: optax.GradientTransformation, *,
   if microbatches < 1:
     raise ValueError(f"microbatches must be >= 1, got {microbatches}")
 
-  def grad_fn(params, batch, rng):
+  def grad_fn(params, model_state, batch, rng):
+    kwargs = dict(loss_kwargs)
+    if "batch_stats" in model_state:
+      kwargs["batch_stats"] = model_state["batch_stats"]
     (loss, aux), grads = jax.value_and_grad(
-        lambda p: model.loss_fn(p, batch, rng, **loss_kwargs), has_aux=True)(params)
-    return loss, aux, grads
+        lambda p: model.loss_fn(p, batch, rng, **kwargs), has_aux=True)(params)
+    aux = dict(aux)
+    if "batch_stats" in aux:  # BatchNorm statistics updated in training mode
+      model_state = dict(model_state, batch_stats=aux.pop("batch_stats"))
+    return loss, aux, grads, model_state
 
   def step(state: TrainState, batch: Any, rng: jax.Array):
     rng = jax.random.fold_in(rng, state.step)
     if microbatches == 1:
-      loss, aux, grads = grad_fn(state.params, batch, rng)
+      loss, aux, grads, model_state = grad_fn(state.params, state.model_state,
+                                              batch, rng)
     else:
       def split(x):
         b = x.shape[0]
@@ -104,14 +116,16 @@ def make_train_step(model: Any, tx: optax.GradientTransformation, *,
 
       mbs = jax.tree.map(split, batch)
 
-      def body(acc, i):
+      def body(carry, i):
+        acc, model_state = carry
         mb = jax.tree.map(lambda x: x[i], mbs)
-        loss, aux, grads = grad_fn(state.params, mb, jax.random.fold_in(rng, i))
-        acc = jax.tree.map(jnp.add, acc, grads)
-        return acc, (loss, aux)
+        loss, aux, grads, model_state = grad_fn(
+            state.params, model_state, mb, jax.random.fold_in(rng, i))
+        return (jax.tree.map(jnp.add, acc, grads), model_state), (loss, aux)
 
       zeros = jax.tree.map(jnp.zeros_like, state.params)
-      grads, (losses, auxs) = jax.lax.scan(body, zeros, jnp.arange(microbatches))
+      (grads, model_state), (losses, auxs) = jax.lax.scan(
+          body, (zeros, state.model_state), jnp.arange(microbatches))
       grads = jax.tree.map(lambda g: g / microbatches, grads)
       loss = jnp.mean(losses)
 
@@ -122,14 +136,19 @@ def make_train_step(model: Any, tx: optax.GradientTransformation, *,
 
       aux = jax.tree.map(unsplit, auxs)
     batch_size = jax.tree.leaves(batch)[0].shape[0]
-    per_example = {k: v for k, v in aux.items()
-                   if getattr(v, "ndim", 0) >= 1 and v.shape[0] == batch_size}
-    metrics = {k: jnp.mean(v) for k, v in aux.items() if k not in per_example}
+    per_example, metrics = {}, {}
+    for k, v in aux.items():
+      if not hasattr(v, "ndim"):
+        continue
+      if v.ndim >= 1 and v.shape[0] == batch_size:
+        per_example[k] = v
+      else:
+        metrics[k] = jnp.mean(v)
     if isinstance(batch, Mapping) and "task_id" in batch:
-      per_example["task_id"] = batch["task_id"]
+      per_example["task_id"] = batch["task_id"].reshape(-1)
     metrics["loss"] = loss
     metrics["grad_norm"] = optax.global_norm(grads)
-    new_state = state.apply_gradients(grads, tx)
+    new_state = state.apply_gradients(grads, tx).replace(model_state=model_state)
     return new_state, metrics, per_example
 
   return step

@@ -22,7 +22,7 @@ import signal
 import socket
 import threading
 import time
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
 import numpy as np
@@ -186,9 +186,18 @@ def train(*, model: Any, model_dir: str, mixture_or_task_name: str,
           checkpoint_period: int = 1000, keep_checkpoints: Optional[int] = 3,
           async_checkpoints: bool = True, log_period: int = 10,
           initial_checkpoint_path: Optional[str] = None,
+          register_fns: Sequence[Callable[[], Any]] = (),
           handle_signals: bool = True) -> TrainResult:
-  """Trains `model` on a SeqIO mixture until `train_steps`; resumes from `model_dir`."""
+  """Trains `model` on a SeqIO mixture until `train_steps`; resumes from `model_dir`.
+
+  `register_fns` are called first (e.g. `tasks.demo.register_demo_tasks`), so a
+  gin file can register the tasks it trains on without import-time side effects.
+  Returns when done or stopped by a signal (after saving); raises
+  `NonFiniteLossError` on a NaN or infinite loss.
+  """
   # ---- set-up ---------------------------------------------------------------
+  for fn in register_fns:
+    fn()
   if train_steps <= 0 or batch_size <= 0:
     raise ValueError(f"train_steps ({train_steps}) and batch_size ({batch_size}) "
                      "must be positive")
@@ -217,7 +226,9 @@ def train(*, model: Any, model_dir: str, mixture_or_task_name: str,
   task_names = _task_names(mixture_or_task_name)
 
   # ---- model and optimizer ----------------------------------------------------
-  shapes, types = _input_shapes(data.element_spec, batch_size)
+  # Initialize with one example per data shard (parameter shapes do not depend on
+  # the batch size; this keeps the init cheap and evenly shardable).
+  shapes, types = _input_shapes(data.element_spec, partitioner.num_data_shards)
   abstract, init_fn = ts_lib.abstract_and_init(
       lambda rng: model.get_initial_variables(rng, shapes, types), optimizer)
   shardings = partitioner.logical_to_mesh_shardings(abstract)
@@ -261,7 +272,12 @@ def train(*, model: Any, model_dir: str, mixture_or_task_name: str,
                             out_shardings=shardings)(jax.random.fold_in(rng, 1))
     if initial_checkpoint_path:
       params = ckpt_lib.load_params(initial_checkpoint_path, state.params)
-      state = state.replace(params=params)
+      model_state = dict(state.model_state)
+      for name in model_state:  # e.g. BatchNorm statistics, when present
+        if ckpt_lib.has_collection(initial_checkpoint_path, name):
+          model_state[name] = ckpt_lib.load_params(
+              initial_checkpoint_path, model_state[name], collection=name)
+      state = state.replace(params=params, model_state=model_state)
       logging.info("initialized parameters from %s", initial_checkpoint_path)
   step = int(jax.device_get(state.step))
 

@@ -14,9 +14,12 @@ The text part is pluggable (`TextTokenizer`): the built-in default is the
 SentencePiece model bundled in `ofa_jax/assets/` (see `tools/build_sentencepiece.py`);
 `ofa_jax.bpe.GPT2BPETokenizer` loads OFA's own BPE files.
 
-Strings may name the non-text tokens literally: `<mask>`, `<code_k>` and `<bin_k>`
-encode to their single id (both in Python and in TF), and decoding renders them the
-same way, so `encode(decode(ids)) == ids` for well-formed ids.
+Strings may name the non-text tokens literally: `<mask>`, `<code_k>`, `<bin_k>` (and
+the phone pieces `<ph_AA>` where the text model has them) encode to their single id,
+both in Python and in TF, and decoding renders them the same way (as separate
+words), so `encode(decode(ids)) == ids` for well-formed ids. The text between them
+is stripped of ASCII whitespace and tokenized on its own; a NUL character in the
+input acts as a separator and is dropped (it is how the TF side splits).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import functools
 import hashlib
 import importlib.resources
 import re
-from typing import Any, Mapping, Optional, Protocol, Sequence
+from typing import Any, Optional, Protocol, Sequence
 
 import numpy as np
 import seqio
@@ -37,7 +40,6 @@ from ofa_jax import features
 # Literal spellings of the non-text tokens; one regex for Python and TF (RE2 syntax).
 SPECIAL_TOKEN_PATTERN = r"<mask>|<code_[0-9]+>|<bin_[0-9]+>|<ph_[A-Z]+>"
 _SPECIAL_RE = re.compile(f"({SPECIAL_TOKEN_PATTERN})")
-_NUMBERED_RE = r"^<(?:code|bin)_([0-9]+)>$"
 # Text between literal special tokens is stripped of ASCII whitespace (what
 # tf.strings.strip removes), so Python and TF agree and BPE emits no lone spaces.
 _ASCII_SPACE = " \t\n\r\f\v"
@@ -102,7 +104,7 @@ class SentencePieceTokenizer:
           f"SentencePiece model special ids are {got}; OFA's layout needs {want} "
           "(train with --bos_id=0 --pad_id=1 --eos_id=2 --unk_id=3)")
     self._fingerprint = "spm:" + hashlib.sha256(model_proto).hexdigest()[:16]
-    self._eager_tf = None
+    self._tf = None
 
   @classmethod
   def from_file(cls, path: str) -> "SentencePieceTokenizer":
@@ -129,14 +131,18 @@ class SentencePieceTokenizer:
     return list(self._sp.encode(text, out_type=int))
 
   def _tf_tokenizer(self):
-    # A tf_text tokenizer owns a TF resource bound to the graph it was made in:
-    # cache only the eager one, make a fresh one per traced graph (tf.data).
-    if tf.executing_eagerly():
-      if self._eager_tf is None:
-        self._eager_tf = tf_text.SentencepieceTokenizer(
-            model=self._proto, out_type=tf.int32)
-      return self._eager_tf
-    return tf_text.SentencepieceTokenizer(model=self._proto, out_type=tf.int32)
+    # Made once in the eager context (tf.init_scope), even when first needed while
+    # tracing: every tf.data function then captures the same resource.
+    if self._tf is None:
+      with tf.init_scope():
+        self._tf = tf_text.SentencepieceTokenizer(model=self._proto, out_type=tf.int32)
+    return self._tf
+
+  def __getstate__(self):
+    return {"model_proto": self._proto}
+
+  def __setstate__(self, state):
+    self.__init__(state["model_proto"])
 
   def encode_tf(self, texts: tf.Tensor) -> tf.RaggedTensor:
     return self._tf_tokenizer().tokenize(texts)
@@ -174,6 +180,7 @@ class OFAVocabulary(seqio.Vocabulary):
     self._table_np = None
     self._phones = self._phone_table()
     self._special_table_tf = None
+    self._specials = None
 
   # ---- layout -------------------------------------------------------------
   @property
@@ -287,18 +294,18 @@ class OFAVocabulary(seqio.Vocabulary):
         out[phone_symbol(p)] = i
     return out
 
+  def _special_ids(self) -> dict[str, int]:
+    """Literal spelling -> id of every non-text token (and of the phone pieces)."""
+    if self._specials is None:
+      out = {"<mask>": self._mask_id}
+      out.update((f"<code_{i}>", self.code_offset + i) for i in range(self._num_codes))
+      out.update((f"<bin_{i}>", self.bin_offset + i) for i in range(self._num_bins))
+      out.update(self._phones)
+      self._specials = out
+    return self._specials
+
   def _special_id(self, piece: str) -> Optional[int]:
-    if piece == "<mask>":
-      return self._mask_id
-    if piece.startswith("<ph_"):
-      return self._phones.get(piece)
-    m = re.match(_NUMBERED_RE, piece)
-    if m is None:
-      return None
-    k = int(m.group(1))
-    if piece.startswith("<code_"):
-      return self.code_offset + k if k < self._num_codes else None
-    return self.bin_offset + k if k < self._num_bins else None
+    return self._special_ids().get(piece)
 
   def _encode(self, s: str) -> list[int]:
     if not isinstance(s, str):
@@ -372,7 +379,8 @@ class OFAVocabulary(seqio.Vocabulary):
         tf.concat([text_pos, special_pos], 0)[:, None],
         tf.concat([tf.cast(text_ids.flat_values, tf.int32),
                    tf.boolean_mask(special, is_special)], 0),
-        splits[-1:])
+        tf.reshape(splits[-1], [1]))
+    values.set_shape([None])
     if s.shape.rank == 0:
       return values
     return tf.RaggedTensor.from_row_splits(
@@ -386,14 +394,12 @@ class OFAVocabulary(seqio.Vocabulary):
     traces far faster than parsing `<bin_k>` with regexes.
     """
     if self._special_table_tf is None:
-      names = ["<mask>"] + [f"<code_{i}>" for i in range(self._num_codes)]
-      names += [f"<bin_{i}>" for i in range(self._num_bins)] + list(self._phones)
-      ids = ([self._mask_id] + list(range(self.code_offset, self.vocab_size))
-             + list(self._phones.values()))
+      specials = self._special_ids()
       with tf.init_scope():
         self._special_table_tf = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(
-                tf.constant(names, tf.string), tf.constant(ids, tf.int32)), -1)
+                tf.constant(list(specials), tf.string),
+                tf.constant(list(specials.values()), tf.int32)), -1)
     return self._special_table_tf
 
   def _special_id_tf(self, pieces: tf.Tensor) -> tf.Tensor:
@@ -413,6 +419,12 @@ class OFAVocabulary(seqio.Vocabulary):
     return tf.strings.unicode_transcode(raw, "UTF-8", "UTF-8", errors="replace")
 
   # ---- identity --------------------------------------------------------------
+  def __getstate__(self):
+    return {"text": self._text, "num_codes": self._num_codes, "num_bins": self._num_bins}
+
+  def __setstate__(self, state):
+    self.__init__(state["text"], state["num_codes"], state["num_bins"])
+
   def _key(self) -> tuple[Any, ...]:
     return (self._text.fingerprint, self._num_codes, self._num_bins)
 
@@ -463,11 +475,3 @@ def ofa_bpe_vocabulary(encoder_json: str, vocab_bpe: str, dict_txt: str,
 
   return OFAVocabulary(bpe.GPT2BPETokenizer.from_files(encoder_json, vocab_bpe, dict_txt),
                        num_codes=num_codes, num_bins=num_bins)
-
-
-def describe(vocab: OFAVocabulary) -> Mapping[str, int]:
-  """The layout as a dict (for logs and config dumps)."""
-  return {"vocab_size": vocab.vocab_size, "text_size": vocab.text_size,
-          "mask_id": vocab.mask_id, "code_offset": vocab.code_offset,
-          "num_codes": vocab.num_codes, "bin_offset": vocab.bin_offset,
-          "num_bins": vocab.num_bins}

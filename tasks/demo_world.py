@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
-from typing import Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 import seqio
@@ -221,107 +221,109 @@ def sentence(rng: np.random.Generator) -> str:
 
 
 # ---------------------------------------------------------------------------
-# Records: one column-oriented dict of numpy arrays per (task kind, split).
+# Examples: each one a pure function of (kind, seed, split, index).
 # ---------------------------------------------------------------------------
-def _rng(seed: int, split: str, stream: int) -> np.random.Generator:
+KINDS = ("caption", "vqa", "grounding", "grounded_caption", "classify", "matching",
+         "detection", "sudoku", "infilling")
+_STREAM = {k: i + 1 for i, k in enumerate(KINDS)}
+
+
+def _rng(kind: str, seed: int, split: str, index: int) -> np.random.Generator:
   if split not in _SPLIT_SALT:
     raise ValueError(f"demo world: unknown split {split!r}; splits are {SPLITS}")
-  return np.random.default_rng([seed, _SPLIT_SALT[split], stream])
+  if kind not in _STREAM:
+    raise ValueError(f"demo world: unknown kind {kind!r}; kinds are {KINDS}")
+  return np.random.default_rng([seed, _SPLIT_SALT[split], _STREAM[kind], index])
 
 
-def _images(scenes: Sequence[Scene]) -> np.ndarray:
-  return np.array([png_bytes(render(s)) for s in scenes], dtype=object)
+def example(kind: str, index: int, *, seed: int = 0, split: str = "train",
+            canvas: int = 64) -> dict[str, Any]:
+  """Example `index` of one demo task kind (fields as the instructions name them).
 
-
-def _scene_records(kind: str, n: int, seed: int, split: str, canvas: int
-                   ) -> dict[str, np.ndarray]:
-  stream = {"caption": 1, "vqa": 2, "grounding": 3, "grounded_caption": 4,
-            "classify": 5, "matching": 6, "detection": 7}[kind]
-  rng = _rng(seed, split, stream)
-  single = kind == "classify"
-  scenes = [make_scene(rng, canvas, max_objects=1 if single else 3)
-            for _ in range(n)]
-  out: dict[str, np.ndarray] = {"img": _images(scenes)}
+  Images are PNG bytes; boxes float32 pixels (x0, y0, x1, y1); detection has
+  `boxes` [n, 4] and `labels` [n] (numpy arrays of bytes).
+  """
+  rng = _rng(kind, seed, split, index)
+  if kind == "sudoku":
+    puzzle, solution = sudoku_4x4(rng, blanks=int(rng.integers(4, 9)))
+    return {"puzzle": puzzle, "solution": solution}
+  if kind == "infilling":
+    return {"sentence": sentence(rng)}
+  scene = make_scene(rng, canvas, max_objects=1 if kind == "classify" else 3)
+  out: dict[str, Any] = {"img": png_bytes(render(scene))}
+  objs = scene.objects
   if kind == "caption":
-    out["cap"] = np.array([caption_of(s) for s in scenes], dtype=object)
+    out["cap"] = caption_of(scene)
   elif kind == "vqa":
-    qa = [_vqa(s, rng) for s in scenes]
-    out["question"] = np.array([q for q, _ in qa], dtype=object)
-    out["answer"] = np.array([a for _, a in qa], dtype=object)
+    out["question"], out["answer"] = _vqa(scene, rng)
   elif kind in ("grounding", "grounded_caption"):
-    picks = [s.objects[rng.integers(len(s.objects))] for s in scenes]
-    out["region"] = np.array([o.box for o in picks], dtype=np.float32)
-    text = [f"the {o.size} {o.colour} {o.shape}" for o in picks]
-    out["cap"] = np.array(text, dtype=object)
+    o = objs[rng.integers(len(objs))]
+    out["region"] = np.array(o.box, np.float32)
+    out["cap"] = f"the {o.size} {o.colour} {o.shape}"
   elif kind == "classify":
-    out["label"] = np.array([s.objects[0].shape for s in scenes], dtype=object)
+    out["label"] = objs[0].shape
   elif kind == "matching":
-    match = rng.uniform(size=n) < 0.5
-    out["cap"] = np.array([caption_of(s) if m else _perturbed_caption(s, rng)
-                           for s, m in zip(scenes, match)], dtype=object)
-    out["label"] = np.array(["yes" if m else "no" for m in match], dtype=object)
+    match = bool(rng.uniform() < 0.5)
+    out["cap"] = caption_of(scene) if match else _perturbed_caption(scene, rng)
+    out["label"] = "yes" if match else "no"
   elif kind == "detection":
-    out["boxes"] = [np.array([o.box for o in s.objects], np.float32).reshape(-1, 4)
-                    for s in scenes]
-    out["labels"] = [np.array([o.name for o in s.objects], dtype=object)
-                     for s in scenes]
+    out["boxes"] = np.array([o.box for o in objs], np.float32).reshape(-1, 4)
+    out["labels"] = np.array([o.name.encode() for o in objs], dtype=object)
   return out
 
 
 def records(kind: str, n: int, *, seed: int = 0, split: str = "train",
-            canvas: int = 64) -> dict[str, np.ndarray | list]:
-  """The first `n` examples of one demo task kind, column-oriented.
+            canvas: int = 64) -> dict[str, list]:
+  """The first `n` examples of a kind, column-oriented (for tests and baselines)."""
+  rows = [example(kind, i, seed=seed, split=split, canvas=canvas) for i in range(n)]
+  return {k: [r[k] for r in rows] for k in (rows[0] if rows else {})}
 
-  Kinds: caption, vqa, grounding, grounded_caption, classify, matching, detection,
-  sudoku, infilling. Detection's `boxes` / `labels` are lists of per-example arrays.
-  """
+
+def _signature(kind: str) -> dict[str, tf.TensorSpec]:
+  text = tf.TensorSpec([], tf.string)
   if kind == "sudoku":
-    rng = _rng(seed, split, 8)
-    pairs = [sudoku_4x4(rng, blanks=int(rng.integers(4, 9))) for _ in range(n)]
-    return {"puzzle": np.array([p for p, _ in pairs], dtype=object),
-            "solution": np.array([s for _, s in pairs], dtype=object)}
+    return {"puzzle": text, "solution": text}
   if kind == "infilling":
-    rng = _rng(seed, split, 9)
-    return {"sentence": np.array([sentence(rng) for _ in range(n)], dtype=object)}
-  return _scene_records(kind, n, seed, split, canvas)
-
-
-KINDS = ("caption", "vqa", "grounding", "grounded_caption", "classify", "matching",
-         "detection", "sudoku", "infilling")
-
-
-def _to_dataset(cols: Mapping[str, np.ndarray | list]) -> tf.data.Dataset:
-  tensors = {}
-  for k, v in cols.items():
-    if isinstance(v, list):  # ragged per-example lists (detection)
-      if v and v[0].dtype == object:
-        tensors[k] = tf.ragged.constant([x.tolist() for x in v], dtype=tf.string)
-      else:
-        tensors[k] = tf.RaggedTensor.from_row_lengths(
-            np.concatenate(v, 0).astype(np.float32), [len(x) for x in v])
-    elif v.dtype == object:
-      tensors[k] = tf.constant(list(v), dtype=tf.string)
-    else:
-      tensors[k] = tf.constant(v)
-  return tf.data.Dataset.from_tensor_slices(tensors)
+    return {"sentence": text}
+  sig = {"img": text}
+  sig.update({
+      "caption": {"cap": text},
+      "vqa": {"question": text, "answer": text},
+      "grounding": {"region": tf.TensorSpec([4], tf.float32), "cap": text},
+      "grounded_caption": {"region": tf.TensorSpec([4], tf.float32), "cap": text},
+      "classify": {"label": text},
+      "matching": {"cap": text, "label": text},
+      "detection": {"boxes": tf.TensorSpec([None, 4], tf.float32),
+                    "labels": tf.TensorSpec([None], tf.string)},
+  }[kind])
+  return sig
 
 
 def function_source(kind: str, num_examples: Mapping[str, int], *, seed: int = 0,
                     canvas: int = 64) -> seqio.FunctionDataSource:
-  """A seqio.FunctionDataSource over one demo task kind, with train/validation/test."""
+  """A seqio.FunctionDataSource over one demo task kind (train/validation/test).
+
+  Examples are generated lazily, so looking at the first few costs nothing.
+  """
   if kind not in KINDS:
     raise ValueError(f"demo world: unknown kind {kind!r}; kinds are {KINDS}")
-  counts = dict(num_examples)
+  counts = {k: int(v) for k, v in num_examples.items()}
   for split in counts:
     if split not in SPLITS:
       raise ValueError(f"demo world: unknown split {split!r}; splits are {SPLITS}")
+  world_seed = seed
+  signature = _signature(kind)
 
   def dataset_fn(split: str, shuffle_files: bool, seed=None) -> tf.data.Dataset:
     del shuffle_files, seed  # one in-memory "file"; seqio shuffles examples
-    return _to_dataset(records(kind, counts[split], seed=world_seed, split=split,
-                               canvas=canvas))
+    n = counts[split]
 
-  world_seed = seed
+    def gen():
+      for i in range(n):
+        yield example(kind, i, seed=world_seed, split=split, canvas=canvas)
+
+    return tf.data.Dataset.from_generator(gen, output_signature=signature)
+
   return seqio.FunctionDataSource(dataset_fn=dataset_fn, splits=tuple(counts),
                                   num_input_examples=counts)
 
@@ -331,4 +333,3 @@ def sources(num_examples: Mapping[str, int], *, seed: int = 0, canvas: int = 64
   """One source per demo task kind."""
   return {k: function_source(k, num_examples, seed=seed, canvas=canvas)
           for k in KINDS}
-

@@ -147,3 +147,244 @@ def test_layout_changes_are_inverse():
         cc._to_torch_layout(y, "kernel"), x)  # pylint: disable=protected-access
   conv = rng.normal(size=(8, 3, 7, 5))  # O, I, H, W
   assert cc._to_flax_layout(conv, "kernel").shape == (7, 5, 3, 8)  # pylint: disable=protected-access
+
+
+# ---------------------------------------------------------------------------
+# Against the real ofa_jax variable tree (no torch): a small `demo` model.
+# ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def demo():
+  """(config, abstract variables, random concrete variables) of a demo model."""
+  from ofa_jax.model import config as config_lib  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  config = config_lib.get_config("demo", vocab_size=64)
+  abstract = cc.abstract_variables(config)
+  rng = np.random.default_rng(0)
+  variables = jax.tree.map(
+      lambda s: rng.normal(size=s.shape).astype(s.dtype), abstract)
+  return config, abstract, variables
+
+
+def _assert_trees_equal(a, b):
+  import jax  # pylint: disable=g-import-not-at-top
+  flat_a = dict(jax.tree_util.tree_flatten_with_path(a)[0])
+  flat_b = dict(jax.tree_util.tree_flatten_with_path(b)[0])
+  assert flat_a.keys() == flat_b.keys()
+  for path, value in flat_a.items():
+    np.testing.assert_array_equal(np.asarray(value), np.asarray(flat_b[path]),
+                                  err_msg=str(path))
+
+
+def test_every_variable_has_a_distinct_torch_key(demo):
+  _, abstract, _ = demo
+  sd = cc.to_state_dict(abstract, names.HF, with_tied_aliases=False)
+  n_leaves = sum(len(cc._flatten(abstract[c])) for c in abstract)  # pylint: disable=protected-access
+  assert len(sd) == n_leaves
+  # The contract of ofa_jax/model's docstrings, spot-checked.
+  for key in ("encoder.embed_tokens.weight", "encoder.type_embedding.weight",
+              "encoder.embed_images.conv1.weight",
+              "encoder.embed_images.layer1.0.downsample.0.weight",
+              "encoder.embed_images.layer1.0.downsample.1.running_mean",
+              "encoder.image_proj.weight", "encoder.embed_image_positions.weight",
+              "encoder.token_rel_pos_table_list.1.weight",
+              "decoder.image_rel_pos_table_list.0.weight",
+              "decoder.layers.1.cross_attn.c_attn",
+              "decoder.layers.0.cross_attn_mid_layer_norm.bias",
+              "decoder.code_layernorm_embedding.weight"):
+    assert key in sd, key
+
+
+@pytest.mark.parametrize("naming", [names.HF, names.FAIRSEQ])
+def test_round_trip_through_torch_naming(demo, naming):
+  _, abstract, variables = demo
+  sd = cc.to_state_dict(variables, naming)
+  if naming == names.FAIRSEQ:
+    assert "encoder.layers.0.attn_ln.weight" in sd
+    assert "decoder.layers.0.encoder_attn.k_proj.weight" in sd
+    assert "decoder.layers.0.ffn_layernorm.bias" in sd
+  else:
+    assert "encoder.layers.0.self_attn_mid_layer_norm.weight" in sd
+  assert "decoder.output_projection.weight" in sd
+  back, detected = cc.convert_state_dict(sd, target=abstract)
+  assert detected == naming
+  _assert_trees_equal(back, variables)
+
+
+def test_known_buffers_and_wrapper_prefix_are_accepted(demo):
+  _, abstract, variables = demo
+  sd = {"model." + k: v for k, v in cc.to_state_dict(variables, names.HF).items()}
+  sd.update({
+      "model.encoder.version": np.array([3.0]),
+      "model.decoder.version": np.array([3.0]),
+      "model.encoder.token_rp_bucket": np.zeros((8, 8), np.int64),
+      "model.decoder.image_rp_bucket": np.zeros((8, 8), np.int64),
+      "model.decoder.image_position_idx": np.arange(9),
+      "model.encoder.embed_images.bn1.num_batches_tracked": np.array(5),
+  })
+  back, _ = cc.convert_state_dict(sd, target=abstract)
+  _assert_trees_equal(back, variables)
+
+
+def test_linear_and_conv_layouts(demo):
+  _, abstract, variables = demo
+  sd = cc.to_state_dict(variables, names.HF)
+  fc1 = variables["params"]["encoder"]["layers_0"]["fc1"]["kernel"]
+  np.testing.assert_array_equal(sd["encoder.layers.0.fc1.weight"], fc1.T)
+  conv = variables["params"]["encoder"]["images"]["embed_images"]["conv1"]["kernel"]
+  torch_conv = sd["encoder.embed_images.conv1.weight"]
+  assert torch_conv.shape == (conv.shape[3], conv.shape[2], conv.shape[0],
+                              conv.shape[1])
+  np.testing.assert_array_equal(torch_conv[2, 1, 3, 4], conv[3, 4, 1, 2])
+  del abstract
+
+
+def _errors(sd, abstract) -> str:
+  with pytest.raises(ConversionError) as info:
+    cc.convert_state_dict(sd, target=abstract)
+  return str(info.value)
+
+
+def test_missing_keys_are_named(demo):
+  _, abstract, variables = demo
+  sd = cc.to_state_dict(variables, names.FAIRSEQ)
+  del sd["decoder.layers.1.encoder_attn.q_proj.bias"]
+  del sd["encoder.embed_images.layer2.0.bn1.running_var"]
+  msg = _errors(sd, abstract)
+  assert "2 problem(s)" in msg
+  assert "missing key 'decoder.layers.1.cross_attn.q_proj.bias'" in msg
+  assert "missing key 'encoder.embed_images.layer2.0.bn1.running_var'" in msg
+
+
+def test_unknown_keys_are_named(demo):
+  _, abstract, variables = demo
+  sd = cc.to_state_dict(variables, names.HF)
+  sd["encoder.layers.0.w_resid"] = np.ones(128, np.float32)
+  sd["classification_heads.snli.dense.weight"] = np.ones((2, 2), np.float32)
+  msg = _errors(sd, abstract)
+  assert "unknown key 'encoder.layers.0.w_resid'" in msg
+  assert "unknown key 'classification_heads.snli.dense.weight'" in msg
+  # Dropping them on purpose works.
+  cc.convert_state_dict(sd, target=abstract, ignore_patterns=[
+      r"\.w_resid$", r"^classification_heads\."])
+
+
+def test_wrong_shapes_are_named_with_both_shapes(demo):
+  _, abstract, variables = demo
+  sd = cc.to_state_dict(variables, names.HF)
+  sd["encoder.image_proj.weight"] = sd["encoder.image_proj.weight"][:, :-1]
+  emb = sd["encoder.embed_tokens.weight"][:-1]
+  for alias in names.SHARED_EMBEDDING_ALIASES:
+    sd[alias] = emb
+  msg = _errors(sd, abstract)
+  assert "2 problem(s)" in msg
+  assert "shape mismatch for 'encoder.image_proj.weight'" in msg
+  assert "shape mismatch for 'encoder.embed_tokens.weight'" in msg
+  assert str(emb.shape) in msg
+
+
+def test_all_problems_are_reported_together(demo):
+  _, abstract, variables = demo
+  sd = cc.to_state_dict(variables, names.HF)
+  del sd["decoder.layer_norm.bias"]
+  sd["decoder.extra.weight"] = np.zeros(3, np.float32)
+  sd["decoder.pos_ln.weight"] = np.zeros(5, np.float32)
+  with pytest.raises(ConversionError) as info:
+    cc.convert_state_dict(sd, target=abstract)
+  assert len(info.value.problems) == 3
+
+
+def test_orbax_save_and_load(demo, tmp_path):
+  _, abstract, variables = demo
+  out = tmp_path / "converted"
+  cc.save_converted(variables, str(out), {"config_name": "demo"})
+  restored = cc.load_converted(str(out))
+  _assert_trees_equal(restored, variables)
+  _assert_trees_equal(cc.load_converted(str(out / cc.CHECKPOINT_SUBDIR)),
+                      variables)
+  assert cc.load_metadata(str(out)) == {"config_name": "demo"}
+  # Restoring onto explicit shardings (what a partitioned loader does).
+  import jax  # pylint: disable=g-import-not-at-top
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(
+      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+      abstract)
+  placed = cc.load_converted(str(out), target=target)
+  _assert_trees_equal(placed, variables)
+  assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(placed))
+  with pytest.raises(FileNotFoundError, match="no converted checkpoint"):
+    cc.load_converted(str(tmp_path / "nothing"))
+
+
+# ---------------------------------------------------------------------------
+# The command line tool (needs torch to write a .pt file).
+# ---------------------------------------------------------------------------
+def _write_pt(path, sd, **extra):
+  torch = pytest.importorskip("torch", reason="the parity extra (torch) is "
+                              "not installed")
+  torch.save({"model": {k: torch.from_numpy(np.ascontiguousarray(v))
+                        for k, v in sd.items()}, **extra}, str(path))
+
+
+@pytest.mark.slow
+def test_tool_converts_a_fairseq_pt_file(demo, tmp_path):
+  from tools import convert_ofa_checkpoint as tool  # pylint: disable=g-import-not-at-top
+  _, _, variables = demo
+  pt = tmp_path / "ofa_demo.pt"
+  _write_pt(pt, cc.to_state_dict(variables, names.FAIRSEQ), args=None)
+  vocab = tmp_path / "vocab"
+  vocab.mkdir()
+  for f in tool.BPE_FILES:
+    (vocab / f).write_text(f"content of {f}")
+  out = tmp_path / "out"
+  rc = tool.main([str(pt), str(out), "--size", "demo", "--override",
+                  "vocab_size=64", "--vocab_dir", str(vocab)])
+  assert rc == 0
+  _assert_trees_equal(cc.load_converted(str(out)), variables)
+  meta = json.loads((out / cc.METADATA_FILE).read_text())
+  assert meta["config_name"] == "demo"
+  assert meta["config_overrides"] == {"vocab_size": 64}
+  assert meta["source_naming"] == names.FAIRSEQ
+  assert meta["source"] == str(pt)
+  for f in tool.BPE_FILES:
+    assert (out / f).read_text() == f"content of {f}"
+  # A second run refuses to overwrite without --force.
+  assert tool.main([str(pt), str(out), "--size", "demo", "--override",
+                    "vocab_size=64"]) == 2
+  assert tool.main([str(pt), str(out), "--size", "demo", "--override",
+                    "vocab_size=64", "--force"]) == 0
+
+
+def test_tool_reports_bad_checkpoints(demo, tmp_path, capsys):
+  from tools import convert_ofa_checkpoint as tool  # pylint: disable=g-import-not-at-top
+  _, _, variables = demo
+  sd = cc.to_state_dict(variables, names.HF)
+  del sd["encoder.pos_ln.bias"]
+  pt = tmp_path / "broken.bin"
+  _write_pt(pt, sd)
+  rc = tool.main([str(pt), str(tmp_path / "out"), "--size", "demo",
+                  "--override", "vocab_size=64"])
+  assert rc == 2
+  assert "missing key 'encoder.pos_ln.bias'" in capsys.readouterr().err
+  assert not os.path.exists(tmp_path / "out" / cc.CHECKPOINT_SUBDIR)
+
+
+def test_tool_explains_pickled_fairseq_args(tmp_path):
+  import argparse  # pylint: disable=g-import-not-at-top
+  from tools import convert_ofa_checkpoint as tool  # pylint: disable=g-import-not-at-top
+  pt = tmp_path / "with_args.pt"
+  _write_pt(pt, {"encoder.layer_norm.weight": np.ones(2, np.float32)},
+            args=argparse.Namespace(arch="ofa_tiny"))
+  with pytest.raises(ValueError, match="--allow_pickle"):
+    tool.load_torch_state_dict(str(pt))
+  sd = tool.load_torch_state_dict(str(pt), allow_pickle=True)
+  assert list(sd) == ["encoder.layer_norm.weight"]
+
+
+def test_tool_parses_overrides():
+  from tools import convert_ofa_checkpoint as tool  # pylint: disable=g-import-not-at-top
+  assert tool.parse_overrides(["vocab_size=100", "dtype=bfloat16",
+                               "resnet_layers=(1, 1, 1)"]) == {
+                                   "vocab_size": 100, "dtype": "bfloat16",
+                                   "resnet_layers": (1, 1, 1)}
+  with pytest.raises(ValueError, match="NAME=VALUE"):
+    tool.parse_overrides(["vocab_size"])

@@ -463,6 +463,43 @@ def test_trie_beam_finds_the_best_answer_of_the_set():
   np.testing.assert_allclose(np.asarray(scores[0]), [s for s, _ in want], rtol=1e-5)
 
 
+def test_trie_from_host_trie_tables_starts_after_bos():
+  from ofa_jax import trie as trie_lib  # pylint: disable=g-import-not-at-top
+
+  answers = [[4, 5, EOS], [4, 6, 7, EOS], [8, EOS]]
+  host = trie_lib.Trie.from_sequences([[BOS] + a for a in answers])
+  dense = dc.DenseTrie.from_tables(host)
+  emb, pos = prefix_model(12, 6, seed=8)
+  toks, scores = run_beam(make_tokens_to_logits(emb, pos), b=1, length=6, k=3,
+                          rules=decoding.DecodingRules(
+                              constraints=(dc.TrieConstraint(dense),)))
+  got = sorted(_free_tokens(s) + [EOS] for s in np.asarray(toks[0]))
+  assert got == sorted(answers) and np.isfinite(np.asarray(scores)).all()
+
+
+def test_max_free_len_and_logits_processor():
+  vocab, length = 9, 8
+  emb, pos = prefix_model(vocab, length, seed=9, eos_bias=-20.0)  # never stops
+  fn = make_tokens_to_logits(emb, pos)
+  prompt = np.full((2, length), PAD, np.int32)
+  prompt[1, :2] = [7, 8]
+
+  def no_five(logits, state, free_step):
+    del state, free_step
+    return logits.at[:, 5].set(-jnp.inf)
+
+  rules = decoding.DecodingRules(max_free_len=3, logits_processor=no_five)
+  toks, _ = jax.jit(lambda: decoding.beam_search(
+      fn, (), batch_size=2, max_decode_len=length, beam_size=2, rules=rules,
+      forced_tokens=jnp.asarray(prompt),
+      forced_lengths=jnp.array([0, 2], jnp.int32)))()
+  toks = np.asarray(toks)
+  for row, plen in zip(toks[:, 0], (0, 2)):
+    assert row[plen + 2] == EOS and EOS not in row[plen:plen + 2], row
+  free = [t for row, plen in zip(toks[:, 0], (0, 2)) for t in row[plen:plen + 2]]
+  assert 5 not in free
+
+
 def test_bad_arguments_raise_clear_errors():
   fn = make_tokens_to_logits(*prefix_model(6, 4, seed=0))
   with pytest.raises(ValueError, match="forced_tokens has shape"):

@@ -110,25 +110,27 @@ def _corrupt_values(tmp_path):
   }
 
 
-def test_corrupt_inputs_are_invalid_never_errors_or_zero_valid(tmp_path):
+def test_corrupt_inputs_are_invalid_eagerly(tmp_path):
   ctx = make_ctx(options={"image_size": 8})
-  fn = lambda v: PROC.preprocess_input(v, ctx)  # noqa: E731
   for name, value in _corrupt_values(tmp_path).items():
-    eager, graph = both_ways(fn, value)
-    assert not eager.valid, name
-    assert not graph.valid, name
-    assert eager.mask.tolist() == [0], name
+    out = PROC.preprocess_input(tf.constant(value), ctx)
+    assert not bool(out.valid), name
+    assert out.mask.numpy().tolist() == [0], name
 
 
 def test_dataset_with_corrupt_examples_runs_to_the_end(tmp_path):
+  """Inside tf.data the same corrupt values are invalid and the dataset goes on."""
   ctx = make_ctx(options={"image_size": 8})
   good = encode(rect_image(), "JPEG")
   bad = list(_corrupt_values(tmp_path).values())
   values = [good] + bad + [good]
   ds = tf.data.Dataset.from_tensor_slices(values).map(
-      lambda v: PROC.preprocess_input(v, ctx).valid)
-  flags = [bool(x) for x in ds.as_numpy_iterator()]
-  assert flags == [True] + [False] * len(bad) + [True]
+      lambda v: PROC.preprocess_input(v, ctx))
+  outs = list(ds.as_numpy_iterator())
+  assert [bool(o.valid) for o in outs] == [True] + [False] * len(bad) + [True]
+  assert [o.mask.tolist() for o in outs] == [[1]] + [[0]] * len(bad) + [[1]]
+  np.testing.assert_array_equal(
+      outs[0].values, PROC.preprocess_input(tf.constant(good), ctx).values.numpy())
 
 
 @pytest.mark.parametrize("box", [(10, 20, 18, 32), (2, 40, 12, 56)])
@@ -216,6 +218,12 @@ def test_target_side_pixels_in_minus_one_one():
   assert not bad.valid and bad.mask.tolist() == [0]
   np.testing.assert_array_equal(PROC.postprocess(eager.values, {}),
                                 np.full((12, 12, 3), 51, np.uint8))
+  # On a target slot the image_size attribute wins over the task option.
+  attr_ctx = make_ctx(attrs={"image_size": 10}, options={"target_image_size": 12,
+                                                         "image_size": 99})
+  assert PROC.preprocess_target(tf.constant(array), attr_ctx).values.shape == (10, 10, 3)
+  assert PROC.preprocess_target(tf.constant(array), make_ctx()).values.shape == (
+      256, 256, 3)
 
 
 def test_bad_options_and_values_raise_naming_the_slot():
@@ -256,3 +264,44 @@ def test_iterator_over_guarded_decoding_can_be_checkpointed(tmp_path):
   assert len(rest) == len(again) == 4
   for a, b in zip(rest, again):
     np.testing.assert_array_equal(a, b)
+
+
+def test_decoded_arrays_empty_gray_and_rgba():
+  ctx = make_ctx(options={"image_size": 8})
+  for empty in (np.zeros((0, 5, 3), np.uint8), np.zeros((4, 0, 3), np.uint8)):
+    eager, graph = both_ways(lambda v: PROC.preprocess_input(v, ctx), empty)
+    assert not eager.valid and not graph.valid and eager.mask.tolist() == [0]
+  rgb = rect_image(10, 12, (2, 3, 6, 9))
+  want = PROC.preprocess_input(tf.constant(rgb), ctx).values.numpy()
+  rgba = np.concatenate([rgb, np.full((10, 12, 1), 7, np.uint8)], axis=-1)
+  np.testing.assert_array_equal(
+      PROC.preprocess_input(tf.constant(rgba), ctx).values.numpy(), want)
+  gray = rgb[:, :, 0]
+  np.testing.assert_array_equal(
+      PROC.preprocess_input(tf.constant(gray), ctx).values.numpy(), want)
+  # Inside tf.data with an unknown shape the guarded path gives the same pixels.
+  ds = tf.data.Dataset.from_generator(
+      lambda: iter([rgb, rgb[:0]]), output_signature=tf.TensorSpec(
+          [None, None, None], tf.uint8)).map(lambda v: PROC.preprocess_input(v, ctx))
+  got = list(ds.as_numpy_iterator())
+  np.testing.assert_array_equal(got[0].values, want)
+  assert got[0].valid and not got[1].valid
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF"])
+def test_base64_strings_as_in_ofa_tsv_files(fmt):
+  import base64
+  array = rect_image()
+  data = encode(array, fmt)
+  text = base64.b64encode(data)
+  ctx = make_ctx(options={"image_size": 16})
+  eager, graph = both_ways(lambda v: PROC.preprocess_input(v, ctx), text)
+  assert_same(eager, graph)
+  assert eager.valid
+  np.testing.assert_array_equal(
+      eager.values, PROC.preprocess_input(tf.constant(data), ctx).values.numpy())
+  explicit = make_ctx(options={"image_size": 16, "image_source": "base64"})
+  wrapped = b"\n".join(text[i:i + 76] for i in range(0, len(text), 76))
+  assert bool(PROC.preprocess_input(tf.constant(wrapped), explicit).valid)
+  broken = text[: len(text) // 2] + b"!!"
+  assert not bool(PROC.preprocess_input(tf.constant(broken), ctx).valid)

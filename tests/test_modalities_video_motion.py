@@ -208,3 +208,43 @@ def test_motion_configuration_errors():
         tf.constant(motion_clip(12)),
         make_ctx(attrs={"min_length": 9, "max_length": 4},
                  options={"motion_normalize": False}))
+
+
+def test_choose_span_window_and_soft_trim_stay_in_range():
+  sizes, starts = set(), set()
+  for s in range(30):
+    seed = tf.constant([s, 5], tf.int32)
+    start, size = motion_lib.choose_span(tf.constant(40), 4, 12, seed,
+                                         soft_trim=0.3, window=True)
+    start, size = int(start), int(size)
+    assert 4 <= size <= 12 and 0 <= start and start + size <= 40
+    sizes.add(size)
+    starts.add(start)
+  assert len(sizes) > 3 and len(starts) > 3
+  # Evaluation ignores both: the centre max_length frames.
+  start, size = motion_lib.choose_span(tf.constant(40), 4, 12, None, soft_trim=0.3,
+                                       window=True)
+  assert (int(start), int(size)) == (14, 12)
+  # A soft trim that would leave fewer than min_length frames is not made.
+  for s in range(10):
+    start, size = motion_lib.choose_span(tf.constant(6), 6, 12,
+                                         tf.constant([s, 0], tf.int32), soft_trim=0.9)
+    assert (int(start), int(size)) == (0, 6)
+
+
+def test_window_attribute_in_training_gives_variable_lengths():
+  clip = np.arange(60, dtype=np.float32).reshape(30, 2)
+  lengths = set()
+  for s in range(8):
+    ctx = make_ctx(attrs={"min_length": 3, "max_length": 10, "window": 1},
+                   options={"motion_normalize": False}, training=True, seed=[s, 2])
+    out = MOTION.preprocess_input(tf.constant(clip), ctx)
+    n = int(out.mask.numpy().sum())
+    assert 3 <= n <= 10 and bool(out.valid)
+    first = int(out.values.numpy()[0, 0]) // 2
+    np.testing.assert_array_equal(out.values.numpy()[:n], clip[first:first + n])
+    lengths.add(n)
+  assert len(lengths) > 1
+  with pytest.raises(ValueError, match="anchor_frame"):
+    MOTION.preprocess_input(tf.constant(clip), make_ctx(
+        attrs={"anchor_frame": 0}, options={"motion_normalize": False}))

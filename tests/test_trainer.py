@@ -139,6 +139,7 @@ def test_train_writes_checkpoints_metrics_and_summaries(tmp_path):
                jax.device_get(result.state.params))
 
 
+@pytest.mark.slow
 def test_microbatching_matches_full_batch():
   model = ToyModel(dropout=0.0)
   tx = optimizers.adamw(learning_rate=1e-2, total_steps=4, warmup_steps=0)
@@ -194,3 +195,17 @@ def test_schedule_is_ofa_polynomial_decay():
   np.testing.assert_allclose(got, [0.0, 0.5, 1.0, 0.55, 0.1, 0.1], rtol=1e-6)
   with pytest.raises(ValueError, match="total_steps"):
     optimizers.ofa_polynomial_decay(learning_rate=1.0, total_steps=0)
+
+
+@pytest.mark.slow
+def test_finetune_starts_from_initial_checkpoint(tmp_path):
+  first = _train(tmp_path / "pre", steps=2)
+  # Learning rate 0: the fine-tuned parameters stay those of the checkpoint.
+  tuned = _train(tmp_path / "ft", steps=1, initial_checkpoint_path=str(
+      tmp_path / "pre"), optimizer=optimizers.adamw(learning_rate=0.0,
+                                                    total_steps=1))
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(tuned.state.params),
+               jax.device_get(first.state.params))
+  with pytest.raises(checkpoints.CheckpointError, match="shape mismatch"):
+    _train(tmp_path / "ft2", steps=1, model=ToyModel(mlp=48),
+           initial_checkpoint_path=str(tmp_path / "pre"))

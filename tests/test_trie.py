@@ -60,7 +60,8 @@ def test_off_trie_prefixes_allow_only_eos(seqs, junk):
   assert t.next_allowed(prefix) == [EOS]
 
 
-@hypothesis.settings(max_examples=25, deadline=None)
+@pytest.mark.slow
+@hypothesis.settings(max_examples=12, deadline=None)
 @hypothesis.given(seqs=_seqs, junk=st.lists(st.integers(3, V - 1), min_size=1, max_size=3))
 def test_jit_tables_agree_with_host_trie(seqs, junk):
   full = _with_specials(seqs)

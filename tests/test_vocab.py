@@ -28,7 +28,7 @@ def v():
 
 def _plain_text():
   """Text without literal special tokens (those are tested separately)."""
-  alphabet = st.characters(categories=("L", "N", "P", "S"), exclude_characters="<>")
+  alphabet = st.characters(categories=("L", "N", "P", "S"), exclude_characters="<>\u2581")
   return st.lists(st.one_of(st.text(alphabet, min_size=1, max_size=8), st.just(" ")),
                   max_size=8).map("".join)
 
@@ -238,3 +238,72 @@ _GPT2_PATTERN = (r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]
 def test_pretokenize_matches_gpt2_regex(text):
   regex = pytest.importorskip("regex")
   assert bpe.pretokenize(text) == regex.findall(_GPT2_PATTERN, text)
+
+
+def test_vocabularies_pickle(v, bpe_files):
+  import pickle  # pylint: disable=g-import-not-at-top
+
+  d, _, _ = bpe_files
+  ofa = vocab_lib.ofa_bpe_vocabulary(str(d / "encoder.json"), str(d / "vocab.bpe"),
+                                     str(d / "dict.txt"))
+  for vocab in (v, ofa):
+    v.encode_tf(tf.constant("warm the caches <bin_1>"))
+    copy = pickle.loads(pickle.dumps(vocab))
+    assert copy == vocab
+    assert copy.encode("the hello <bin_1>") == vocab.encode("the hello <bin_1>")
+
+
+def _train_merges(words: list[str], num_merges: int) -> list[tuple[str, str]]:
+  """A tiny BPE trainer (most frequent pair first), for the parity test below."""
+  counts: dict[tuple[str, ...], int] = {}
+  for w in words:
+    counts[tuple(w)] = counts.get(tuple(w), 0) + 1
+  merges = []
+  for _ in range(num_merges):
+    pairs: dict[tuple[str, str], int] = {}
+    for w, c in counts.items():
+      for pair in zip(w, w[1:]):
+        pairs[pair] = pairs.get(pair, 0) + c
+    if not pairs:
+      break
+    best = max(pairs, key=lambda p: (pairs[p], p))
+    merges.append(best)
+    merged: dict[tuple[str, ...], int] = {}
+    for w, c in counts.items():
+      out, i = [], 0
+      while i < len(w):
+        if i + 1 < len(w) and (w[i], w[i + 1]) == best:
+          out.append(w[i] + w[i + 1])
+          i += 2
+        else:
+          out.append(w[i])
+          i += 1
+      merged[tuple(out)] = merged.get(tuple(out), 0) + c
+    counts = merged
+  return merges
+
+
+@pytest.mark.slow
+def test_bpe_matches_transformers_gpt2_tokenizer(tmp_path):
+  transformers = pytest.importorskip("transformers")
+  spec = importlib.util.spec_from_file_location("build_sp2", ROOT / "tools/build_sentencepiece.py")
+  tool = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(tool)
+  lines = tool.corpus_lines(num_sentences=500)
+  byte_map = bpe.bytes_to_unicode()
+  words = ["".join(byte_map[b] for b in w.encode("utf-8"))
+           for line in lines[:3000] for w in bpe.pretokenize(" " + line)]
+  merges = _train_merges(words, 300)
+  tokens = [byte_map[b] for b in range(256)] + [a + b for a, b in merges]
+  encoder = {t: i for i, t in enumerate(dict.fromkeys(tokens))}
+  (tmp_path / "encoder.json").write_text(json.dumps(encoder))
+  (tmp_path / "vocab.bpe").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+  (tmp_path / "dict.txt").write_text("".join(f"{i} 1\n" for i in range(len(encoder))))
+  ours = bpe.GPT2BPETokenizer.from_files(str(tmp_path / "encoder.json"),
+                                         str(tmp_path / "vocab.bpe"),
+                                         str(tmp_path / "dict.txt"), add_prefix_space=False)
+  ref = transformers.GPT2Tokenizer(str(tmp_path / "encoder.json"), str(tmp_path / "vocab.bpe"))
+  texts = lines[-200:] + ["It's a red circle; isn't it?  Yes!!\n\n 42 circles...",
+                          "héllo wörld 日本語 – “quotes” 3.14", "  leading and trailing  "]
+  for text in texts:
+    assert ours.gpt2_ids(text) == ref.encode(text), text

@@ -204,9 +204,8 @@ class AudioProcessor:
     length = tf.shape(feats)[0]
     finite = tf.reduce_all(tf.math.is_finite(feats))
     valid = tf.logical_and(tf.logical_and(decoded, length > 0), finite)
-    mask = tf.cast(tf.range(length) < length, tf.int32)
     if cmvn:
-      feats = utterance_cmvn(feats, mask)
+      feats = utterance_cmvn(feats, tf.ones([length], tf.int32))
     feats = tf.cast(feats, tf.float32)
     feats = tf.where(valid, feats, tf.zeros_like(feats))
     keep = tf.minimum(length, max_frames)

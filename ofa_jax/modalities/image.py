@@ -12,6 +12,7 @@ The geometry (orig_h, orig_w, scale_y, scale_x, offset_y, offset_x) records the
 transform, processed = orig * scale + offset, so BOX slots can be co-transformed and
 predicted boxes mapped back to original pixels.
 
+Strings may be encoded bytes, base64 text (OFA's TSV files) or a file path.
 An undecodable value (corrupt or truncated bytes, an empty string, a missing file)
 is never an error and never zeros: `valid=False`, and the plan drops and counts the
 example. Options (slot attribute, else task option, else default):
@@ -21,8 +22,9 @@ example. Options (slot attribute, else task option, else default):
   crop_pct / option image_crop_pct                     imagenet variant, default 0.875
   mask_ratio                                           0 <= p < 1, default 0
   augment / option image_augment                       random crop in training, True
-  option image_source = auto|bytes|path                how to read strings, auto
-  target_image_size / option target_image_size         target side, default 256
+  option image_source = auto|bytes|base64|path         how to read strings, auto
+                        (auto: image magic -> bytes, base64 of one -> base64, else path)
+  image_size (on a target slot) / option target_image_size   target, default 256
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ DEFAULT_TARGET_IMAGE_SIZE = 256
 DEFAULT_CROP_PCT = 0.875
 _INPUT_VARIANTS = ("image", "imagenet")
 _TARGET_VARIANTS = ("image", "image_vqgan")
-_SOURCES = ("auto", "bytes", "path")
+_SOURCES = ("auto", "bytes", "base64", "path")
 
 
 def image_source(ctx: SlotContext) -> str:
@@ -104,7 +106,7 @@ class ImageProcessor:
 
     value = _as_tensor(value, ctx)
     fallback = (tf.zeros([size, size, 3], tf.float32), tf.zeros([6], tf.float32))
-    (pixels, geometry), valid = image_ops.guarded(process, value, fallback)
+    (pixels, geometry), valid = image_ops.run_checked(process, value, fallback)
     if cfg["mask_ratio"] > 0:
       pixels = image_ops.mask_centre(pixels, cfg["mask_ratio"])
     return DenseSlotOutput(values=pixels, mask=tf.reshape(tf.cast(valid, tf.int32), [1]),
@@ -116,7 +118,8 @@ class ImageProcessor:
     if variant not in _TARGET_VARIANTS:
       raise ValueError(f"{ctx.where()}: IMAGE target preprocess must be one of "
                        f"{_TARGET_VARIANTS}, got {variant!r}")
-    size = image_ops.slot_option(ctx, "target_image_size", ("target_image_size",),
+    # On a target slot the instruction's `image_size` attribute is the target size.
+    size = image_ops.slot_option(ctx, "image_size", ("target_image_size",),
                                  DEFAULT_TARGET_IMAGE_SIZE, int)
     size = int(image_ops.positive(ctx, "target_image_size", size))
     source = image_source(ctx)
@@ -129,7 +132,7 @@ class ImageProcessor:
 
     value = _as_tensor(value, ctx)
     fallback = (tf.zeros([size, size, 3], tf.float32), tf.zeros([6], tf.float32))
-    (pixels, geometry), valid = image_ops.guarded(process, value, fallback)
+    (pixels, geometry), valid = image_ops.run_checked(process, value, fallback)
     return DenseSlotOutput(values=pixels, mask=tf.reshape(tf.cast(valid, tf.int32), [1]),
                            valid=valid, geometry=geometry)
 

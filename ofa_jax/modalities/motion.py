@@ -9,7 +9,9 @@ target side:
   2. a clip shorter than `min_length` is valid=False: dropped and counted, like
      OFASys's PreprocessSkipException, never padded into a fake clip;
   3. a clip longer than `max_length` is cropped: centre crop at evaluation, a
-     random crop in training (drawn from the slot seed, reproducible);
+     random crop in training (drawn from the slot seed, reproducible); in
+     training `soft_trim=p` and `window` also shorten the clip at random first
+     (see `choose_span`);
   4. normalized with the given per-dimension mean / std (the diffusion head then
      works in unit-variance space; `postprocess` undoes it);
   5. padded to `length` frames (default max_length) with a frame mask.
@@ -24,13 +26,16 @@ Options (slot attribute, else task option, else default):
   max_length / motion_max_length     1000 (OFASys's default)
   length / motion_length             padded length, default max_length
   sample_rate / motion_sample_rate   1
+  soft_trim=p, window                training-time random spans (attributes only)
+  (anchor_frame is rejected: it canonicalises BVH rotations, which precomputed
+  features no longer have)
   option motion_stats, motion_normalize, motion_dim (D when the data's static
   shape does not say it)
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -67,6 +72,42 @@ def compute_motion_stats(clips: Iterable[np.ndarray]) -> dict[str, np.ndarray]:
   mean = total / count
   std = np.sqrt(np.maximum(total_sq / count - np.square(mean), 0.0))
   return {"mean": mean.astype(np.float32), "std": std.astype(np.float32)}
+
+
+def choose_span(total: tf.Tensor, min_length: int, max_length: int,
+                seed: Optional[tf.Tensor], soft_trim: Optional[float] = None,
+                window: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
+  """(start, size) of the frames a clip of `total` frames keeps, size <= max_length.
+
+  Without a seed (evaluation): the centre max_length frames. With a seed
+  (training): `soft_trim=p` first cuts Poisson(total * p / 2) frames from each end
+  (OFASys's centre span; when that leaves fewer than min_length frames the cut is
+  not made, instead of OFASys's resampling loop); `window` then draws the span size
+  uniformly in [min_length, max_length]; the span is placed uniformly at random.
+  """
+  total = tf.cast(total, tf.int32)
+  lo, hi = tf.constant(0, tf.int32), total
+  if seed is not None and soft_trim:
+    lam = tf.cast(total, tf.float32) * (soft_trim * 0.5)
+    cut = tf.random.stateless_poisson([2], seed=image_ops.sub_seed(seed, 2),
+                                      lam=lam, dtype=tf.int32)
+    ok = (total - cut[1]) - cut[0] >= min_length
+    lo = tf.where(ok, cut[0], 0)
+    hi = tf.where(ok, total - cut[1], total)
+  avail = hi - lo
+  if seed is not None and window:
+    size = tf.random.stateless_uniform([], seed=image_ops.sub_seed(seed, 3),
+                                       minval=min_length, maxval=max_length + 1,
+                                       dtype=tf.int32)
+    size = tf.minimum(size, avail)
+  else:
+    size = tf.minimum(avail, max_length)
+  room = tf.maximum(avail - size, 0)
+  if seed is None:
+    return lo + room // 2, size
+  draw = tf.random.stateless_uniform([], seed=image_ops.sub_seed(seed, 1),
+                                     maxval=tf.int32.max, dtype=tf.int32)
+  return lo + draw % (room + 1), size
 
 
 def _stats(ctx: SlotContext) -> tuple[np.ndarray, np.ndarray] | None:
@@ -112,6 +153,15 @@ class MotionProcessor:
       raise ValueError(f"{ctx.where()}: MOTION needs min_length <= max_length <= "
                        f"length, got {min_length}, {max_length}, {length}")
     stats = _stats(ctx)
+    if ctx.attrs and ctx.attrs.get("anchor_frame") is not None:
+      raise ValueError(
+          f"{ctx.where()}: anchor_frame canonicalises BVH rotations; ofa_jax's "
+          f"MOTION takes precomputed joint features, so canonicalise them when "
+          f"the features are made")
+    soft_trim = image_ops.slot_option(ctx, "soft_trim", (), None, float)
+    if soft_trim is not None and not 0.0 < soft_trim < 1.0:
+      raise ValueError(f"{ctx.where()}: soft_trim must be in (0, 1), got "
+                       f"{soft_trim!r}")
 
     value = tf.convert_to_tensor(value)
     if not (value.dtype.is_floating or value.dtype.is_integer):
@@ -146,14 +196,10 @@ class MotionProcessor:
     total = tf.shape(frames)[0]
     valid = tf.logical_and(total >= min_length,
                            tf.reduce_all(tf.math.is_finite(frames)))
-    room = tf.maximum(total - max_length, 0)
-    if train_seed is None:
-      start = room // 2
-    else:
-      start = tf.random.stateless_uniform(
-          [], seed=image_ops.sub_seed(train_seed, 1), maxval=tf.int32.max,
-          dtype=tf.int32) % (room + 1)
-    keep = tf.minimum(total, max_length)
+    start, keep = choose_span(
+        total, min_length, max_length, train_seed,
+        soft_trim=soft_trim,
+        window=image_ops.slot_option(ctx, "window", (), False, bool))
     clip = frames[start:start + keep]
     if stats is not None:
       clip = (clip - tf.constant(stats[0])) / tf.constant(stats[1])

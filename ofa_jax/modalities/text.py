@@ -269,7 +269,9 @@ class TextProcessor:
 def _normalize_label(label: str, uncased: bool, no_punctuation: bool) -> str:
   if not isinstance(label, str):
     raise ValueError(f"a label must be a string, got {label!r}")
-  return normalize_text(tf.constant(label), uncased, no_punctuation).numpy().decode("utf-8")
+  with tf.init_scope():  # host-side strings, even when called while tracing
+    out = normalize_text(tf.constant(label), uncased, no_punctuation)
+    return out.numpy().decode("utf-8")
 
 
 def num_masked_words(num_words: int, ratio: float) -> int:

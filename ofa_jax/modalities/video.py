@@ -113,12 +113,20 @@ class VideoProcessor:
     convert = decode_frames if value.dtype == tf.string else resize_frames
 
     def run(frames):
-      # Gathering inside the guard: an empty clip makes the gather fail, which the
-      # guard turns into valid=False.
+      # For encoded frames the gather is inside the guard: with an empty clip it
+      # fails, which the guard turns into valid=False.
       return convert(tf.gather(frames, indices))
 
-    pixels, valid = image_ops.guarded(run, value, fallback)
     nonempty = length > 0
+    if value.dtype == tf.string:
+      pixels, valid = image_ops.guarded(run, value, fallback)
+    else:
+      # Decoded frames cannot fail to decode; only an empty clip or empty frames
+      # are bad, which a plain cond catches without the nested dataset.
+      shape = tf.shape(value)
+      ok = tf.logical_and(nonempty, tf.logical_and(shape[1] > 0, shape[2] > 0))
+      pixels = tf.cond(ok, lambda: run(value), lambda: fallback)
+      valid = ok
     valid = tf.logical_and(valid, nonempty)
     mask = mask * tf.cast(valid, tf.int32)
     pixels = pixels * tf.cast(mask, tf.float32)[:, None, None, None]

@@ -1,0 +1,194 @@
+"""The Python API: load a trained generalist and run any instruction on any data.
+
+    model = Generalist.load("runs/demo")
+    r = model.inference("[IMAGE:img] what does the image describe? -> [TEXT:cap]",
+                        data={"img": "x.jpg"})
+    r.text                      # the caption
+    model.inference("[IMAGE:img] which region does the text \\" [TEXT:t] \\" "
+                    "describe? -> [BOX:region]", data={"img": "x.jpg", "t": "..."}
+                    ).save_box("x_box.png")
+
+Why through `plan.register_task`: an instruction given at inference time is
+compiled exactly like a training task (same parsing, same per-slot preprocessing,
+same feature converter, same decoding and postprocessing from the plan), so the
+API cannot drift from training. The one-off task is registered under a private
+name for the duration of the call and removed afterwards. Target fields the user
+cannot know (the caption to predict) are filled with an empty placeholder; since
+their tokens are trained tokens, not a prompt, they never reach the decoder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Optional, Sequence
+
+import jax
+import numpy as np
+
+from ofa_jax import api_data
+from ofa_jax import evaluation_lib as lib
+from ofa_jax import features as F
+from ofa_jax.results import Result
+
+PyTree = Any
+MODEL_CONFIG_FILE = "model_config.json"
+
+
+class Generalist:
+  """A trained OFA model plus its variables, ready for `inference`.
+
+  Args:
+    model: an `ofa_jax.models.OFAModel` (its vocabulary is the one tasks use).
+    params: the `params` collection, or full variables (with `batch_stats`).
+    task_options: modality options of the one-off tasks (e.g. {"image_size": 64},
+      the resolution the model was trained at).
+    partitioner: optional `Partitioner` to run under (batches split over data).
+  """
+
+  def __init__(self, model: Any, params: PyTree, *,
+               task_options: Optional[Mapping[str, Any]] = None,
+               partitioner: Any = None):
+    if getattr(model, "vocabulary", None) is None:
+      raise ValueError("Generalist: the model needs its vocabulary "
+                       "(OFAModel(config, vocabulary))")
+    self.model = model
+    self.vocabulary = model.vocabulary
+    self.task_options = dict(task_options or {})
+    self.partitioner = partitioner
+    self._params = params
+    self._variables: Optional[dict] = None
+    self._runners: dict[int, lib.BatchRunner] = {}
+    self._converter = model.FEATURE_CONVERTER_CLS(pack=False)
+
+  # ---- loading ---------------------------------------------------------------
+  @classmethod
+  def load(cls, model_dir: str, *, config: Any = None, vocabulary: Any = None,
+           task_options: Optional[Mapping[str, Any]] = None,
+           partitioner: Any = None) -> "Generalist":
+    """Restores the parameters of `model_dir` (a training MODEL_DIR, one of its
+    step folders, or a converted OFA checkpoint).
+
+    The network comes from `config` (an `OFAConfig`, a preset name, or a dict
+    `{"name": preset, **overrides}`), else from `<model_dir>/model_config.json`
+    (`save_model_config`), else from the run's `config.gin`. The vocabulary
+    likewise (default: the bundled one). Task options (image size, ...) come
+    from `task_options` or model_config.json.
+    """
+    from ofa_jax import api_config  # pylint: disable=g-import-not-at-top
+    from ofa_jax import checkpoints  # pylint: disable=g-import-not-at-top
+    from ofa_jax import evaluation  # pylint: disable=g-import-not-at-top
+    from ofa_jax import models  # pylint: disable=g-import-not-at-top
+    spec = api_config.resolve(model_dir, config=config, vocabulary=vocabulary)
+    model = models.OFAModel(spec.config, spec.vocabulary)
+    options = {**spec.task_options, **dict(task_options or {})}
+    batch = api_config.dummy_model_batch(spec.config,
+                                         int(options.get("image_size", 32)))
+    abstract = evaluation.abstract_params(model, batch, partitioner)
+    params = checkpoints.load_params(model_dir, abstract)
+    return cls(model, params, task_options=options, partitioner=partitioner)
+
+  # ---- inference ---------------------------------------------------------------
+  def inference(self, instruction: str,
+                data: Mapping[str, Any] | Sequence[Mapping[str, Any]], *,
+                beam_size: Optional[int] = None, max_len: Optional[int] = None,
+                min_len: Optional[int] = None,
+                closed_set: Optional[Sequence[str]] = None,
+                sampling: bool = False, temperature: float = 1.0, top_k: int = 0,
+                top_p: float = 1.0, no_repeat_ngram_size: int = 0,
+                length_penalty: Optional[float] = None, batch_size: int = 8,
+                seed: int = 0) -> Result | list[Result]:
+    """Runs `instruction` on one example (a dict) or several (a list of dicts).
+
+    Keys of a dict are the field names of the instruction's slots: an image is
+    a path, encoded bytes, a uint8 [H, W, 3] array or a PIL image; text a str; a
+    box 4 pixel coordinates (x0, y0, x1, y1). Decoding keywords override the
+    plan's defaults: `beam_size`, `max_len` / `min_len` (free tokens before
+    `</s>`; text targets only), `closed_set` (labels: trie-constrained decoding),
+    `sampling` with `temperature`, `top_k`, `top_p`, and `no_repeat_ngram_size`.
+    Examples are decoded `batch_size` at a time (one compiled program; the last
+    batch is padded).
+    """
+    single = isinstance(data, Mapping)
+    rows = [data] if single else list(data)
+    if not rows:
+      raise ValueError("inference: data is an empty list")
+    for i, row in enumerate(rows):
+      if not isinstance(row, Mapping):
+        raise TypeError(f"inference: data[{i}] is a {type(row).__name__}, "
+                        "expected a dict of fields")
+    labels = None if closed_set is None else tuple(str(x) for x in closed_set)
+    prepared = api_data.prepare(
+        instruction, rows, vocabulary=self.vocabulary, options=self.task_options,
+        closed_set=labels, converter=self._converter,
+        max_source_positions=self.model.config.max_source_positions)
+    overrides = {"beam_size": beam_size, "max_len": max_len, "min_len": min_len,
+                 "sampling": sampling or None}
+    settings = {"temperature": temperature, "top_k": top_k, "top_p": top_p,
+                "no_repeat_ngram_size": no_repeat_ngram_size}
+    if length_penalty is not None:
+      settings["length_penalty"] = length_penalty
+    decoding = _decoding(prepared.plan, labels, overrides, settings)
+    key = (instruction, labels, tuple(sorted(overrides.items())),
+           tuple(sorted(settings.items())))
+    runner = self._runner(batch_size)
+    variables = self._get_variables(prepared.model_rows[0])
+    rng = jax.random.key(seed)
+    outputs: list[tuple[np.ndarray, float]] = []
+    rows_iter = enumerate(prepared.model_rows)
+    for k, (_, batch, n) in enumerate(lib.batches_of(rows_iter, batch_size)):
+      tokens, scores = runner.predict(key, decoding, variables, batch,
+                                      jax.random.fold_in(rng, k))
+      outputs.extend((tokens[j], float(scores[j])) for j in range(n))
+    kind = decoding.settings.kind
+    results = [api_data.to_result(prepared, i, tokens, score, kind)
+               for i, (tokens, score) in enumerate(outputs)]
+    return results[0] if single else results
+
+  def _runner(self, batch_size: int) -> lib.BatchRunner:
+    if batch_size not in self._runners:
+      self._runners[batch_size] = lib.BatchRunner(
+          self.model, batch_size, partitioner=self.partitioner)
+    return self._runners[batch_size]
+
+  def _get_variables(self, example: Mapping[str, np.ndarray]) -> dict:
+    if self._variables is None:
+      batch = {k: np.asarray(v)[None] for k, v in example.items()}
+      self._variables = lib.complete_variables(self.model, self._params, batch)
+    return self._variables
+
+
+def _decoding(plan: Any, labels: Optional[tuple[str, ...]],
+              overrides: Mapping[str, Any], settings: Mapping[str, Any]
+              ) -> lib.TaskDecoding:
+  """The plan's decoding with the call's keyword overrides applied."""
+  from ofa_jax import models  # pylint: disable=g-import-not-at-top
+  spec = plan.decoding
+  if labels is not None and spec.kind != "closed_set":
+    if spec.kind != "text":
+      raise ValueError(f"closed_set= needs a text target; the instruction's target "
+                       f"decodes as {spec.kind!r}")
+    trie = plan.processors[F.Modality.TEXT].label_trie(plan.vocab, list(labels))
+    longest = max(len(s) for s in trie.sequences) - 1
+    spec = dataclasses.replace(spec, kind="closed_set", labels=labels, trie=trie,
+                               max_len=longest)
+  changes = {k: v for k, v in overrides.items() if v is not None}
+  if spec.kind != "text":  # box / closed set / codes have fixed lengths
+    for k in ("max_len", "min_len"):
+      changes.pop(k, None)
+  if changes:
+    spec = dataclasses.replace(spec, **changes)
+  if spec.kind not in models.DecodeSettings.KINDS:
+    raise ValueError(f"the instruction's target decodes as {spec.kind!r}, which "
+                     "the token decoder cannot produce")
+  return lib.TaskDecoding(settings=models.DecodeSettings.from_spec(spec, **settings))
+
+
+def save_model_config(model_dir: str, config: Any, *, vocabulary: Any = None,
+                      task_options: Optional[Mapping[str, Any]] = None) -> str:
+  """Writes `<model_dir>/model_config.json`, what `Generalist.load` reads first."""
+  from ofa_jax import api_config  # pylint: disable=g-import-not-at-top
+  return api_config.save(model_dir, config, vocabulary=vocabulary,
+                         task_options=task_options)
+
+
+__all__ = ["Generalist", "Result", "save_model_config"]

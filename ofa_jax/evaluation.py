@@ -1,0 +1,393 @@
+"""Evaluation of a model on every task of a mixture: seqio metrics, eval loss, JSONL.
+
+Why seqio's metric objects and not a metric loop of our own: each task's
+postprocessor and metric functions run exactly as `seqio.Evaluator` runs them
+(targets decoded and postprocessed with `is_target=True`, predictions with the
+example at hand). We do not construct `seqio.Evaluator` itself: its length
+measurement indexes axis 0 of every task feature and fails on our rank-0
+features (`sample_weight`, `task_id`), so the few lines that cache each task's
+examples and convert them with the model's feature converter live here.
+
+What seqio cannot know is how an OFA task decodes; that comes from the task plan
+(`evaluation_lib.task_decoding`): beam search for text, exactly 4 bins for a box,
+the label trie (or all-candidate scoring) for a closed set, only codes for an
+image. We add a teacher-forced eval loss per task, and write for every task
+`<output_dir>/<task>_predictions.jsonl` (decoded input, target, prediction,
+score) next to `<output_dir>/metrics.json`.
+
+Used during training (build one `Evaluator`, call `evaluate(params, step=...)`
+every eval period: datasets are cached and nothing recompiles) and offline
+(`evaluate_checkpoint`, the function `python -m ofa_jax.evaluate` calls).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import jax
+import numpy as np
+import seqio
+import tensorflow as tf
+from seqio.metrics import ModelOutputType
+
+from ofa_jax import evaluation_lib as lib
+from ofa_jax import features as F
+
+PyTree = Any
+
+
+class Evaluator:
+  """Evaluates parameters on the tasks (with metrics) of a mixture or task.
+
+  Args:
+    model: an `OFAModel` (or anything with its `predict_batch_with_aux`,
+      `score_batch`, `loss_fn`, `get_initial_variables`, `split_variables`).
+    mixture_or_task_name: a registered ofa_jax task or mixture.
+    task_feature_lengths: the lengths of `features.LENGTH_KEYS`; examples are
+      padded (and truncated, as the plan does) to them, so shapes are static.
+    batch_size: rows per compiled batch; the last batch is padded.
+    split: the split to evaluate.
+    num_examples: evaluate the first N examples of each task (all when None).
+    output_dir: where predictions and metrics go (may be given per call).
+    partitioner: an `ofa_jax.partitioning.Partitioner` (batches split over its
+      `data` axis); None runs on the default device.
+    feature_converter: default `model.FEATURE_CONVERTER_CLS(pack=False)`.
+    decode_overrides: `DecodeSettings` fields applied to every task (e.g.
+      {"beam_size": 1}); per task: {"task_name": {...}} under `task_overrides`.
+    score_candidates: force (True) or forbid (False) all-candidate scoring of
+      closed sets; None follows each task's `score_candidates` option.
+    eval_loss: also compute the teacher-forced loss per task.
+    seed: seqio's seed for the eval datasets (and the sampling rng).
+  """
+
+  def __init__(self, model: Any, mixture_or_task_name: str,
+               task_feature_lengths: Mapping[str, int], *, batch_size: int = 32,
+               split: str = "validation", num_examples: Optional[int] = None,
+               output_dir: Optional[str] = None, partitioner: Any = None,
+               feature_converter: Optional[seqio.FeatureConverter] = None,
+               decode_overrides: Optional[Mapping[str, Any]] = None,
+               task_overrides: Optional[Mapping[str, Mapping[str, Any]]] = None,
+               score_candidates: Optional[bool] = None, eval_loss: bool = True,
+               seed: int = 42):
+    if feature_converter is None:
+      cls = getattr(model, "FEATURE_CONVERTER_CLS", None)
+      if cls is None:
+        raise ValueError("Evaluator: pass feature_converter= or give the model a "
+                         "FEATURE_CONVERTER_CLS")
+      feature_converter = cls(pack=False)
+    self.model = model
+    self.mixture_or_task_name = mixture_or_task_name
+    self.split = split
+    self.output_dir = output_dir
+    self.eval_loss = eval_loss
+    self.seed = seed
+    self._runner = lib.BatchRunner(model, batch_size, partitioner=partitioner)
+    self._lengths = dict(task_feature_lengths)
+    tasks = seqio.evaluation.get_valid_eval_tasks(
+        seqio.get_subtasks(seqio.get_mixture_or_task(mixture_or_task_name)),
+        split)
+    self._tasks = {t.name: t for t in tasks}
+    self._converter = feature_converter
+    self._num_examples = num_examples
+    self._task_ds: dict[str, tf.data.Dataset] = {}
+    self._model_ds: dict[str, tf.data.Dataset] = {}
+    self._decodings: dict[str, lib.TaskDecoding] = {}
+    skipped = []
+    for task in tasks:
+      plan = getattr(task, "plan", None)
+      if plan is None:
+        raise ValueError(f"Evaluator: task {task.name!r} is not an ofa_jax task "
+                         "(register it with ofa_jax.plan.register_task)")
+      overrides = {**(decode_overrides or {}),
+                   **(task_overrides or {}).get(task.name, {})}
+      try:
+        self._decodings[task.name] = lib.task_decoding(
+            plan, score_candidates=score_candidates, **overrides)
+      except ValueError as e:
+        skipped.append(task.name)
+        logging.warning("Evaluator: skipping %s: %s", task.name, e)
+    self._skipped = tuple(skipped)
+    if not self._decodings:
+      raise ValueError(
+          f"Evaluator: {mixture_or_task_name!r} has no task with metric functions "
+          f"and a token decoder on split {split!r} (skipped: {list(skipped)})")
+    self._example_batch: Optional[dict[str, np.ndarray]] = None
+    self._batch_stats: Optional[PyTree] = None
+
+  @property
+  def task_names(self) -> tuple[str, ...]:
+    return tuple(self._decodings)
+
+  def _datasets(self, name: str) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+    """(task dataset, enumerated model dataset), built and cached on first use."""
+    if name not in self._task_ds:
+      ds = self._tasks[name].get_dataset(
+          sequence_length=self._lengths, split=self.split, shuffle=False,
+          num_epochs=1, seed=self.seed)
+      if self._num_examples:
+        ds = ds.take(self._num_examples)
+      ds = ds.cache()
+      self._task_ds[name] = ds
+      self._model_ds[name] = self._converter(ds, self._lengths).enumerate()
+    return self._task_ds[name], self._model_ds[name]
+
+  def _rows(self, task_name: str):
+    ds = self._datasets(task_name)[1]
+    return ((int(i), ex) for i, ex in ds.as_numpy_iterator())
+
+  def example_batch(self) -> dict[str, np.ndarray]:
+    """One padded batch of model features (shapes and dtypes for init/restore)."""
+    if self._example_batch is None:
+      _, first = next(self._rows(self.task_names[0]))
+      self._example_batch, _ = lib.pad_rows(
+          {k: np.asarray(v)[None] for k, v in first.items()},
+          self._runner.batch_size)
+    return self._example_batch
+
+  def _variables(self, params: PyTree) -> dict:
+    variables = self.model.split_variables(params)
+    if "batch_stats" not in variables:
+      if self._batch_stats is None:  # computed once: the initial statistics
+        self._batch_stats = lib.complete_variables(
+            self.model, variables, self.example_batch()).get("batch_stats", {})
+      if self._batch_stats:
+        variables["batch_stats"] = self._batch_stats
+    return variables
+
+  # ---------------------------------------------------------------------------
+  def _predict_task(self, name: str, variables: dict, rng: jax.Array
+                    ) -> dict[int, tuple[np.ndarray, float]]:
+    decoding = self._decodings[name]
+    out: dict[int, tuple[np.ndarray, float]] = {}
+    for k, (indices, batch, n) in enumerate(
+        lib.batches_of(self._rows(name), self._runner.batch_size)):
+      tokens, scores = self._runner.predict(name, decoding, variables, batch,
+                                            jax.random.fold_in(rng, k))
+      for j in range(n):
+        out[int(indices[j])] = (tokens[j], float(scores[j]))
+    return out
+
+  def _score_task(self, name: str, variables: dict) -> dict[int, float]:
+    """Teacher-forced log-likelihood of each target (seqio score metrics)."""
+    out = {}
+    for indices, batch, n in lib.batches_of(self._rows(name),
+                                            self._runner.batch_size):
+      sums = self._runner.loss_sums(variables, batch)
+      for j in range(n):
+        out[int(indices[j])] = -float(sums["nll_sum"][j])
+    return out
+
+  def _loss_task(self, name: str, variables: dict) -> dict[str, float]:
+    nll = tokens = correct = 0.0
+    for _, batch, n in lib.batches_of(self._rows(name), self._runner.batch_size):
+      sums = self._runner.loss_sums(variables, batch)
+      nll += float(np.sum(sums["nll_sum"][:n]))
+      tokens += float(np.sum(sums["num_tokens"][:n]))
+      correct += float(np.sum(sums.get("num_correct", np.zeros(n))[:n]))
+    if tokens <= 0:
+      return {}
+    return {"eval_loss": nll / tokens, "eval_token_accuracy": correct / tokens}
+
+  # ---------------------------------------------------------------------------
+  def evaluate(self, params: PyTree, *, step: Optional[int] = None,
+               output_dir: Optional[str] = None, rng: Optional[jax.Array] = None
+               ) -> dict[str, dict[str, float]]:
+    """Metrics per task ({task: {metric: value}}); writes the files when asked.
+
+    `params` is the `params` collection (the trainer's `state.params`) or full
+    variables. Files go to `output_dir` (or the constructor's; none if both are
+    None): `<task>_predictions.jsonl` and `metrics.json`.
+    """
+    variables = self._variables(params)
+    rng = jax.random.key(self.seed) if rng is None else rng
+    predictions: dict[str, dict[int, tuple[np.ndarray, float]]] = {}
+    for k, name in enumerate(self.task_names):
+      predictions[name] = self._predict_task(name, variables,
+                                             jax.random.fold_in(rng, k))
+    scores: dict[str, dict[int, float]] = {}
+    raw: dict[str, dict[str, Any]] = {}
+    for name in self.task_names:
+      task = self._tasks[name]
+      if task.score_metric_fns:
+        scores[name] = self._score_task(name, variables)
+      raw[name] = self._metrics(task, predictions[name], scores.get(name))
+    results: dict[str, dict[str, float]] = {}
+    for name in self.task_names:
+      metrics = {k: lib.to_jsonable(v) for k, v in raw[name].items()}
+      if self.eval_loss:
+        metrics.update(self._loss_task(name, variables))
+      metrics["num_examples"] = len(predictions[name])
+      results[name] = metrics
+    out_dir = output_dir or self.output_dir
+    if out_dir:
+      self.write(out_dir, results, predictions, step)
+    return results
+
+  def _metrics(self, task: seqio.Task,
+               predictions: Mapping[int, tuple[np.ndarray, float]],
+               scores: Optional[Mapping[int, float]]) -> dict[str, Any]:
+    """The task's seqio metrics (its postprocess_fn and metric objects)."""
+    examples = _Reiterable(self._datasets(task.name)[0])
+    order = sorted(predictions)
+    tokens = [predictions[i][0] for i in order]
+    outputs = {
+        ModelOutputType.PREDICTION: _as_array(tokens),
+        ModelOutputType.PREDICTION_WITH_AUX: (
+            _as_array(tokens),
+            {"scores": np.asarray([predictions[i][1] for i in order])}),
+    }
+    if scores is not None:
+      outputs[ModelOutputType.SCORE] = np.asarray([scores[i] for i in order])
+    result: dict[str, Any] = {}
+    for metric in task.metric_objs:
+      kind = metric.model_output_type
+      if kind not in outputs:
+        raise ValueError(f"task {task.name!r}: metric {metric!r} wants model "
+                         f"output {kind}, which the evaluator does not produce")
+      instance = metric.from_model_output(examples, outputs[kind],
+                                          task.output_features, "targets")
+      if isinstance(instance, seqio.metrics.CollectingMetric):
+        value, _ = instance.actual_compute(examples, task.output_features,
+                                           "targets", [])
+      else:
+        value = instance.compute()
+      for k, v in dict(value).items():
+        if k in result:
+          raise ValueError(f"task {task.name!r}: two metrics named {k!r}")
+        result[k] = v
+    return result
+
+  # ---------------------------------------------------------------------------
+  def prediction_rows(self, name: str,
+                      predictions: Mapping[int, tuple[np.ndarray, float]]):
+    """One JSON-able dict per example: inputs, target, prediction, score."""
+    task = self._tasks[name]
+    vocab = task.plan.vocab
+    postprocess = task.postprocess_fn or (lambda x, **_: x)
+    examples = self._datasets(name)[0].as_numpy_iterator()
+    for i, ex in enumerate(examples):
+      if i not in predictions:
+        continue
+      tokens, score = predictions[i]
+      target = vocab.decode(list(np.asarray(ex[F.TARGETS]).reshape(-1)))
+      output = vocab.decode(list(np.asarray(tokens).reshape(-1)))
+      yield {"index": i, "inputs": lib.decode_inputs(ex, vocab),
+             "target": postprocess(target, example=ex, is_target=True),
+             "prediction": postprocess(output, example=ex, is_target=False),
+             "output": output, "score": score}
+
+  def write(self, out_dir: str, results: Mapping[str, Mapping[str, Any]],
+            predictions: Mapping[str, Mapping[int, tuple[np.ndarray, float]]],
+            step: Optional[int]) -> None:
+    os.makedirs(out_dir, exist_ok=True)
+    for name in self.task_names:
+      lib.write_jsonl(os.path.join(out_dir, f"{name}_predictions.jsonl"),
+                      self.prediction_rows(name, predictions[name]))
+    summary = {"step": step, "mixture_or_task_name": self.mixture_or_task_name,
+               "split": self.split, "skipped_tasks": list(self._skipped),
+               "tasks": lib.to_jsonable(results)}
+    path = os.path.join(out_dir, "metrics.json")
+    with open(path + ".tmp", "w") as f:
+      json.dump(summary, f, indent=2, sort_keys=True)
+    os.replace(path + ".tmp", path)
+    logging.info("evaluation: wrote %s and %d prediction files", path,
+                 len(self.task_names))
+
+
+class _Reiterable:
+  """A dataset as numpy examples that can be iterated more than once (seqio's
+  metric objects walk the examples once for targets and once for predictions)."""
+
+  def __init__(self, ds: tf.data.Dataset):
+    self._ds = ds
+
+  def __iter__(self):
+    return self._ds.as_numpy_iterator()
+
+
+def _as_array(tokens: Sequence[np.ndarray]) -> np.ndarray:
+  """[N, L] when all rows have one length (they do: one compiled decode length)."""
+  if len({np.shape(t) for t in tokens}) <= 1:
+    return np.asarray(tokens)
+  out = np.empty(len(tokens), dtype=object)
+  out[:] = [np.asarray(t) for t in tokens]
+  return out
+
+
+def flatten_metrics(results: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+  """{"task/metric": value} of the numeric metrics (for metric writers)."""
+  out = {}
+  for task, metrics in results.items():
+    for k, v in metrics.items():
+      if isinstance(v, (int, float)) and not isinstance(v, bool):
+        out[f"{task}/{k}"] = float(v)
+  return out
+
+
+def checkpoint_step(path: str) -> Optional[int]:
+  """The step of a checkpoint path: a step folder, or a MODEL_DIR's latest."""
+  path = os.path.abspath(path)
+  base = os.path.basename(path.rstrip("/"))
+  if base.isdigit():
+    return int(base)
+  if os.path.isdir(path):
+    steps = [int(d) for d in os.listdir(path) if re.fullmatch(r"[0-9]+", d)]
+    if steps:
+      return max(steps)
+  return None
+
+
+def evaluate_checkpoint(*, model: Any, checkpoint_path: str,
+                        mixture_or_task_name: str,
+                        task_feature_lengths: Mapping[str, int], output_dir: str,
+                        batch_size: int = 32, split: str = "validation",
+                        num_examples: Optional[int] = None,
+                        partitioner: Any = None,
+                        decode_overrides: Optional[Mapping[str, Any]] = None,
+                        score_candidates: Optional[bool] = None,
+                        setup_fns: Sequence[Callable[[], Any]] = (),
+                        seed: int = 42) -> dict[str, dict[str, float]]:
+  """Loads the parameters of a checkpoint and evaluates them (see `Evaluator`).
+
+  `checkpoint_path` is a training MODEL_DIR (its latest step), one step folder of
+  it, or a converted OFA checkpoint. `setup_fns` are called first (e.g. the
+  function that registers the tasks: gin `setup_fns = [@demo.register_demo_tasks]`).
+  """
+  from ofa_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  for fn in setup_fns:
+    fn()
+  evaluator = Evaluator(
+      model, mixture_or_task_name, task_feature_lengths, batch_size=batch_size,
+      split=split, num_examples=num_examples, output_dir=output_dir,
+      partitioner=partitioner, decode_overrides=decode_overrides,
+      score_candidates=score_candidates, seed=seed)
+  abstract = abstract_params(model, evaluator.example_batch(), partitioner)
+  params = checkpoints.load_params(checkpoint_path, abstract)
+  step = checkpoint_step(checkpoint_path)
+  results = evaluator.evaluate(params, step=step)
+  for name, metrics in results.items():
+    logging.info("eval %s (step %s): %s", name, step, metrics)
+  return results
+
+
+def abstract_params(model: Any, example_batch: Mapping[str, np.ndarray],
+                    partitioner: Any = None) -> PyTree:
+  """Shapes, dtypes and shardings of the model's `params` (for restoring)."""
+  shapes = {k: np.asarray(v).shape for k, v in example_batch.items()}
+  types = {k: np.asarray(v).dtype for k, v in example_batch.items()}
+  boxed = jax.eval_shape(
+      lambda rng: model.get_initial_variables(rng, shapes, types),
+      jax.random.key(0))["params"]
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  if partitioner is not None:
+    shardings = partitioner.logical_to_mesh_shardings(boxed)
+  else:
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    shardings = jax.tree.map(lambda _: device, nn.meta.unbox(boxed))
+  return jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      nn.meta.unbox(boxed), shardings)

@@ -1,0 +1,175 @@
+"""Typed inference results, and drawing predicted boxes on their images.
+
+Why a typed result and not the raw postprocessed value: a user of the Python API
+asks "what is the caption / the box / the label" without knowing how the task
+decodes. A `Result` carries every view that makes sense for the target slot:
+`.text` always (the decoded output, prompt removed), `.box` (x0, y0, x1, y1 in
+pixels of the *original* image) for a box target, `.boxes` (box, label) pairs for
+detection-style targets, `.label` for a closed set, and `.score`, the decoder's
+log-probability of the output (the beam score; a candidate's log-probability
+among the answers under all-candidate scoring).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+from typing import Any, Optional, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+Box = tuple[float, float, float, float]
+
+
+def load_image(image: Any) -> Image.Image:
+  """A PIL RGB image from a path, encoded bytes, a uint8 array or a PIL image."""
+  if isinstance(image, Image.Image):
+    return image.convert("RGB")
+  if isinstance(image, (str, os.PathLike)):
+    if not os.path.isfile(image):
+      raise FileNotFoundError(f"image file {os.fspath(image)!r} does not exist")
+    with Image.open(image) as im:
+      return im.convert("RGB")
+  if isinstance(image, (bytes, bytearray)):
+    try:
+      with Image.open(io.BytesIO(bytes(image))) as im:
+        return im.convert("RGB")
+    except OSError as e:
+      raise ValueError(f"cannot decode the image bytes: {e}") from e
+  arr = np.asarray(image)
+  if arr.ndim == 3 and arr.shape[-1] == 3:
+    return Image.fromarray(arr.astype(np.uint8), "RGB")
+  raise ValueError(f"cannot read an image from a {type(image).__name__} "
+                   "(expected a path, encoded bytes, uint8 [H, W, 3] or a PIL image)")
+
+
+def _as_box(value: Any) -> Optional[Box]:
+  if value is None:
+    return None
+  arr = np.asarray(value, np.float64).reshape(-1)
+  if arr.shape != (4,) or not np.all(np.isfinite(arr)):
+    return None
+  return tuple(float(x) for x in arr)  # type: ignore[return-value]
+
+
+@dataclasses.dataclass
+class Result:
+  """One example's prediction.
+
+  Attributes:
+    text: the decoded output (forced prompt removed; box targets read as their
+      `<bin_k>` tokens).
+    value: the task's postprocessed value (str, box list, [(box, label)], ...).
+    score: log-probability of the output under the model (see module doc).
+    kind: the decoding kind ("text", "box", "closed_set", "image_codes").
+    tokens: the decoded ids (prompt, answer, `</s>`, padding).
+    box: (x0, y0, x1, y1) in original-image pixels for a box target, else None.
+    boxes: [(box, label), ...] for interleaved box/label targets (detection).
+    label: the chosen label of a closed set, else None.
+    image: the example's first input image as given (path, bytes, array, PIL),
+      used by `draw_box` / `save_box` when no image is passed.
+  """
+
+  text: str
+  value: Any
+  score: float
+  kind: str
+  tokens: np.ndarray = dataclasses.field(repr=False,
+                                         default_factory=lambda: np.zeros(0))
+  box: Optional[Box] = None
+  boxes: list[tuple[Box, str]] = dataclasses.field(default_factory=list)
+  label: Optional[str] = None
+  image: Any = dataclasses.field(default=None, repr=False)
+
+  @classmethod
+  def from_prediction(cls, *, text: str, value: Any, score: float, kind: str,
+                      tokens: Any = None, image: Any = None) -> "Result":
+    """Fills the typed views from the postprocessed value of the target slot."""
+    box = _as_box(value) if kind == "box" else None
+    boxes: list[tuple[Box, str]] = []
+    if isinstance(value, list) and value and all(
+        isinstance(v, (list, tuple)) and len(v) == 2 for v in value):
+      for b, lab in value:
+        b = _as_box(b)
+        if b is not None:
+          boxes.append((b, str(lab)))
+    label = value if kind == "closed_set" and isinstance(value, str) else None
+    return cls(text=text, value=value, score=float(score), kind=kind,
+               tokens=np.asarray(tokens if tokens is not None else []),
+               box=box, boxes=boxes, label=label, image=image)
+
+  # ---- drawing ---------------------------------------------------------------
+  def _all_boxes(self) -> list[tuple[Box, str]]:
+    if self.box is not None:
+      return [(self.box, self.label or "")]
+    return list(self.boxes)
+
+  def draw_box(self, image: Any = None, *, color: str = "red", width: int = 2
+               ) -> Image.Image:
+    """A copy of the image with the predicted box(es) (and labels) drawn on it.
+
+    `image` defaults to the example's input image. Raises ValueError when the
+    result has no box, or when there is no image to draw on.
+    """
+    pairs = self._all_boxes()
+    if not pairs:
+      raise ValueError(f"this result has no box to draw (kind {self.kind!r}, "
+                       f"text {self.text!r})")
+    source = self.image if image is None else image
+    if source is None:
+      raise ValueError("draw_box: no image given and the example had none")
+    canvas = load_image(source).copy()
+    draw = ImageDraw.Draw(canvas)
+    for (x0, y0, x1, y1), label in pairs:
+      draw.rectangle([min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)],
+                     outline=color, width=max(1, int(width)))
+      if label:
+        draw.text((min(x0, x1) + 2, min(y0, y1) + 1), label, fill=color)
+    return canvas
+
+  def save_box(self, path: str, image: Any = None, **kwargs: Any) -> str:
+    """Draws the box(es) (see `draw_box`) and saves the picture to `path`."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    self.draw_box(image, **kwargs).save(path)
+    return path
+
+  def to_json(self) -> dict[str, Any]:
+    """A JSON-able dict (what `python -m ofa_jax.infer` writes per line)."""
+    from ofa_jax.evaluation_lib import to_jsonable  # pylint: disable=g-import-not-at-top
+    out: dict[str, Any] = {"text": self.text, "value": self.value,
+                           "score": self.score, "kind": self.kind}
+    if self.box is not None:
+      out["box"] = list(self.box)
+    if self.boxes:
+      out["boxes"] = [[list(b), lab] for b, lab in self.boxes]
+    if self.label is not None:
+      out["label"] = self.label
+    return to_jsonable(out)
+
+
+def draw_results(results: Sequence[Result], path: str, *, columns: int = 4,
+                 size: int = 160) -> str:
+  """A contact sheet of results with boxes drawn and the text under each picture."""
+  tiles = []
+  for r in results:
+    try:
+      im = r.draw_box() if r._all_boxes() else load_image(r.image)  # pylint: disable=protected-access
+    except ValueError:
+      im = Image.new("RGB", (size, size), "white")
+    im = im.resize((size, size))
+    tile = Image.new("RGB", (size, size + 28), "white")
+    tile.paste(im, (0, 0))
+    ImageDraw.Draw(tile).text((2, size + 2), r.text[:40], fill="black")
+    tiles.append(tile)
+  if not tiles:
+    raise ValueError("draw_results: no results to draw")
+  rows = (len(tiles) + columns - 1) // columns
+  sheet = Image.new("RGB", (columns * size, rows * (size + 28)), "white")
+  for i, tile in enumerate(tiles):
+    sheet.paste(tile, ((i % columns) * size, (i // columns) * (size + 28)))
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  sheet.save(path)
+  return path

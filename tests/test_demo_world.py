@@ -1,0 +1,106 @@
+"""The generated demo world: deterministic, consistent labels, distinct splits;
+the demo task registrations: idempotent, explicit replace."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import seqio
+from PIL import Image
+
+from tasks import demo
+from tasks import demo_world as world
+
+
+def _pixels(png: bytes) -> np.ndarray:
+  return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+@pytest.mark.parametrize("kind", world.KINDS)
+def test_examples_are_a_pure_function_of_seed_split_index(kind):
+  a = world.example(kind, 3, seed=7, split="train")
+  b = world.example(kind, 3, seed=7, split="train")
+  c = world.example(kind, 3, seed=7, split="validation")
+  d = world.example(kind, 3, seed=8, split="train")
+  assert a.keys() == b.keys()
+  for k in a:
+    np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]))
+  differs = lambda x, y: any(  # noqa: E731
+      not np.array_equal(np.asarray(x[k]), np.asarray(y[k])) for k in x)
+  assert differs(a, c) and differs(a, d)
+
+
+def test_scenes_render_objects_inside_their_boxes():
+  rng = np.random.default_rng(0)
+  for _ in range(20):
+    scene = world.make_scene(rng, canvas=64)
+    assert 1 <= len(scene.objects) <= 3
+    pixels = world.render(scene)
+    assert pixels.shape == (64, 64, 3) and pixels.dtype == np.uint8
+    for o in scene.objects:
+      x0, y0, x1, y1 = o.box
+      assert 0 <= x0 < x1 <= 64 and 0 <= y0 < y1 <= 64
+      cx, cy = int((x0 + x1) / 2), int((y0 + y1) / 2)
+      # The centre of every shape has the object's colour.
+      np.testing.assert_array_equal(pixels[cy, cx], world.COLOURS[o.colour])
+    # Objects do not overlap, and are listed left to right.
+    xs = [o.box[0] for o in scene.objects]
+    assert xs == sorted(xs)
+
+
+def test_labels_are_consistent_with_the_scene():
+  for i in range(30):
+    ex = world.example("vqa", i, split="validation")
+    assert ex["answer"] in world.vqa_answers()
+    ex = world.example("classify", i)
+    pixels = _pixels(ex["img"])
+    assert ex["label"] in world.SHAPES and pixels.shape == (64, 64, 3)
+    ex = world.example("detection", i)
+    assert ex["boxes"].shape == (len(ex["labels"]), 4)
+    ex = world.example("matching", i)
+    caption = world.caption_of(world.make_scene(
+        world._rng("matching", 0, "train", i), 64))  # pylint: disable=protected-access
+    assert (ex["cap"] == caption) == (ex["label"] == "yes")
+
+
+def test_sudoku_puzzles_are_valid_and_solvable():
+  for i in range(30):
+    ex = world.example("sudoku", i)
+    assert world.sudoku_is_solution(ex["puzzle"], ex["solution"])
+    assert ex["puzzle"].count(":") == 12 and ex["puzzle"].count("|") == 3
+    assert 4 <= ex["puzzle"].count("0") <= 8
+  assert not world.sudoku_is_solution("1:2:3:4|3:4:1:2|2:1:4:3|4:3:2:1",
+                                      "1:2:3:4|3:4:1:2|2:1:4:3|4:3:1:2")
+
+
+def test_function_source_yields_the_examples():
+  src = world.function_source("detection", {"train": 3, "test": 2}, seed=1)
+  assert set(src.splits) == {"train", "test"}
+  rows = list(src.get_dataset("test").as_numpy_iterator())
+  assert len(rows) == 2
+  expected = world.example("detection", 1, seed=1, split="test")
+  np.testing.assert_allclose(rows[1]["boxes"], expected["boxes"])
+  with pytest.raises(ValueError, match="unknown kind"):
+    world.function_source("nope", {"train": 1})
+
+
+def test_register_demo_tasks_is_idempotent_and_replace_is_explicit():
+  counts = {"train": 8, "validation": 4, "test": 4}
+  names = demo.register_demo_tasks(num_examples=counts, replace=True)
+  assert len(names) == 9 and all(n in seqio.TaskRegistry.names() for n in names)
+  assert demo.register_demo_tasks(num_examples=counts) == names  # no-op
+  first = seqio.get_mixture_or_task("demo_caption")
+  demo.register_demo_tasks(num_examples=counts)
+  assert seqio.get_mixture_or_task("demo_caption") is first
+  with pytest.raises(ValueError, match="replace=True"):
+    demo.register_demo_tasks(image_size=32, num_examples=counts)
+  demo.register_demo_tasks(image_size=32, num_examples=counts, replace=True)
+  assert seqio.get_mixture_or_task("demo_caption").plan.options["image_size"] == 32
+  mixture = seqio.get_mixture_or_task(demo.MIXTURE)
+  assert {t.name for t in mixture.tasks} == set(names)
+  kinds = {n: seqio.get_mixture_or_task(n).plan.decoding.kind for n in names}
+  assert kinds["demo_vqa"] == kinds["demo_classify"] == "closed_set"
+  assert kinds["demo_grounding"] == "box"
+  assert all(seqio.get_mixture_or_task(n).metric_fns for n in names)

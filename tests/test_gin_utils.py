@@ -1,0 +1,114 @@
+"""Gin flags and layering: shorthand rewrite, search paths, required macros, overrides."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import gin
+import pytest
+
+from ofa_jax import gin_utils
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SET_ALL = ["MIXTURE_OR_TASK_NAME = 'm'", "TASK_FEATURE_LENGTHS = {'inputs': 4}",
+           "TRAIN_STEPS = 10", "MODEL_DIR = '/tmp/unused'"]
+
+
+@pytest.fixture(autouse=True)
+def _clean_gin():
+  gin.clear_config()
+  yield
+  gin.clear_config()
+
+
+def test_rewrite_and_split_argv():
+  argv = ["--gin_file=a.gin", "--gin.MODEL_DIR='/x'", "--gin_file", "b.gin",
+          "--gin_bindings=X = 1", "--gin_search_paths=/p,/q", "--other"]
+  assert gin_utils.rewrite_gin_args(argv)[1] == "--gin_bindings=MODEL_DIR = '/x'"
+  files, bindings, paths, rest = gin_utils.parse_argv(argv)
+  assert files == ["a.gin", "b.gin"]
+  assert bindings == ["MODEL_DIR = '/x'", "X = 1"]
+  assert paths == ["/p", "/q"] and rest == ["--other"]
+  with pytest.raises(gin_utils.GinConfigError, match="needs a value"):
+    gin_utils.rewrite_gin_args(["--gin.X="])
+
+
+def test_missing_required_macro_is_named():
+  with pytest.raises(gin_utils.GinConfigError,
+                     match=r"required gin macro TRAIN_STEPS is not set.*--gin\."
+                           "TRAIN_STEPS"):
+    gin_utils.parse_gin_flags(["models/demo.gin", "runs/train.gin"],
+                              [b for b in SET_ALL if "TRAIN_STEPS" not in b])
+
+
+def test_finetune_requires_initial_checkpoint():
+  with pytest.raises(gin_utils.GinConfigError, match="INITIAL_CHECKPOINT_PATH"):
+    gin_utils.parse_gin_flags(["models/demo.gin", "runs/finetune.gin"], SET_ALL)
+  gin.clear_config()
+  gin_utils.parse_gin_flags(["models/demo.gin", "runs/finetune.gin"],
+                            SET_ALL + ["INITIAL_CHECKPOINT_PATH = '/ckpt'"])
+  assert gin.query_parameter("%LEARNING_RATE") == 1e-5  # finetune's default
+
+
+@pytest.mark.parametrize("size", ["tiny", "medium", "base", "large", "huge",
+                                  "demo"])
+def test_every_model_layer_parses_with_the_run_layer(size):
+  gin_utils.parse_gin_flags([f"models/{size}.gin", "runs/train.gin"], SET_ALL)
+  assert gin.query_parameter("%MODEL_SIZE") == size
+  from ofa_jax import optimizers
+  from ofa_jax import vocab
+  from ofa_jax.model import config
+  cfg = gin.get_configurable(config.get_config)()
+  assert cfg.d_model == config.get_config(size).d_model
+  # The embedding is sized from the vocabulary, not from a copied number.
+  assert cfg.vocab_size == vocab.default_vocabulary().vocab_size
+  assert gin.get_configurable(optimizers.adamw)() is not None
+
+
+def test_overrides_later_wins_and_search_paths(tmp_path):
+  (tmp_path / "exp.gin").write_text(
+      "include 'models/tiny.gin'\ninclude 'runs/train.gin'\n"
+      "MIXTURE_OR_TASK_NAME = 'mix'\nTASK_FEATURE_LENGTHS = {'inputs': 8}\n"
+      "TRAIN_STEPS = 5\nBATCH_SIZE = 4\n")
+  argv = ["--gin_file=exp.gin", f"--gin_search_paths={tmp_path}",
+          "--gin.MODEL_DIR='/tmp/m'", "--gin.BATCH_SIZE=64",
+          "--gin.NUM_PARTITIONS=2"]
+  files, bindings, paths, _ = gin_utils.parse_argv(argv)
+  gin_utils.parse_gin_flags(files, bindings, paths)
+  assert gin.query_parameter("%BATCH_SIZE") == 64  # command line beats the file
+  assert gin.query_parameter("%TRAIN_STEPS") == 5
+  assert gin.query_parameter("%NUM_PARTITIONS") == 2
+  assert gin.query_parameter("%MODEL_DIR") == "/tmp/m"
+
+
+def test_unknown_file_is_a_clear_error():
+  with pytest.raises(gin_utils.GinConfigError, match="nope.gin.*not found"):
+    gin_utils.parse_gin_flags(["nope.gin"])
+
+
+def test_demo_experiment_parses():
+  gin_utils.parse_gin_flags(["experiments/demo.gin"], ["MODEL_DIR = '/tmp/d'"])
+  assert gin.query_parameter("%MIXTURE_OR_TASK_NAME") == "demo_mixture"
+
+
+def test_write_operative_config(tmp_path):
+  gin_utils.parse_gin_flags(["models/demo.gin", "runs/train.gin"], SET_ALL)
+  path = gin_utils.write_operative_config(str(tmp_path))
+  assert os.path.basename(path) == "config.gin"
+  assert "TRAIN_STEPS = 10" in (tmp_path / "config_full.gin").read_text()
+
+
+@pytest.mark.slow
+def test_entry_point_fails_before_any_work(tmp_path):
+  """`python -m ofa_jax.train` without MODEL_DIR: exit 2, message names it."""
+  env = dict(os.environ, PYTHONPATH=REPO)
+  out = subprocess.run(
+      [sys.executable, "-m", "ofa_jax.train", "--gin_file=models/demo.gin",
+       "--gin_file=runs/train.gin"] + [f"--gin_bindings={b}" for b in SET_ALL
+                                       if "MODEL_DIR" not in b],
+      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert "required gin macro MODEL_DIR is not set" in out.stderr
+  assert os.listdir(tmp_path) == []

@@ -1,0 +1,272 @@
+"""plan.register_task: the layout of the task features, loss masks, prompts,
+alternatives, determinism and the bad-input paths (errors, drops, counters)."""
+
+from __future__ import annotations
+
+import collections
+import io
+
+import numpy as np
+import pytest
+import seqio
+import tensorflow as tf
+from PIL import Image
+
+from ofa_jax import features as F
+from ofa_jax import instructions
+from ofa_jax import plan
+from ofa_jax import vocab as vocab_lib
+
+LENGTHS = {"inputs": 48, "targets": 24, "images": 2, "audio": 0, "video": 0,
+           "motion": 0, "target_image": 0, "target_audio": 0, "target_motion": 0}
+
+
+@pytest.fixture(scope="module")
+def vocab():
+  return vocab_lib.default_vocabulary()
+
+
+@pytest.fixture
+def registered():
+  """Names registered by a test; removed afterwards so tests stay independent."""
+  names = []
+  yield names
+  for name in names:
+    if name in seqio.TaskRegistry.names():
+      seqio.TaskRegistry.remove(name)
+
+
+def _png(colour=(200, 30, 30), size=(20, 16)) -> bytes:
+  buf = io.BytesIO()
+  Image.new("RGB", size, colour).save(buf, format="PNG")
+  return buf.getvalue()
+
+
+def _source(columns: dict, splits=("train", "validation")):
+  """A FunctionDataSource over in-memory columns (same rows in every split)."""
+  n = len(next(iter(columns.values())))
+
+  def dataset_fn(split, shuffle_files, seed=None):
+    del split, shuffle_files, seed
+    return tf.data.Dataset.from_tensor_slices(
+        {k: tf.constant(v) for k, v in columns.items()})
+
+  return seqio.FunctionDataSource(dataset_fn, splits=splits,
+                                  num_input_examples={s: n for s in splits})
+
+
+def _examples(task, split="train", seed=0, lengths=LENGTHS):
+  ds = task.get_dataset(lengths, split=split, shuffle=False, seed=seed)
+  return list(ds.as_numpy_iterator())
+
+
+def _register(registered, name, instruction, source, vocab, **options):
+  registered.append(name)
+  return plan.register_task(name, instruction, source, vocabulary=vocab,
+                            replace=True, image_size=32, **options)
+
+
+def test_encoder_follows_instruction_order_with_runs_and_offsets(
+    registered, vocab):
+  src = _source({"a": ["red"], "img": [_png()], "b": ["blue sky"],
+                 "c": ["the answer"]})
+  task = _register(registered, "t_order",
+                   "[TEXT:a] look [IMAGE:img] then [TEXT:b] -> [TEXT:c]", src,
+                   vocab)
+  (ex,) = _examples(task)
+  run1 = [F.BOS_ID] + vocab.encode("red") + vocab.encode("look") + [F.EOS_ID]
+  run2 = ([F.BOS_ID] + vocab.encode("then") + vocab.encode("blue sky")
+          + [F.EOS_ID])
+  np.testing.assert_array_equal(ex[F.INPUTS], run1 + run2)
+  np.testing.assert_array_equal(ex[F.IMAGE_TEXT_OFFSET], [len(run1)])
+  np.testing.assert_array_equal(ex[F.IMAGE_SLOT_RANK], [0])
+  np.testing.assert_array_equal(ex[F.IMAGE_MASK], [1])
+  assert ex[F.IMAGES].shape == (1, 32, 32, 3)
+  np.testing.assert_allclose(ex[F.IMAGE_GEOMETRY][0][:2], [16, 20])  # orig h, w
+  np.testing.assert_array_equal(ex[F.TARGETS],
+                                vocab.encode("the answer") + [F.EOS_ID])
+  np.testing.assert_array_equal(ex[F.TARGET_LOSS_MASK], [1] * len(ex[F.TARGETS]))
+  assert ex[F.TASK_ID] == F.task_id_of("t_order")
+  assert ex[F.SAMPLE_WEIGHT] == 1.0
+  # Absent streams: zero length with the right rank; every task has every key.
+  assert ex[F.AUDIO].shape == (0, 80) and ex[F.VIDEO].shape[0] == 0
+  assert set(plan.output_features(vocab)) <= set(ex)
+
+
+def test_prompt_and_plain_target_text_carry_no_loss(registered, vocab):
+  src = _source({"s": ["good movie"], "label": ["positive"]})
+  instruction = ('is " [TEXT:s] " positive? -> is " [TEXT:s,no_loss] " positive? '
+                 "[TEXT:label,closed_set]")
+  task = _register(registered, "t_prompt", instruction, src, vocab,
+                   closed_set=["positive", "negative"])
+  (ex,) = _examples(task)
+  answer = vocab.encode("positive") + [F.EOS_ID]
+  n_prompt = len(ex[F.TARGETS]) - len(answer)
+  assert n_prompt > 0
+  np.testing.assert_array_equal(ex[F.TARGETS][n_prompt:], answer)
+  np.testing.assert_array_equal(ex[F.TARGET_LOSS_MASK],
+                                [0] * n_prompt + [1] * len(answer))
+  assert task.plan.decoding.kind == "closed_set"
+  assert task.plan.decoding.labels == ("positive", "negative")
+  # The postprocess strips the forced prompt, for targets and predictions.
+  text = vocab.decode(ex[F.TARGETS].tolist())
+  assert task.postprocess_fn(text, example=ex, is_target=True) == "positive"
+
+  task2 = _register(registered, "t_prompt_loss", instruction, src, vocab,
+                    closed_set=["positive", "negative"],
+                    decoder_plain_with_loss=True)
+  (ex2,) = _examples(task2)
+  mask = ex2[F.TARGET_LOSS_MASK]
+  # Plain text is trained, the no_loss slot is not.
+  assert 0 < mask[:n_prompt].sum() < n_prompt
+
+
+def test_disable_auto_boseos(registered, vocab):
+  src = _source({"a": ["hello"], "b": ["world"]})
+  task = _register(registered, "t_noboseos",
+                   "[TEXT:a,disable_auto_boseos] -> [TEXT:b]", src, vocab)
+  (ex,) = _examples(task)
+  np.testing.assert_array_equal(ex[F.INPUTS], vocab.encode("hello"))
+
+
+def test_box_target_and_postprocess_round_trip(registered, vocab):
+  src = _source({"img": [_png(size=(40, 20))], "cap": ["thing"],
+                 "region": [[4.0, 2.0, 30.0, 18.0]]})
+  task = _register(registered, "t_box",
+                   '[IMAGE:img] where is " [TEXT:cap] "? -> [BOX:region]', src,
+                   vocab)
+  assert task.plan.decoding.kind == "box"
+  assert task.plan.decoding.min_len == task.plan.decoding.max_len == 4
+  (ex,) = _examples(task)
+  np.testing.assert_array_equal(ex[F.TARGET_KINDS][:4], [int(F.TokenKind.BIN)] * 4)
+  box = task.postprocess_fn(vocab.decode(ex[F.TARGETS].tolist()), example=ex,
+                            is_target=False)
+  # Half a bin of the 32-px processed image, in original pixels (x scale 32/40).
+  np.testing.assert_allclose(box, [4.0, 2.0, 30.0, 18.0], atol=0.5 * 32 / 999 / 0.8
+                             + 1e-3)
+
+
+def test_missing_field_names_task_slot_and_field(registered, vocab):
+  src = _source({"img": [_png()], "caption": ["x"]})
+  task = _register(registered, "t_missing",
+                   "[IMAGE:img] what? -> [TEXT:cap]", src, vocab)
+  with pytest.raises(ValueError, match=r"t_missing.*\[TEXT:cap\].*'cap'"):
+    _examples(task)
+
+
+def test_unparsable_instruction_fails_at_registration(registered, vocab):
+  with pytest.raises(instructions.InstructionError) as e:
+    plan.register_task("t_bad", "[IMAGE:img] what? -> [TEXTT:cap]",
+                       _source({"img": [_png()]}), vocabulary=vocab)
+  assert "^" in str(e.value)
+  assert "t_bad" not in seqio.TaskRegistry.names()
+
+
+def test_reregistering_needs_replace(registered, vocab):
+  src = _source({"a": ["x"], "b": ["y"]})
+  _register(registered, "t_dup", "[TEXT:a] -> [TEXT:b]", src, vocab)
+  with pytest.raises(ValueError, match="already registered"):
+    plan.register_task("t_dup", "[TEXT:a] -> [TEXT:b]", src, vocabulary=vocab)
+  task = plan.register_task("t_dup", "[TEXT:b] -> [TEXT:a]", src,
+                            vocabulary=vocab, replace=True)
+  assert seqio.get_mixture_or_task("t_dup") is task
+
+
+def test_undecodable_image_is_dropped_and_counted(registered, vocab):
+  images = [_png(), b"\x89PNG\r\n\x1a\nbroken", _png((0, 90, 200)), b""]
+  src = _source({"img": images, "cap": ["a", "b", "c", "d"]})
+  task = _register(registered, "t_corrupt", "[IMAGE:img] what? -> [TEXT:cap]",
+                   src, vocab)
+  examples = _examples(task)
+  kept = [vocab.decode(ex[F.TARGETS].tolist()) for ex in examples]
+  assert kept == ["a", "c"]
+  assert task.plan.skip_counts()["invalid_image"] == 2
+  assert plan.skip_counts("t_corrupt")["t_corrupt/invalid_image"] == 2
+
+
+def test_boxes_outside_the_image_are_clipped_and_counted(registered, vocab):
+  src = _source({"img": [_png(size=(32, 32))] * 2, "cap": ["x", "y"],
+                 "region": [[-5.0, 0.0, 10.0, 10.0], [1.0, 1.0, 8.0, 8.0]]})
+  task = _register(registered, "t_clip",
+                   "[IMAGE:img] region: [BOX:region] -> [TEXT:cap]", src, vocab)
+  assert len(_examples(task)) == 2
+  assert task.plan.skip_counts()["clipped_boxes"] == 1
+
+
+def test_long_streams_are_truncated_with_eos_and_counted(registered, vocab):
+  src = _source({"a": ["one two three four five six seven eight nine ten"],
+                 "b": ["alpha beta gamma delta epsilon zeta eta theta"]})
+  task = _register(registered, "t_trunc", "[TEXT:a] -> [TEXT:b]", src, vocab)
+  lengths = dict(LENGTHS, inputs=6, targets=5)
+  (ex,) = _examples(task, lengths=lengths)
+  assert len(ex[F.INPUTS]) == 6 and ex[F.INPUTS][-1] == F.EOS_ID
+  assert len(ex[F.TARGETS]) == 5 and ex[F.TARGETS][-1] == F.EOS_ID
+  assert len(ex[F.TARGET_LOSS_MASK]) == len(ex[F.TARGET_KINDS]) == 5
+  counts = task.plan.skip_counts()
+  assert counts["truncated_inputs"] == 1 and counts["truncated_targets"] == 1
+
+
+@pytest.mark.slow
+def test_alternatives_all_drawn_and_same_seed_same_examples(registered, vocab):
+  n = 45
+  src = _source({"s": [f"w{i} x y z" for i in range(n)], "t": ["ok"] * n})
+  instruction = ("first [TEXT:s,mask_ratio=0.5] -> [TEXT:t] ||| "
+                 "second [TEXT:s] -> [TEXT:t] ||| third [TEXT:s] -> [TEXT:t]")
+  task = _register(registered, "t_alts", instruction, src, vocab)
+  a = _examples(task, seed=5)
+  b = _examples(task, seed=5)
+  assert len(a) == n
+  for x, y in zip(a, b):
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+  head = lambda ex: vocab.decode(ex[F.INPUTS].tolist()).split()[0]  # noqa: E731
+  heads = collections.Counter(head(ex) for ex in a)
+  assert set(heads) == {"first", "second", "third"}
+  assert min(heads.values()) >= n // 10
+  # Masking (train split only) happened in the first alternative.
+  masked = [ex for ex in a if vocab.mask_id in ex[F.INPUTS]]
+  assert masked and all(head(ex) == "first" for ex in masked)
+  # Evaluation splits are not masked.
+  assert all(vocab.mask_id not in ex[F.INPUTS]
+             for ex in _examples(task, split="validation", seed=5))
+
+
+def test_interleaved_group_expands_over_lists(registered, vocab):
+  def dataset_fn(split, shuffle_files, seed=None):
+    del split, shuffle_files, seed
+    return tf.data.Dataset.from_tensors({
+        "img": tf.constant(_png(size=(32, 32))),
+        "boxes": tf.constant([[1.0, 2.0, 10.0, 12.0], [5.0, 5.0, 30.0, 31.0]]),
+        "labels": tf.constant(["red circle", "blue square"])})
+
+  src = seqio.FunctionDataSource(dataset_fn, splits=("train",))
+  task = _register(registered, "t_group",
+                   "[IMAGE:img] objects? -> ( [BOX:boxes] [TEXT:labels] )*",
+                   src, vocab)
+  (ex,) = _examples(task)
+  kinds = ex[F.TARGET_KINDS].tolist()
+  bin_kind = int(F.TokenKind.BIN)
+  assert kinds[:4] == [bin_kind] * 4
+  second = 4 + len(vocab.encode("red circle"))
+  assert kinds[second:second + 4] == [bin_kind] * 4
+  objects = task.postprocess_fn(vocab.decode(ex[F.TARGETS].tolist()),
+                                example=ex, is_target=True)
+  assert [label for _, label in objects] == ["red circle", "blue square"]
+  np.testing.assert_allclose(objects[1][0], [5.0, 5.0, 30.0, 31.0], atol=0.1)
+
+
+def test_mixture_registration_and_replace(registered, vocab):
+  src = _source({"a": ["x"], "b": ["y"]})
+  _register(registered, "t_mix_a", "[TEXT:a] -> [TEXT:b]", src, vocab)
+  _register(registered, "t_mix_b", "[TEXT:b] -> [TEXT:a]", src, vocab)
+  try:
+    plan.register_mixture("t_mix", [("t_mix_a", 1.0), ("t_mix_b", 2.0)])
+    with pytest.raises(ValueError, match="already registered"):
+      plan.register_mixture("t_mix", [("t_mix_a", 1.0)])
+    mix = plan.register_mixture("t_mix", [("t_mix_a", 1.0)], replace=True)
+    assert [t.name for t in mix.tasks] == ["t_mix_a"]
+    with pytest.raises(ValueError, match="not registered"):
+      plan.register_mixture("t_mix2", [("nope", 1.0)])
+  finally:
+    if "t_mix" in seqio.MixtureRegistry.names():
+      seqio.MixtureRegistry.remove("t_mix")

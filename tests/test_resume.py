@@ -1,0 +1,127 @@
+"""Exact resume after SIGKILL, and SIGTERM saving, with `python -m ofa_jax.train`.
+
+Each run is a subprocess on the toy model and toy mixture (`test_trainer.py`),
+configured by a gin file that includes the real `runs/train.gin`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 12
+
+TOY_GIN = """
+include 'runs/train.gin'
+from __gin__ import dynamic_registration
+from ofa_jax import optimizers
+import test_partitioning
+import test_trainer
+
+MODEL = @test_partitioning.ToyModel()
+OPTIMIZER = @optimizers.adamw()
+optimizers.adamw.learning_rate = 0.01
+optimizers.adamw.total_steps = %TRAIN_STEPS
+MIXTURE_OR_TASK_NAME = @test_trainer.toy_mixture()
+test_trainer.toy_mixture.delay_ms = {delay_ms}
+TASK_FEATURE_LENGTHS = {{'inputs': 8, 'targets': 8}}
+TRAIN_STEPS = {steps}
+BATCH_SIZE = 8
+CHECKPOINT_PERIOD = 2
+LOG_PERIOD = 1
+LABEL_SMOOTHING = 0.1
+NUM_PARTITIONS = 2
+RANDOM_SEED = 7
+"""
+
+
+def _start(tmp_path, model_dir, delay_ms=0, steps=STEPS):
+  gin_file = tmp_path / "toy.gin"
+  gin_file.write_text(TOY_GIN.format(delay_ms=delay_ms, steps=steps))
+  env = dict(os.environ, PYTHONPATH=f"{REPO}:{os.path.join(REPO, 'tests')}")
+  log = open(str(model_dir) + ".log", "a")
+  return subprocess.Popen(
+      [sys.executable, "-m", "ofa_jax.train", f"--gin_file={gin_file}",
+       f"--gin.MODEL_DIR='{model_dir}'"], cwd=REPO, env=env, stdout=log,
+      stderr=subprocess.STDOUT)
+
+
+def _log(model_dir) -> str:
+  with open(str(model_dir) + ".log") as f:
+    return f.read()
+
+
+def _wait_for_step(proc, model_dir, step, timeout=120):
+  t0 = time.time()
+  while not os.path.isdir(os.path.join(model_dir, str(step))):
+    if proc.poll() is not None:
+      raise AssertionError(f"run ended (rc={proc.returncode}) before step {step}:"
+                           f"\n{_log(model_dir)[-3000:]}")
+    if time.time() - t0 > timeout:
+      proc.kill()
+      raise AssertionError(f"step {step} not reached in {timeout}s")
+    time.sleep(0.05)
+
+
+def _state(model_dir, step):
+  ckptr = ocp.PyTreeCheckpointer()
+  try:
+    return ckptr.restore(os.path.join(model_dir, str(step), "state"))
+  finally:
+    ckptr.close()
+
+
+def _steps(model_dir):
+  return sorted(int(d) for d in os.listdir(model_dir) if d.isdigit())
+
+
+@pytest.mark.slow
+def test_sigkill_then_restart_matches_uninterrupted_run(tmp_path):
+  straight = tmp_path / "straight"
+  proc = _start(tmp_path, straight)
+  assert proc.wait(timeout=300) == 0, _log(straight)[-3000:]
+
+  killed = tmp_path / "killed"
+  proc = _start(tmp_path, killed, delay_ms=40)
+  _wait_for_step(proc, killed, 6)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait(timeout=60)
+  assert proc.returncode == -signal.SIGKILL
+  assert STEPS not in _steps(killed), "the run finished before it was killed"
+
+  proc = _start(tmp_path, killed)
+  assert proc.wait(timeout=300) == 0, _log(killed)[-3000:]
+  assert "resumed from" in _log(killed)
+
+  a, b = _state(straight, STEPS), _state(killed, STEPS)
+  flat_a = ocp.tree.to_flat_dict(a)
+  flat_b = ocp.tree.to_flat_dict(b)
+  assert flat_a.keys() == flat_b.keys()
+  for k in flat_a:  # parameters and Adam moments, bit for bit
+    np.testing.assert_array_equal(flat_a[k], flat_b[k], err_msg=str(k))
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_loadable_checkpoint_and_exits_cleanly(tmp_path):
+  model_dir = tmp_path / "run"
+  proc = _start(tmp_path, model_dir, delay_ms=40, steps=40)
+  _wait_for_step(proc, model_dir, 4)
+  proc.send_signal(signal.SIGTERM)
+  assert proc.wait(timeout=120) == 0, _log(model_dir)[-3000:]
+  assert "training preempted" in _log(model_dir)
+  last = _steps(model_dir)[-1]
+  assert 4 <= last < 40
+  state = _state(model_dir, last)
+  assert int(state["step"]) == last
+  import json
+  with open(os.path.join(model_dir, str(last), "data", "metadata")) as f:
+    position = json.load(f)
+  assert position["batches_consumed"] == last
