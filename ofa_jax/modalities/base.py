@@ -74,6 +74,8 @@ class DenseSlotOutput(NamedTuple):
   mask: tf.Tensor
   valid: tf.Tensor  # bool []
   geometry: Optional[tf.Tensor] = None  # IMAGE only: float32 [6]
+  # Frames cut off (audio past max_frames, motion cropped): counted by the plan.
+  num_clipped: tf.Tensor = tf.constant(0, tf.int32)
 
 
 class ModalityProcessor(Protocol):
