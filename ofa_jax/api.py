@@ -75,17 +75,14 @@ class Generalist:
     from `task_options` or model_config.json.
     """
     from ofa_jax import api_config  # pylint: disable=g-import-not-at-top
-    from ofa_jax import checkpoints  # pylint: disable=g-import-not-at-top
-    from ofa_jax import evaluation  # pylint: disable=g-import-not-at-top
     from ofa_jax import models  # pylint: disable=g-import-not-at-top
     spec = api_config.resolve(model_dir, config=config, vocabulary=vocabulary)
     model = models.OFAModel(spec.config, spec.vocabulary)
     options = {**spec.task_options, **dict(task_options or {})}
     batch = api_config.dummy_model_batch(spec.config,
                                          int(options.get("image_size", 32)))
-    abstract = evaluation.abstract_params(model, batch, partitioner)
-    params = checkpoints.load_params(model_dir, abstract)
-    return cls(model, params, task_options=options, partitioner=partitioner)
+    variables = lib.load_variables(model_dir, model, batch, partitioner)
+    return cls(model, variables, task_options=options, partitioner=partitioner)
 
   # ---- inference ---------------------------------------------------------------
   def inference(self, instruction: str,

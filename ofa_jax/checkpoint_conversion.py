@@ -197,7 +197,7 @@ def convert_state_dict(
     ignore_patterns: regexes of further keys to drop on purpose (e.g.
       ``r"^classification_heads\\."``).
 
-  Returns the variables as float32 numpy arrays (in the target's dtypes) and
+  Returns the variables as contiguous numpy arrays in the target's dtypes and
   the detected naming ('fairseq' or 'hf'). Raises ConversionError listing every
   unknown key, missing key and shape mismatch.
   """
@@ -206,7 +206,8 @@ def convert_state_dict(
       raise ValueError("convert_state_dict: pass `config` or `target`")
     target = abstract_variables(config)
   target = _unbox(dict(target))
-  canonical, naming = names.canonicalize_state_dict(state_dict, ignore_patterns)
+  source = names.canonicalize(state_dict, ignore_patterns)
+  canonical, naming = source.arrays, source.naming
 
   problems: list[str] = []
   out: dict[Path, np.ndarray] = {}
@@ -222,25 +223,27 @@ def convert_state_dict(
         continue
       owner[key] = flax_name
       if key not in canonical:
-        problems.append(f"missing key {key!r} (for Flax {flax_name}, shape "
-                        f"{tuple(leaf.shape)})")
+        problems.append(f"missing key {source.source_key(key)!r} (for Flax "
+                        f"{flax_name}, shape {tuple(leaf.shape)})")
         continue
       used.add(key)
       value = _to_flax_layout(canonical[key], path[-1])
       if tuple(value.shape) != tuple(leaf.shape):
         problems.append(
-            f"shape mismatch for {key!r}: checkpoint {tuple(canonical[key].shape)}"
+            f"shape mismatch for {source.source_key(key)!r}: checkpoint "
+            f"{tuple(canonical[key].shape)}"
             f" gives {tuple(value.shape)} in Flax layout, but Flax {flax_name} "
             f"is {tuple(leaf.shape)}")
         continue
       dtype = np.dtype(getattr(leaf, "dtype", np.float32))
-      out[(collection,) + path] = np.asarray(value, dtype=dtype)
+      out[(collection,) + path] = np.ascontiguousarray(value, dtype=dtype)
   for key in sorted(set(canonical) - used):
     if key in owner:
       continue
     problems.append(
-        f"unknown key {key!r} (shape {tuple(canonical[key].shape)}): the "
-        "ofa_jax model has no such variable")
+        f"unknown key {source.source_key(key)!r} (shape "
+        f"{tuple(canonical[key].shape)}): the ofa_jax model has no such "
+        "variable")
   if problems:
     raise ConversionError(problems, f"convert_state_dict ({naming} naming)")
   return _unflatten(out), naming

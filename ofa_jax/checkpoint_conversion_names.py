@@ -13,6 +13,7 @@ other key that the model does not have is an error, never silently dropped.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Iterable, Mapping
 
@@ -127,20 +128,34 @@ def _split_in_proj(sd: dict[str, np.ndarray]) -> None:
       sd[f"{base}.{name}.{kind}"] = part
 
 
-def canonicalize_state_dict(
-    state_dict: Mapping[str, np.ndarray],
-    ignore_patterns: Iterable[str] = (),
-) -> tuple[dict[str, np.ndarray], str]:
+@dataclasses.dataclass(frozen=True)
+class Canonical:
+  """A state dict in canonical naming, remembering how the source spelled it."""
+
+  arrays: dict[str, np.ndarray]
+  naming: str  # FAIRSEQ or HF
+  prefix: str  # wrapper prefix the source keys had ('model.', ...)
+  embedding_key: str  # the source name of the shared embedding
+
+  def source_key(self, key: str) -> str:
+    """The name ``key`` (canonical) has, or would have, in the source file."""
+    if key == SHARED_EMBEDDING:
+      return self.prefix + self.embedding_key
+    return self.prefix + (hf_to_fairseq_name(key) if self.naming == FAIRSEQ
+                          else key)
+
+
+def canonicalize(state_dict: Mapping[str, np.ndarray],
+                 ignore_patterns: Iterable[str] = ()) -> Canonical:
   """Brings a fairseq or HF state dict to the canonical naming.
 
-  Returns ``(canonical, naming)``. Drops ``IGNORED_BUFFERS`` and keys matching
-  ``ignore_patterns`` (regexes, e.g. ``classification_heads\\.`` for a
-  fine-tuned checkpoint with heads this model lacks); merges the tied
-  embedding aliases after checking that they are equal.
+  Drops ``IGNORED_BUFFERS`` and keys matching ``ignore_patterns`` (regexes,
+  e.g. ``^classification_heads\\.`` for a fine-tuned checkpoint with heads this
+  model lacks); merges the tied embedding aliases after checking that they are
+  equal.
   """
   user_ignored = tuple(re.compile(p) for p in ignore_patterns)
-  keys = list(state_dict)
-  prefix = _strip_prefix(keys)
+  prefix = _strip_prefix(list(state_dict))
   sd = {k[len(prefix):]: np.asarray(v) for k, v in state_dict.items()}
   sd = {k: v for k, v in sd.items()
         if not is_ignored(k) and not any(p.search(k) for p in user_ignored)}
@@ -150,20 +165,30 @@ def canonicalize_state_dict(
   _split_in_proj(sd)
   problems = []
   present = [k for k in SHARED_EMBEDDING_ALIASES if k in sd]
+  embedding_key = present[0] if present else SHARED_EMBEDDING
   if present:
     first = sd[present[0]]
     for alias in present[1:]:
       other = sd.pop(alias)
       if other.shape != first.shape or not np.array_equal(other, first):
         problems.append(
-            f"{alias!r} differs from {present[0]!r}: ofa_jax ties all three "
-            "embeddings (--share-all-embeddings), untied checkpoints are not "
-            "supported")
+            f"{prefix}{alias!r} differs from {prefix}{present[0]!r}: ofa_jax "
+            "ties all three embeddings (--share-all-embeddings); untied "
+            "checkpoints are not supported")
     sd.pop(present[0])
     sd[SHARED_EMBEDDING] = first
   if problems:
-    raise ConversionError(problems, "canonicalize_state_dict")
-  return sd, naming
+    raise ConversionError(problems, "canonicalize")
+  return Canonical(sd, naming, prefix, embedding_key)
+
+
+def canonicalize_state_dict(
+    state_dict: Mapping[str, np.ndarray],
+    ignore_patterns: Iterable[str] = (),
+) -> tuple[dict[str, np.ndarray], str]:
+  """``canonicalize`` returning just ``(arrays, naming)``."""
+  c = canonicalize(state_dict, ignore_patterns)
+  return c.arrays, c.naming
 
 
 def to_naming(canonical: Mapping[str, np.ndarray], naming: str,

@@ -267,7 +267,8 @@ def beam_search(tokens_to_logits: TokensToLogits, init_cache: PyTree, *,
                         free_step=free_step, forced_token=jnp.take(f_tok, t, axis=1),
                         max_len=length)
     vocab = lp.shape[-1]
-    cand = (c.alive_scores[:, :, None] + lp.reshape(b, k, vocab)).reshape(b, k * vocab)
+    cand = c.alive_scores[:, :, None] + lp.reshape(b, k, vocab)
+    cand = cand.reshape(b, k * vocab)
     top_scores, top_idx = jax.lax.top_k(cand, 2 * k)
     src_beam, tok = top_idx // vocab, (top_idx % vocab).astype(jnp.int32)
     ex_free = free_step.reshape(b, k)[:, 0]  # same for every beam of an example

@@ -135,7 +135,7 @@ class IdLayout:
     return 0, self.code_offset
 
   def kind_range(self, kind: int) -> tuple[int, int]:
-    """The id range a target token of `TokenKind` `kind` may take (loss and decoding)."""
+    """Ids [lo, hi) a target token of `TokenKind` `kind` may take (loss, decoding)."""
     kind = features.TokenKind(int(kind))
     if kind == features.TokenKind.BIN:
       return self.bin_range
@@ -204,7 +204,8 @@ class DenseTrie:
       for tok in seq:
         tok = int(tok)
         if tok < 0:
-          raise ValueError(f"DenseTrie: negative token {tok} in sequence {list(seq)}")
+          raise ValueError(
+              f"DenseTrie: negative token {tok} in sequence {list(seq)}")
         nxt = children[node].get(tok)
         if nxt is None:
           nxt = len(children)
@@ -244,7 +245,9 @@ class DenseTrie:
     if extra < 0:
       raise ValueError(f"DenseTrie.pad_to({num_edges}): the trie already has "
                        f"{self.num_edges} edges")
-    pad = lambda x, v: np.concatenate([np.asarray(x), np.full((extra,), v, np.int32)])
+    def pad(x, value):
+      return np.concatenate([np.asarray(x), np.full((extra,), value, np.int32)])
+
     return DenseTrie(parent=pad(self.parent, -2), token=pad(self.token, 0),
                      child=pad(self.child, -1), start=self.start)
 

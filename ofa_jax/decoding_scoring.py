@@ -43,8 +43,9 @@ def candidate_trie_states(trie: dc.DenseTrie, candidates: np.ndarray) -> np.ndar
 def _check_candidates(candidates: Any) -> np.ndarray:
   cands = np.asarray(candidates)
   if cands.ndim != 2 or cands.shape[0] < 1 or cands.shape[1] < 1:
-    raise ValueError(f"candidates must be int [C>=1, Lc>=1] (answer tokens after "
-                     f"<s>, ending with </s>, <pad>-padded); got shape {cands.shape}")
+    raise ValueError(
+        f"candidates must be int [C>=1, Lc>=1] (answer tokens after <s>, ending "
+        f"with </s>, <pad>-padded); got shape {cands.shape}")
   if not np.issubdtype(cands.dtype, np.integer):
     raise ValueError(f"candidates must be integer token ids, got {cands.dtype}")
   return cands.astype(np.int32)
@@ -62,7 +63,8 @@ def score_candidates(module: nn.Module, variables: Mapping[str, Any],
     batch: model features; a forced prompt (leading no-loss targets) precedes
       each candidate, as in decoding.
     candidates: int [C, Lc] answer tokens after `<s>`, each ending with `</s>`,
-      padded with `<pad>`.
+      padded with `<pad>`; or an `ofa_jax.trie.Trie` / a closed-set
+      `plan.DecodingSpec` (its trie's sequences, in insertion order).
     trie: the closed set's trie (default: built from the candidates).
     chunk: candidates per decoder call.
     mask_with_trie: mask logits to the trie's children before the log-softmax.
@@ -71,6 +73,12 @@ def score_candidates(module: nn.Module, variables: Mapping[str, Any],
     (best [B] int32 index of the best candidate, scores [B, C] float32 summed
     log-probs of the candidate tokens).
   """
+  if hasattr(candidates, "trie") and not hasattr(candidates, "sequences"):
+    candidates = candidates.trie  # a plan.DecodingSpec of a closed set
+  if hasattr(candidates, "sequences"):  # an ofa_jax.trie.Trie
+    if trie is None:
+      trie = dc.DenseTrie.from_tables(candidates)
+    candidates = candidates_from_trie(candidates)
   cands = _check_candidates(candidates)
   num, lc = cands.shape
   if trie is None:
@@ -128,7 +136,7 @@ def score_candidates(module: nn.Module, variables: Mapping[str, Any],
 
 
 def candidates_from_trie(trie: Any) -> np.ndarray:
-  """int32 [C, Lc] candidates from an `ofa_jax.trie.Trie` (its sequences minus <s>)."""
+  """int32 [C, Lc] candidates of an `ofa_jax.trie.Trie`: its sequences minus <s>."""
   seqs = [list(s) for s in trie.sequences]
   seqs = [s[1:] if s and s[0] == F.BOS_ID else s for s in seqs]
   if not seqs:

@@ -78,8 +78,9 @@ class DecodeSettings:
       if getattr(spec, "sampling", False):
         kw["method"] = "sample"
         kw["num_samples"] = kw["beam_size"]
-      if kind == "image_codes":
-        kw.update(method="sample", top_k=256, num_samples=kw["beam_size"])
+      if kind == "image_codes":  # OFA's text-to-image: no decoder prompt
+        kw.update(method="sample", top_k=256, num_samples=kw["beam_size"],
+                  max_prompt_len=0)
       trie = getattr(spec, "trie", None)
       if trie is not None:
         kw["trie"] = dc.DenseTrie.from_tables(trie)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
@@ -61,6 +60,8 @@ class Evaluator:
     score_candidates: force (True) or forbid (False) all-candidate scoring of
       closed sets; None follows each task's `score_candidates` option.
     eval_loss: also compute the teacher-forced loss per task.
+    require_metrics: only tasks with metric functions (evaluation); False takes
+      every task that has the split (inference over a task, `predict`).
     seed: seqio's seed for the eval datasets (and the sampling rng).
   """
 
@@ -72,7 +73,7 @@ class Evaluator:
                decode_overrides: Optional[Mapping[str, Any]] = None,
                task_overrides: Optional[Mapping[str, Mapping[str, Any]]] = None,
                score_candidates: Optional[bool] = None, eval_loss: bool = True,
-               seed: int = 42):
+               require_metrics: bool = True, seed: int = 42):
     if feature_converter is None:
       cls = getattr(model, "FEATURE_CONVERTER_CLS", None)
       if cls is None:
@@ -87,9 +88,11 @@ class Evaluator:
     self.seed = seed
     self._runner = lib.BatchRunner(model, batch_size, partitioner=partitioner)
     self._lengths = dict(task_feature_lengths)
-    tasks = seqio.evaluation.get_valid_eval_tasks(
-        seqio.get_subtasks(seqio.get_mixture_or_task(mixture_or_task_name)),
-        split)
+    tasks = seqio.get_subtasks(seqio.get_mixture_or_task(mixture_or_task_name))
+    if require_metrics:
+      tasks = seqio.evaluation.get_valid_eval_tasks(tasks, split)
+    else:
+      tasks = [t for t in tasks if split in t.splits]
     self._tasks = {t.name: t for t in tasks}
     self._converter = feature_converter
     self._num_examples = num_examples
@@ -198,8 +201,9 @@ class Evaluator:
                ) -> dict[str, dict[str, float]]:
     """Metrics per task ({task: {metric: value}}); writes the files when asked.
 
-    `params` is the `params` collection (the trainer's `state.params`) or full
-    variables. Files go to `output_dir` (or the constructor's; none if both are
+    `params` is the `params` collection or full variables; from the trainer,
+    pass `{"params": state.params, **state.model_state}` so that the trained
+    BatchNorm statistics are used (params alone get the initial ones). Files go to `output_dir` (or the constructor's; none if both are
     None): `<task>_predictions.jsonl` and `metrics.json`.
     """
     variables = self._variables(params)
@@ -226,6 +230,26 @@ class Evaluator:
     if out_dir:
       self.write(out_dir, results, predictions, step)
     return results
+
+  def predict(self, params: PyTree, *, output_dir: Optional[str] = None,
+              rng: Optional[jax.Array] = None,
+              filename: str = "{task}_predictions.jsonl") -> dict[str, int]:
+    """Decodes every task (no metrics); writes one JSONL per task if asked.
+
+    Returns {task: number of examples}.
+    """
+    variables = self._variables(params)
+    rng = jax.random.key(self.seed) if rng is None else rng
+    counts = {}
+    out_dir = output_dir or self.output_dir
+    for k, name in enumerate(self.task_names):
+      predictions = self._predict_task(name, variables, jax.random.fold_in(rng, k))
+      counts[name] = len(predictions)
+      if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
+        lib.write_jsonl(os.path.join(out_dir, filename.format(task=name)),
+                        self.prediction_rows(name, predictions))
+    return counts
 
   def _metrics(self, task: seqio.Task,
                predictions: Mapping[int, tuple[np.ndarray, float]],
@@ -328,19 +352,6 @@ def flatten_metrics(results: Mapping[str, Mapping[str, Any]]) -> dict[str, float
   return out
 
 
-def checkpoint_step(path: str) -> Optional[int]:
-  """The step of a checkpoint path: a step folder, or a MODEL_DIR's latest."""
-  path = os.path.abspath(path)
-  base = os.path.basename(path.rstrip("/"))
-  if base.isdigit():
-    return int(base)
-  if os.path.isdir(path):
-    steps = [int(d) for d in os.listdir(path) if re.fullmatch(r"[0-9]+", d)]
-    if steps:
-      return max(steps)
-  return None
-
-
 def evaluate_checkpoint(*, model: Any, checkpoint_path: str,
                         mixture_or_task_name: str,
                         task_feature_lengths: Mapping[str, int], output_dir: str,
@@ -349,45 +360,26 @@ def evaluate_checkpoint(*, model: Any, checkpoint_path: str,
                         partitioner: Any = None,
                         decode_overrides: Optional[Mapping[str, Any]] = None,
                         score_candidates: Optional[bool] = None,
-                        setup_fns: Sequence[Callable[[], Any]] = (),
+                        register_fns: Sequence[Callable[[], Any]] = (),
                         seed: int = 42) -> dict[str, dict[str, float]]:
   """Loads the parameters of a checkpoint and evaluates them (see `Evaluator`).
 
   `checkpoint_path` is a training MODEL_DIR (its latest step), one step folder of
-  it, or a converted OFA checkpoint. `setup_fns` are called first (e.g. the
-  function that registers the tasks: gin `setup_fns = [@demo.register_demo_tasks]`).
+  it, or a converted OFA checkpoint. `register_fns` are called first (the
+  functions that register the tasks, as for `trainer.train`: gin
+  `register_fns = [@demo.register_demo_tasks]`).
   """
-  from ofa_jax import checkpoints  # pylint: disable=g-import-not-at-top
-  for fn in setup_fns:
+  for fn in register_fns:
     fn()
   evaluator = Evaluator(
       model, mixture_or_task_name, task_feature_lengths, batch_size=batch_size,
       split=split, num_examples=num_examples, output_dir=output_dir,
       partitioner=partitioner, decode_overrides=decode_overrides,
       score_candidates=score_candidates, seed=seed)
-  abstract = abstract_params(model, evaluator.example_batch(), partitioner)
-  params = checkpoints.load_params(checkpoint_path, abstract)
-  step = checkpoint_step(checkpoint_path)
-  results = evaluator.evaluate(params, step=step)
+  variables = lib.load_variables(checkpoint_path, model,
+                                 evaluator.example_batch(), partitioner)
+  step = lib.checkpoint_step(checkpoint_path)
+  results = evaluator.evaluate(variables, step=step)
   for name, metrics in results.items():
     logging.info("eval %s (step %s): %s", name, step, metrics)
   return results
-
-
-def abstract_params(model: Any, example_batch: Mapping[str, np.ndarray],
-                    partitioner: Any = None) -> PyTree:
-  """Shapes, dtypes and shardings of the model's `params` (for restoring)."""
-  shapes = {k: np.asarray(v).shape for k, v in example_batch.items()}
-  types = {k: np.asarray(v).dtype for k, v in example_batch.items()}
-  boxed = jax.eval_shape(
-      lambda rng: model.get_initial_variables(rng, shapes, types),
-      jax.random.key(0))["params"]
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  if partitioner is not None:
-    shardings = partitioner.logical_to_mesh_shardings(boxed)
-  else:
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    shardings = jax.tree.map(lambda _: device, nn.meta.unbox(boxed))
-  return jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      nn.meta.unbox(boxed), shardings)

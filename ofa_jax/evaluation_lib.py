@@ -15,6 +15,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 from typing import Any, Callable, Hashable, Iterable, Iterator, Mapping, Optional
 
 import flax.linen as nn
@@ -315,3 +316,55 @@ def write_jsonl(path: str, rows: Iterable[Mapping[str, Any]]) -> int:
       n += 1
   os.replace(path + ".tmp", path)
   return n
+
+
+def checkpoint_step(path: str) -> Optional[int]:
+  """The step of a checkpoint path: a step folder, or a MODEL_DIR's latest."""
+  path = os.path.abspath(path)
+  base = os.path.basename(path.rstrip("/"))
+  if base.isdigit():
+    return int(base)
+  if os.path.isdir(path):
+    steps = [int(d) for d in os.listdir(path) if re.fullmatch(r"[0-9]+", d)]
+    if steps:
+      return max(steps)
+  return None
+
+
+def abstract_variables(model: Any, example_batch: Mapping[str, np.ndarray],
+                       partitioner: Any = None) -> dict[str, PyTree]:
+  """Shapes, dtypes and shardings of every variable collection (for restoring)."""
+  shapes = {k: np.asarray(v).shape for k, v in example_batch.items()}
+  types = {k: np.asarray(v).dtype for k, v in example_batch.items()}
+  boxed = jax.eval_shape(
+      lambda rng: model.get_initial_variables(rng, shapes, types),
+      jax.random.key(0))
+  out = {}
+  for name, tree in boxed.items():
+    if partitioner is not None:
+      shardings = partitioner.logical_to_mesh_shardings(tree)
+    else:
+      device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      shardings = jax.tree.map(lambda _: device, nn.meta.unbox(tree))
+    out[name] = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        nn.meta.unbox(tree), shardings)
+  return out
+
+
+def load_variables(path: str, model: Any,
+                   example_batch: Mapping[str, np.ndarray],
+                   partitioner: Any = None) -> dict[str, PyTree]:
+  """`{"params"[, "batch_stats"]}` of a checkpoint (MODEL_DIR, step, converted).
+
+  BatchNorm statistics are loaded when the checkpoint has them; otherwise the
+  model's initial ones are used later (`complete_variables`).
+  """
+  from ofa_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  abstract = abstract_variables(model, example_batch, partitioner)
+  variables = {"params": checkpoints.load_params(path, abstract["params"])}
+  for name in abstract:
+    if name != "params" and checkpoints.has_collection(path, name):
+      variables[name] = checkpoints.load_params(path, abstract[name],
+                                                collection=name)
+  return variables

@@ -36,7 +36,8 @@ PyTree = Any
 
 def _feature_converter_cls():
   try:
-    from ofa_jax.feature_converter import OFAFeatureConverter  # pylint: disable=g-import-not-at-top
+    # pylint: disable-next=g-import-not-at-top
+    from ofa_jax.feature_converter import OFAFeatureConverter
   except ImportError:  # pragma: no cover - the data side is always shipped
     return None
   return OFAFeatureConverter
@@ -302,6 +303,12 @@ class OFAModel:
       if room is None:
         room = targets.shape[1] if may_prompt else 0
       length = room + s.max_len
+      if length > self.config.max_target_positions:
+        raise ValueError(
+            f"predict_batch: a decode buffer of {room} prompt + {s.max_len} free "
+            f"positions exceeds max_target_positions="
+            f"{self.config.max_target_positions}; set max_prompt_len (0 for tasks "
+            "without a decoder prompt) or a smaller max_len")
     forced_tokens = forced_lengths = None
     if may_prompt:
       forced_tokens, forced_lengths = _forced_prompt(

@@ -109,11 +109,13 @@ class _Walker:
     """Repeats the group's slots over its list-valued fields, item by item."""
     values = [self.value(s) for s in group.slots]
     n = tf.shape(values[0])[0]
-    for s, v in zip(group.slots[1:], values[1:]):
-      tf.debugging.assert_equal(
-          tf.shape(v)[0], n, message=f"task {self.cfg.task!r}: interleaved group "
-          f"{group.to_string()}: field {s.name!r} has a different length than "
-          f"{group.slots[0].name!r}")
+    checks = [tf.debugging.assert_equal(
+        tf.shape(v)[0], n, message=f"task {self.cfg.task!r}: interleaved group "
+        f"{group.to_string()}: field {s.name!r} has a different length than "
+        f"{group.slots[0].name!r}")
+              for s, v in zip(group.slots[1:], values[1:])]
+    with tf.control_dependencies(checks):
+      n = tf.identity(n)
     tokens = tf.TensorArray(tf.int32, size=0, dynamic_size=True,
                             infer_shape=False, element_shape=[None])
     kinds = tf.TensorArray(tf.int32, size=0, dynamic_size=True,

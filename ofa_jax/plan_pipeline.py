@@ -91,16 +91,22 @@ def _check_static_lengths(plan, out: Mapping[str, tf.Tensor],
           "or set the modality option (e.g. audio_max_frames, video_n_frames)")
 
 
+def build_config(plan, sequence_length: Optional[Mapping[str, int]] = None
+                 ) -> B.BuildConfig:
+  """The builder's configuration for one `sequence_length` (also for eager use)."""
+  return B.BuildConfig(
+      task=plan.name, vocab=plan.vocab,
+      options=_effective_options(plan, sequence_length),
+      processors=plan.processors, dense_dims=plan.dense_dims,
+      decoder_plain_with_loss=bool(plan.options.get("decoder_plain_with_loss",
+                                                    False)),
+      sample_weight_field=plan.options.get("sample_weight_field"),
+      plain_tokens=B.plain_text_tokens(plan.vocab, plan.template))
+
+
 def build_examples(plan) -> Callable[..., tf.data.Dataset]:
   def fn(ds: tf.data.Dataset, sequence_length=None) -> tf.data.Dataset:
-    cfg = B.BuildConfig(
-        task=plan.name, vocab=plan.vocab,
-        options=_effective_options(plan, sequence_length),
-        processors=plan.processors, dense_dims=plan.dense_dims,
-        decoder_plain_with_loss=bool(plan.options.get("decoder_plain_with_loss",
-                                                      False)),
-        sample_weight_field=plan.options.get("sample_weight_field"),
-        plain_tokens=B.plain_text_tokens(plan.vocab, plan.template))
+    cfg = build_config(plan, sequence_length)
     alternatives = plan.template.alternatives
 
     def variant(ex, seed, is_training):

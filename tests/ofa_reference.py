@@ -186,3 +186,23 @@ def reference_incremental_logits(model, *, input_ids, images_nhwc, patch_masks,
       past = out.past_key_values
       steps.append(out.last_hidden_state[:, -1].numpy())
   return np.stack(steps, axis=1)
+
+
+def load_tool():
+  """``tools/convert_ofa_checkpoint.py`` as a module, whatever sys.path holds.
+
+  ``tools`` is not an installed package, and plain ``pytest`` (unlike
+  ``python -m pytest``) does not put the repository root on sys.path.
+  """
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  name = "ofa_jax_tools_convert_ofa_checkpoint"
+  if name in sys.modules:
+    return sys.modules[name]
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
+      __file__))), "tools", "convert_ofa_checkpoint.py")
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[name] = module
+  spec.loader.exec_module(module)
+  return module

@@ -16,6 +16,11 @@ from ofa_jax import checkpoint_conversion as cc
 from ofa_jax import checkpoint_conversion_names as names
 from ofa_jax.checkpoint_conversion_names import ConversionError
 
+try:
+  from tests.ofa_reference import load_tool  # pylint: disable=g-import-not-at-top
+except ImportError:  # run with tests/ itself on sys.path
+  from ofa_reference import load_tool  # pylint: disable=g-import-not-at-top
+
 # A few real key pairs (OFA-Sys/OFA unify_transformer_layer.py vs modelscope).
 FAIRSEQ_HF_PAIRS = (
     ("encoder.layers.0.attn_ln.weight",
@@ -251,7 +256,8 @@ def test_missing_keys_are_named(demo):
   del sd["encoder.embed_images.layer2.0.bn1.running_var"]
   msg = _errors(sd, abstract)
   assert "2 problem(s)" in msg
-  assert "missing key 'decoder.layers.1.cross_attn.q_proj.bias'" in msg
+  # Named as the (fairseq) source spells them.
+  assert "missing key 'decoder.layers.1.encoder_attn.q_proj.bias'" in msg
   assert "missing key 'encoder.embed_images.layer2.0.bn1.running_var'" in msg
 
 
@@ -266,6 +272,19 @@ def test_unknown_keys_are_named(demo):
   # Dropping them on purpose works.
   cc.convert_state_dict(sd, target=abstract, ignore_patterns=[
       r"\.w_resid$", r"^classification_heads\."])
+
+
+def test_errors_use_the_source_spelling_with_its_prefix(demo):
+  _, abstract, variables = demo
+  sd = {"model." + k: v
+        for k, v in cc.to_state_dict(variables, names.FAIRSEQ).items()}
+  del sd["model.decoder.layers.0.cross_attn_ln.weight"]
+  sd["model.encoder.layers.0.attn_ln.weight"] = np.ones(3, np.float32)
+  sd["model.encoder.prompt.weight"] = np.ones(3, np.float32)
+  msg = _errors(sd, abstract)
+  assert "missing key 'model.decoder.layers.0.cross_attn_ln.weight'" in msg
+  assert "shape mismatch for 'model.encoder.layers.0.attn_ln.weight'" in msg
+  assert "unknown key 'model.encoder.prompt.weight'" in msg
 
 
 def test_wrong_shapes_are_named_with_both_shapes(demo):
@@ -327,7 +346,7 @@ def _write_pt(path, sd, **extra):
 
 @pytest.mark.slow
 def test_tool_converts_a_fairseq_pt_file(demo, tmp_path):
-  from tools import convert_ofa_checkpoint as tool  # pylint: disable=g-import-not-at-top
+  tool = load_tool()
   _, _, variables = demo
   pt = tmp_path / "ofa_demo.pt"
   _write_pt(pt, cc.to_state_dict(variables, names.FAIRSEQ), args=None)
@@ -355,7 +374,7 @@ def test_tool_converts_a_fairseq_pt_file(demo, tmp_path):
 
 
 def test_tool_reports_bad_checkpoints(demo, tmp_path, capsys):
-  from tools import convert_ofa_checkpoint as tool  # pylint: disable=g-import-not-at-top
+  tool = load_tool()
   _, _, variables = demo
   sd = cc.to_state_dict(variables, names.HF)
   del sd["encoder.pos_ln.bias"]
@@ -370,7 +389,7 @@ def test_tool_reports_bad_checkpoints(demo, tmp_path, capsys):
 
 def test_tool_explains_pickled_fairseq_args(tmp_path):
   import argparse  # pylint: disable=g-import-not-at-top
-  from tools import convert_ofa_checkpoint as tool  # pylint: disable=g-import-not-at-top
+  tool = load_tool()
   pt = tmp_path / "with_args.pt"
   _write_pt(pt, {"encoder.layer_norm.weight": np.ones(2, np.float32)},
             args=argparse.Namespace(arch="ofa_tiny"))
@@ -381,7 +400,7 @@ def test_tool_explains_pickled_fairseq_args(tmp_path):
 
 
 def test_tool_parses_overrides():
-  from tools import convert_ofa_checkpoint as tool  # pylint: disable=g-import-not-at-top
+  tool = load_tool()
   assert tool.parse_overrides(["vocab_size=100", "dtype=bfloat16",
                                "resnet_layers=(1, 1, 1)"]) == {
                                    "vocab_size": 100, "dtype": "bfloat16",

@@ -1,4 +1,4 @@
-"""Tests of ofa_jax.decoding / decoding_sampling / decoding_constraints on toy models.
+"""Tests of ofa_jax.decoding, decoding_sampling and decoding_constraints (toy LMs).
 
 The toy "prefix model" gives logits that depend on the whole prefix
 (sum_j P[t, j] * E[token_j]), so beam reordering bugs change the result; a NumPy
@@ -101,7 +101,8 @@ def ref_beam_search(emb, pos, *, length, k, lenpen, min_len=0, ngram=0,
     for score, _, seq in cands[:k]:
       if seq[-1] == EOS and free_step >= 0 and len(finished) < k:
         finished.append((seq, score / float(free_step + 1) ** lenpen))
-    alive = [(seq, s) for s, _, seq in cands if not (seq[-1] == EOS and free_step >= 0)][:k]
+    alive = [(seq, s) for s, _, seq in cands
+             if not (seq[-1] == EOS and free_step >= 0)][:k]
     if len(finished) >= k or not alive:
       break
   finished.sort(key=lambda f: -f[1])
@@ -123,8 +124,9 @@ class TinyLM(nn.Module):
     rows, steps = tokens.shape
     if decode:
       initialized = self.has_variable("cache", "cached_key")
-      ck = self.variable("cache", "cached_key", jnp.zeros, (rows, self.max_len, self.dim))
-      cv = self.variable("cache", "cached_value", jnp.zeros, (rows, self.max_len, self.dim))
+      shape = (rows, self.max_len, self.dim)
+      ck = self.variable("cache", "cached_key", jnp.zeros, shape)
+      cv = self.variable("cache", "cached_value", jnp.zeros, shape)
       ci = self.variable("cache", "index", lambda: jnp.array(0, jnp.int32))
       idx = ci.value
       x = x + jax.lax.dynamic_slice_in_dim(pos, idx, 1)[None]
@@ -148,7 +150,8 @@ class TinyLM(nn.Module):
 
 def tiny_lm(vocab=12, length=6, rows=2):
   model = TinyLM(vocab=vocab, max_len=length)
-  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, length), jnp.int32))["params"]
+  params = model.init(jax.random.PRNGKey(0),
+                      jnp.zeros((1, length), jnp.int32))["params"]
 
   def cached(state):
     logits, mut = model.apply({"params": params, "cache": state.cache},
@@ -237,6 +240,7 @@ def test_beam_one_equals_greedy_and_top_k_one_sampling():
 def test_cached_and_uncached_steps_give_the_same_logits():
   vocab, length, rows = 12, 6, 2
   model, params, cached, uncached, init_cache = tiny_lm(vocab, length)
+  cached, uncached = jax.jit(cached), jax.jit(uncached)
   seqs = jnp.asarray(np.random.RandomState(0).randint(4, vocab, (rows, length)))
   full = model.apply({"params": params}, seqs)
   cache = init_cache(rows)

@@ -4,6 +4,9 @@ the demo task registrations: idempotent, explicit replace."""
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -104,3 +107,26 @@ def test_register_demo_tasks_is_idempotent_and_replace_is_explicit():
   assert kinds["demo_vqa"] == kinds["demo_classify"] == "closed_set"
   assert kinds["demo_grounding"] == "box"
   assert all(seqio.get_mixture_or_task(n).metric_fns for n in names)
+
+
+@pytest.mark.slow
+def test_inspect_task_tool_runs_on_a_demo_task():
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu")
+  result = subprocess.run(
+      [sys.executable, os.path.join(root, "tools", "inspect_task.py"),
+       "demo_grounding", "-n", "2", "--split", "validation",
+       "--sequence_length", "inputs=32", "targets=8"],
+      capture_output=True, text=True, timeout=600, cwd=root, env=env)
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = result.stdout
+  assert out.count("=== example") == 2
+  assert "[BOX:region]" in out and "decoding: box" in out
+  assert "[slot rank 0] IMAGE #0" in out
+  assert "<bin_" in out and "/1/bin" in out
+  assert "encoder_input_tokens: int32[32]" in out
+  assert "decoder_target_tokens: int32[8]" in out
+  bad = subprocess.run(
+      [sys.executable, os.path.join(root, "tools", "inspect_task.py"), "nope"],
+      capture_output=True, text=True, timeout=600, cwd=root, env=env)
+  assert bad.returncode == 2 and "unknown task" in bad.stderr

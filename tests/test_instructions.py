@@ -126,10 +126,10 @@ def test_typed_attribute_values():
                                                       int)
   motion = ins.parse(
       "[MOTION:m,min_length=40,max_length=196,sample_rate=20,soft_trim=0.5,"
-      "window=5,anchor_frame=0] -> [TEXT:t]").source_slots()[0]
+      "window,anchor_frame=0] -> [TEXT:t]").source_slots()[0]
   assert dict(motion.attrs) == {
       "min_length": 40, "max_length": 196, "sample_rate": 20, "soft_trim": 0.5,
-      "window": 5, "anchor_frame": 0}
+      "window": True, "anchor_frame": 0}
   audio = ins.parse("[AUDIO:a,use_mask,sample_rate=16000,max_frames=3000] -> "
                     "[TEXT:t]").source_slots()[0]
   assert audio.get("use_mask") is True and audio.get("sample_rate") == 16000

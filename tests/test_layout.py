@@ -50,10 +50,12 @@ def test_destinations_match_instruction_walk(text_len, sizes):
   rows = [_random_placement(rs, text_len, len(sizes)) for _ in range(64)]
   offsets, ranks, present = (np.stack(x) for x in zip(*rows))
   layout.check_placement(text_len, sizes, offsets, ranks, present)
-  dest = np.asarray(layout.destinations(
-      text_len, sizes, jnp.asarray(offsets), jnp.asarray(ranks),
-      jnp.asarray(present)))
-  index = np.asarray(layout.gather_index(jnp.asarray(dest)))
+  @jax.jit
+  def run(offsets, ranks, present):
+    dest = layout.destinations(text_len, sizes, offsets, ranks, present)
+    return dest, layout.gather_index(dest)
+
+  dest, index = (np.asarray(x) for x in run(offsets, ranks, present))
   for i, row in enumerate(rows):
     assert sorted(dest[i]) == list(range(text_len + sum(sizes)))
     expected = _reference_order(text_len, sizes, *row)
@@ -94,6 +96,7 @@ def test_destinations_rejects_wrong_shapes():
                         jnp.zeros((1, 1), jnp.int32), jnp.ones((1, 1), bool))
 
 
+@pytest.mark.slow
 def test_model_is_equivariant_to_slot_placement():
   """OFA's biases depend on text indices and patch ids, not on sequence slots.
 

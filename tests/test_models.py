@@ -261,10 +261,14 @@ def test_closed_set_scoring_matches_reference_and_trie_beam(tiny_text):
   answers = [[5, 6, EOS], [5, 8, 9, EOS], [12, EOS], [13, 13, EOS]]
   trie = trie_lib.Trie.from_sequences([[BOS] + a for a in answers])
   cands = decoding_scoring.candidates_from_trie(trie)
+  np.testing.assert_array_equal(cands, [[5, 6, EOS, PAD], [5, 8, 9, EOS],
+                                        [12, EOS, PAD, PAD], [13, 13, EOS, PAD]])
   best, scores = jax.jit(lambda v, b: model.score_batch(
-      v, b, cands, trie=dc.DenseTrie.from_tables(trie), candidate_chunk=3))(
-          variables, batch)
+      v, b, trie, candidate_chunk=3))(variables, batch)  # chunks of 3: padding
   scores = np.asarray(scores)
+  shapes = jax.eval_shape(lambda v, b: model.score_batch(
+      v, b, cands, trie=dc.DenseTrie.from_tables(trie)), variables, batch)
+  assert shapes[0].shape == (2,) and shapes[1].shape == (2, 4)
   # Reference: a full forward per candidate, trie-masked log-softmax in NumPy.
   forward = jax.jit(lambda v, b: model.module.apply(v, b, train=False))
   plen = [0, 1]
@@ -283,7 +287,8 @@ def test_closed_set_scoring_matches_reference_and_trie_beam(tiny_text):
       for t, tok in enumerate(ans):
         allowed = trie.next_allowed([BOS] + ans[:t])
         z = logits[i, plen[i] + t, allowed]
-        total += logits[i, plen[i] + t, tok] - (z.max() + np.log(np.exp(z - z.max()).sum()))
+        lse = z.max() + np.log(np.exp(z - z.max()).sum())
+        total += logits[i, plen[i] + t, tok] - lse
       np.testing.assert_allclose(scores[i, c], total, rtol=1e-4, atol=1e-4)
   np.testing.assert_array_equal(np.asarray(best), scores.argmax(1))
   # Beam search under the trie with K >= |set| enumerates the set exactly.
@@ -299,3 +304,26 @@ def test_closed_set_scoring_matches_reference_and_trie_beam(tiny_text):
     got = [list(r[plen[i]:]) for r in np.asarray(toks[i])]
     got = [r[:r.index(EOS) + 1] for r in got]
     assert sorted(got) == sorted(answers)
+
+
+@pytest.mark.slow
+def test_image_codes_sampling_cached_equals_uncached(tiny_text):
+  model, variables, batch = tiny_text
+  batch = {k: v for k, v in batch.items()
+           if k not in (F.DECODER_TARGET_TOKENS, F.DECODER_LOSS_WEIGHTS)}
+
+  def run(use_cache):
+    settings = models.DecodeSettings(kind="image_codes", method="sample",
+                                     max_len=5, num_samples=2, top_k=3,
+                                     use_cache=use_cache)
+    return jax.jit(lambda v, b, r: model.predict_batch_with_aux(
+        v, b, decoding=settings, rng=r))(variables, batch, jax.random.key(5))
+
+  (cached, aux_c), (uncached, aux_u) = run(True), run(False)
+  np.testing.assert_array_equal(np.asarray(cached), np.asarray(uncached))
+  np.testing.assert_allclose(np.asarray(aux_c["scores"]),
+                             np.asarray(aux_u["scores"]), rtol=1e-4)
+  toks = np.asarray(cached)
+  assert toks.shape == (2, 5)  # no prompt room without targets: 4 codes + </s>
+  assert ((toks[:, :4] >= 30) & (toks[:, :4] < 38)).all()
+  assert (toks[:, 4] == EOS).all()

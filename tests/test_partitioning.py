@@ -8,6 +8,7 @@ they do not depend on the full OFA network.
 from __future__ import annotations
 
 import math
+import time
 
 import flax.linen as nn
 import jax
@@ -66,12 +67,15 @@ class ToyModel:
   FEATURE_CONVERTER_CLS = seqio.PassThroughFeatureConverter
 
   def __init__(self, vocab: int = 64, embed: int = 16, heads: int = 4,
-               mlp: int = 32, poison_token: int = -1, dropout: float = 0.1):
+               mlp: int = 32, poison_token: int = -1, dropout: float = 0.1,
+               step_delay_ms: int = 0):
     self.module = ToyLM(vocab=vocab, embed=embed, heads=heads, mlp=mlp,
                         dropout=dropout)
     self.vocab = vocab
     # An input containing `poison_token` makes the loss NaN (the NaN-stop test).
     self.poison_token = poison_token
+    # Slows each step on the host, so that a subprocess can be killed mid-run.
+    self.step_delay_ms = step_delay_ms
 
   def get_initial_variables(self, rng, input_shapes, input_types=None):
     del input_types
@@ -80,6 +84,9 @@ class ToyModel:
 
   def loss_fn(self, params, batch, dropout_rng, label_smoothing: float = 0.0):
     deterministic = dropout_rng is None
+    if self.step_delay_ms:
+      delay = self.step_delay_ms / 1000
+      jax.debug.callback(lambda: time.sleep(delay))
     rngs = None if deterministic else {"dropout": dropout_rng}
     logits = self.module.apply({"params": params}, batch["inputs"],
                                deterministic=deterministic, rngs=rngs)

@@ -15,6 +15,8 @@ from PIL import Image
 from ofa_jax import features as F
 from ofa_jax import instructions
 from ofa_jax import plan
+from ofa_jax import plan_build
+from ofa_jax import plan_pipeline
 from ofa_jax import vocab as vocab_lib
 
 LENGTHS = {"inputs": 48, "targets": 24, "images": 2, "audio": 0, "video": 0,
@@ -270,3 +272,31 @@ def test_mixture_registration_and_replace(registered, vocab):
   finally:
     if "t_mix" in seqio.MixtureRegistry.names():
       seqio.MixtureRegistry.remove("t_mix")
+
+
+def test_builder_gives_the_same_features_eagerly_and_in_tf_data(registered,
+                                                                 vocab):
+  columns = {"img": [_png(size=(24, 18))], "q": ["what colour?"],
+             "region": [[2.0, 3.0, 20.0, 15.0]], "a": ["red"]}
+  task = _register(registered, "t_eager",
+                   "[IMAGE:img] [TEXT:q] region: [BOX:region] -> [TEXT:a]",
+                   _source(columns), vocab)
+  (in_data,) = _examples(task, split="validation")
+  cfg = plan_pipeline.build_config(task.plan, LENGTHS)
+  ex = {k: tf.constant(v[0]) for k, v in columns.items()}
+  eager = plan_build.build_alternative(
+      cfg, task.plan.template.alternatives[0], 0, ex,
+      tf.constant([1, 2], tf.int32), is_training=False)
+  for key, value in in_data.items():
+    np.testing.assert_allclose(eager[key].numpy(), value, rtol=1e-6, atol=1e-6,
+                               err_msg=key)
+
+
+def test_contrastive_choice_draws_each_slot(registered, vocab):
+  n = 24
+  src = _source({"a": ["cat"] * n, "p": ["yes"] * n, "q": ["no"] * n,
+                 "b": ["ok"] * n})
+  task = _register(registered, "t_choice", "[TEXT:a] [[TEXT:p]|[TEXT:q]] -> "
+                   "[TEXT:b]", src, vocab)
+  texts = {vocab.decode(ex[F.INPUTS].tolist()) for ex in _examples(task, seed=2)}
+  assert texts == {"cat yes", "cat no"}

@@ -31,7 +31,7 @@ OPTIMIZER = @optimizers.adamw()
 optimizers.adamw.learning_rate = 0.01
 optimizers.adamw.total_steps = %TRAIN_STEPS
 MIXTURE_OR_TASK_NAME = @test_trainer.toy_mixture()
-test_trainer.toy_mixture.delay_ms = {delay_ms}
+test_partitioning.ToyModel.step_delay_ms = {delay_ms}
 TASK_FEATURE_LENGTHS = {{'inputs': 8, 'targets': 8}}
 TRAIN_STEPS = {steps}
 BATCH_SIZE = 8
@@ -90,7 +90,7 @@ def test_sigkill_then_restart_matches_uninterrupted_run(tmp_path):
   assert proc.wait(timeout=300) == 0, _log(straight)[-3000:]
 
   killed = tmp_path / "killed"
-  proc = _start(tmp_path, killed, delay_ms=40)
+  proc = _start(tmp_path, killed, delay_ms=300)
   _wait_for_step(proc, killed, 6)
   proc.send_signal(signal.SIGKILL)
   proc.wait(timeout=60)
@@ -112,7 +112,7 @@ def test_sigkill_then_restart_matches_uninterrupted_run(tmp_path):
 @pytest.mark.slow
 def test_sigterm_saves_a_loadable_checkpoint_and_exits_cleanly(tmp_path):
   model_dir = tmp_path / "run"
-  proc = _start(tmp_path, model_dir, delay_ms=40, steps=40)
+  proc = _start(tmp_path, model_dir, delay_ms=300, steps=40)
   _wait_for_step(proc, model_dir, 4)
   proc.send_signal(signal.SIGTERM)
   assert proc.wait(timeout=120) == 0, _log(model_dir)[-3000:]

@@ -40,11 +40,10 @@ def _examples(task_index: int, n: int, poison_index: int) -> dict[str, np.ndarra
 
 
 def toy_mixture(name: str = "toy_mix", num_examples: int = 256,
-                poison_index: int = -1, delay_ms: int = 0) -> str:
+                poison_index: int = -1) -> str:
   """Registers two toy tasks and a mixture of them (rates 2:1); returns the name.
 
-  `poison_index` puts the NaN-making token into that example of task 0;
-  `delay_ms` slows the input so a subprocess can be killed mid-run.
+  `poison_index` puts the NaN-making token into that example of task 0.
   """
   vocab = seqio.PassThroughVocabulary(size=64)
   feats = {k: seqio.Feature(vocab, add_eos=False, dtype=tf.int32)
@@ -60,11 +59,6 @@ def toy_mixture(name: str = "toy_mix", num_examples: int = 256,
       del split, shuffle_files, seed
       ds = tf.data.Dataset.from_tensor_slices(data)
       ds = ds.map(lambda ex: dict(ex, task_id=tf.constant(task_id, tf.int32)))
-      if delay_ms:
-        def slow(ex):
-          tf.py_function(lambda: __import__("time").sleep(delay_ms / 1000), [], [])
-          return ex
-        ds = ds.map(slow)
       return ds
 
     seqio.TaskRegistry.remove(task_name)

@@ -1,0 +1,209 @@
+"""`python -m ofa_jax.infer`: predictions over a task split, or over files.
+
+Two modes:
+
+* a task or mixture (gin, t5x style): `--gin_file=models/demo.gin
+  --gin_file=runs/infer.gin --gin.CHECKPOINT_PATH="'...'" ...` calls
+  `infer_task`, which writes `<INFER_OUTPUT_DIR>/<task>_inferences.jsonl` (decoded
+  input, target when the split has one, prediction, score) for every task;
+* files (no gin): `--checkpoint=DIR --instruction="[IMAGE:img] ... -> [TEXT:cap]"
+  --input=X --output=OUT.jsonl`, where X is a JSONL file of field dicts (one
+  example per line; relative image paths are taken relative to the file) or a
+  directory of images (each becomes `{image_field: path, **--field values}`).
+  Every example gives one line `{"input": ..., "text": ..., "score": ..., ...}`
+  (see `results.Result.to_json`). The model comes from `Generalist.load`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+
+DEFAULT_BINDINGS = """
+from __gin__ import dynamic_registration
+from ofa_jax import infer
+from ofa_jax import partitioning
+
+infer.infer_task:
+  model = %MODEL
+  checkpoint_path = %CHECKPOINT_PATH
+  mixture_or_task_name = %MIXTURE_OR_TASK_NAME
+  task_feature_lengths = %TASK_FEATURE_LENGTHS
+  output_dir = %INFER_OUTPUT_DIR
+  batch_size = %BATCH_SIZE
+  partitioner = @partitioning.make_partitioner()
+
+partitioning.make_partitioner:
+  num_partitions = %NUM_PARTITIONS
+  fsdp = %FSDP
+"""
+
+
+def infer_task(*, model: Any, checkpoint_path: str, mixture_or_task_name: str,
+               task_feature_lengths: Mapping[str, int], output_dir: str,
+               split: str = "test", batch_size: int = 32,
+               num_examples: Optional[int] = None, partitioner: Any = None,
+               decode_overrides: Optional[Mapping[str, Any]] = None,
+               register_fns: Sequence[Callable[[], Any]] = (),
+               seed: int = 42) -> dict[str, int]:
+  """Decodes every task of `mixture_or_task_name` on `split`; {task: examples}."""
+  from ofa_jax import evaluation  # pylint: disable=g-import-not-at-top
+  from ofa_jax import evaluation_lib as lib  # pylint: disable=g-import-not-at-top
+  for fn in register_fns:
+    fn()
+  evaluator = evaluation.Evaluator(
+      model, mixture_or_task_name, task_feature_lengths, batch_size=batch_size,
+      split=split, num_examples=num_examples, partitioner=partitioner,
+      decode_overrides=decode_overrides, eval_loss=False, require_metrics=False,
+      seed=seed)
+  variables = lib.load_variables(checkpoint_path, model,
+                                 evaluator.example_batch(), partitioner)
+  counts = evaluator.predict(variables, output_dir=output_dir,
+                             filename="{task}_inferences.jsonl")
+  logging.info("inference: wrote %s to %s", counts, output_dir)
+  return counts
+
+
+def read_inputs(path: str, *, image_field: Optional[str] = None,
+                fields: Optional[Mapping[str, Any]] = None
+                ) -> list[dict[str, Any]]:
+  """Examples from a JSONL file of field dicts or from a directory of images."""
+  fields = dict(fields or {})
+  if os.path.isdir(path):
+    if not image_field:
+      raise ValueError(f"{path} is a directory: name the field its images fill "
+                       "(--image_field, the IMAGE slot's name)")
+    names = sorted(n for n in os.listdir(path)
+                   if n.lower().endswith(IMAGE_SUFFIXES))
+    if not names:
+      raise ValueError(f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+    return [{image_field: os.path.join(path, n), **fields} for n in names]
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"input {path!r} does not exist")
+  rows = []
+  base = os.path.dirname(os.path.abspath(path))
+  with open(path) as f:
+    for lineno, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{lineno}: not JSON: {e}") from None
+      if not isinstance(row, dict):
+        raise ValueError(f"{path}:{lineno}: expected a JSON object of fields, got "
+                         f"{type(row).__name__}")
+      row = {**fields, **row}
+      if image_field and isinstance(row.get(image_field), str):
+        p = row[image_field]
+        if not os.path.isabs(p) and not os.path.exists(p):
+          row[image_field] = os.path.join(base, p)
+      rows.append(row)
+  if not rows:
+    raise ValueError(f"{path}: no examples")
+  return rows
+
+
+def infer_files(generalist: Any, instruction: str, input_path: str,
+                output_path: str, *, image_field: Optional[str] = None,
+                fields: Optional[Mapping[str, Any]] = None, batch_size: int = 8,
+                **decode_kwargs: Any) -> int:
+  """Runs `instruction` over the inputs; writes one JSON line per example."""
+  from ofa_jax import evaluation_lib as lib  # pylint: disable=g-import-not-at-top
+  from ofa_jax import instructions  # pylint: disable=g-import-not-at-top
+  if image_field is None:
+    template = instructions.parse_template(instruction)
+    images = [s.name for s in template.alternatives[0].source_slots()
+              if s.modality.value == "IMAGE" and s.name]
+    image_field = images[0] if images else None
+  rows = read_inputs(input_path, image_field=image_field, fields=fields)
+  results = generalist.inference(instruction, rows, batch_size=batch_size,
+                                 **decode_kwargs)
+  out_dir = os.path.dirname(os.path.abspath(output_path))
+  os.makedirs(out_dir, exist_ok=True)
+  return lib.write_jsonl(output_path, ({"input": row, **r.to_json()}
+                                       for row, r in zip(rows, results)))
+
+
+def _file_mode(argv: Sequence[str]) -> int:
+  parser = argparse.ArgumentParser(prog="python -m ofa_jax.infer")
+  parser.add_argument("--checkpoint", required=True,
+                      help="MODEL_DIR, a step folder, or a converted checkpoint")
+  parser.add_argument("--instruction", required=True)
+  parser.add_argument("--input", required=True, help="a JSONL file or a folder")
+  parser.add_argument("--output", required=True, help="the JSONL to write")
+  parser.add_argument("--image_field", default=None)
+  parser.add_argument("--field", action="append", default=[],
+                      help="NAME=VALUE added to every example (repeatable)")
+  parser.add_argument("--config", default=None,
+                      help="preset name when the folder does not say")
+  parser.add_argument("--image_size", type=int, default=None)
+  parser.add_argument("--batch_size", type=int, default=8)
+  parser.add_argument("--beam_size", type=int, default=None)
+  parser.add_argument("--max_len", type=int, default=None)
+  parser.add_argument("--closed_set", default=None,
+                      help="comma-separated labels: trie-constrained decoding")
+  args = parser.parse_args(list(argv))
+  fields = {}
+  for item in args.field:
+    name, sep, value = item.partition("=")
+    if not sep or not name:
+      parser.error(f"--field {item!r}: expected NAME=VALUE")
+    fields[name] = value
+  from ofa_jax import api  # pylint: disable=g-import-not-at-top
+  options = {} if args.image_size is None else {"image_size": args.image_size}
+  generalist = api.Generalist.load(args.checkpoint, config=args.config,
+                                   task_options=options)
+  kwargs: dict[str, Any] = {}
+  if args.beam_size is not None:
+    kwargs["beam_size"] = args.beam_size
+  if args.max_len is not None:
+    kwargs["max_len"] = args.max_len
+  if args.closed_set:
+    kwargs["closed_set"] = [x.strip() for x in args.closed_set.split(",")
+                            if x.strip()]
+  n = infer_files(generalist, args.instruction, args.input, args.output,
+                  image_field=args.image_field, fields=fields,
+                  batch_size=args.batch_size, **kwargs)
+  print(f"ofa_jax.infer: wrote {n} results to {args.output}")
+  return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  logging.basicConfig(level=logging.INFO,
+                      format="%(asctime)s %(levelname)s %(message)s")
+  from ofa_jax import tf_setup  # pylint: disable=g-import-not-at-top
+  tf_setup.hide_accelerators_from_tensorflow()
+  if not any(a.startswith("--gin") for a in argv):
+    try:
+      return _file_mode(argv)
+    except (ValueError, FileNotFoundError) as e:
+      print(f"ofa_jax.infer: {e}", file=sys.stderr)
+      return 2
+  from ofa_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from ofa_jax import gin_utils  # pylint: disable=g-import-not-at-top
+  usage = ("usage: python -m ofa_jax.infer --gin_file=FILE [--gin.NAME=VALUE ...]"
+           " | --checkpoint=DIR --instruction=I --input=X --output=Y")
+  try:
+    rest = evaluate.parse_flags_with_defaults(argv, DEFAULT_BINDINGS, usage,
+                                              "infer")
+    if rest:
+      raise gin_utils.GinConfigError(f"unknown arguments {rest}\n{usage}")
+  except (gin_utils.GinConfigError, ValueError) as e:
+    print(f"ofa_jax.infer: configuration error: {e}", file=sys.stderr)
+    return 2
+  import gin  # pylint: disable=g-import-not-at-top
+  counts = gin.get_configurable(infer_task)()
+  print(f"ofa_jax.infer: {counts}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,203 @@
+"""The Python API on a checkpoint written in the test: typed results, boxes, sets.
+
+One small model (the demo preset shrunk further) is initialized, saved with the
+project's checkpoint manager next to a `model_config.json`, and loaded back with
+`Generalist.load`, which is what a user does with a trained MODEL_DIR.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from ofa_jax import api
+from ofa_jax import api_config
+from ofa_jax import checkpoints
+from ofa_jax import evaluation_lib
+from ofa_jax import models
+from ofa_jax import vocab as vocab_lib
+from ofa_jax.model import config as config_lib
+from ofa_jax.results import Result
+from tasks import demo_world
+
+IMAGE_SIZE = 32
+CAPTION = "[IMAGE:img] what does the image describe? -> [TEXT:cap]"
+GROUNDING = ('[IMAGE:img] which region does the text " [TEXT:text] " describe? '
+             "-> [BOX:region]")
+SHAPES = ["circle", "square", "triangle", "diamond"]
+
+
+def tiny_config(vocabulary) -> config_lib.OFAConfig:
+  return config_lib.get_config(
+      "demo", vocab_size=vocabulary.vocab_size, num_codes=vocabulary.num_codes,
+      d_model=32, attention_heads=2, ffn_dim=64, encoder_layers=1,
+      decoder_layers=1, resnet_width=8, max_source_positions=64,
+      max_target_positions=64, dropout=0.0)
+
+
+def save_initial_checkpoint(model_dir: str, model: models.OFAModel,
+                            image_size: int = IMAGE_SIZE) -> dict:
+  """Saves freshly initialized params as step 0 of a MODEL_DIR; returns them."""
+  batch = api_config.dummy_model_batch(model.config, image_size)
+  variables = model.get_initial_variables(jax.random.key(0), batch)
+  params = nn.meta.unbox(variables["params"])
+  mgr = checkpoints.CheckpointManager(model_dir, async_save=False)
+  mgr.save(0, {"step": np.zeros((), np.int32), "params": params}, {}, {},
+           force=True)
+  mgr.close()
+  return params
+
+
+def write_images(directory: str, n: int, seed: int = 0) -> list[str]:
+  rng = np.random.default_rng(seed)
+  paths = []
+  for i in range(n):
+    scene = demo_world.make_scene(rng, 48)
+    path = os.path.join(directory, f"scene_{i}.png")
+    Image.fromarray(demo_world.render(scene)).save(path)
+    paths.append(path)
+  return paths
+
+
+@pytest.fixture(scope="module")
+def generalist(tmp_path_factory):
+  vocabulary = vocab_lib.default_vocabulary(num_codes=16)
+  model = models.OFAModel(tiny_config(vocabulary), vocabulary)
+  model_dir = str(tmp_path_factory.mktemp("model"))
+  params = save_initial_checkpoint(model_dir, model)
+  api.save_model_config(model_dir, model.config, vocabulary=vocabulary,
+                        task_options={"image_size": IMAGE_SIZE})
+  loaded = api.Generalist.load(model_dir)
+  return loaded, params, model_dir
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+  return write_images(str(tmp_path_factory.mktemp("images")), 3)
+
+
+@pytest.mark.slow
+def test_load_restores_the_saved_parameters(generalist):
+  g, params, _ = generalist
+  assert g.model.config.d_model == 32
+  assert g.task_options == {"image_size": IMAGE_SIZE}
+  restored = g._params["params"]  # pylint: disable=protected-access
+  a = jax.tree.leaves(params)
+  b = jax.tree.leaves(restored)
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.slow
+def test_caption_single_dict_and_list(generalist, images):
+  g, _, _ = generalist
+  one = g.inference(CAPTION, data={"img": images[0]}, beam_size=2, max_len=6)
+  assert isinstance(one, Result)
+  assert isinstance(one.text, str) and one.kind == "text"
+  assert np.isfinite(one.score)
+  assert one.box is None and one.label is None
+  many = g.inference(CAPTION, [{"img": p} for p in images], beam_size=2,
+                     max_len=6, batch_size=2)
+  assert isinstance(many, list) and len(many) == len(images)
+  # The same example decodes the same way alone and in a padded batch.
+  assert many[0].text == one.text
+  assert many[0].score == pytest.approx(one.score, abs=1e-4)
+  # max_len counts free tokens: at most 6 before </s>.
+  assert all(len(r.text.split()) <= 6 for r in many)
+
+
+@pytest.mark.slow
+def test_closed_set_outputs_are_always_in_the_set(generalist, images):
+  g, _, _ = generalist
+  instruction = "[IMAGE:img] what shape is in the image? -> [TEXT:label]"
+  rows = [{"img": p} for p in images]
+  for labels in (SHAPES, ["yes", "no"]):
+    results = g.inference(instruction, rows, closed_set=labels, beam_size=2)
+    for r in results:
+      assert r.kind == "closed_set"
+      assert r.label in labels, r
+      assert r.text == r.label
+
+
+@pytest.mark.slow
+def test_box_has_four_coordinates_inside_the_image(generalist, images,
+                                                   tmp_path):
+  g, _, _ = generalist
+  rows = [{"img": p, "text": "the red circle"} for p in images]
+  results = g.inference(GROUNDING, rows, beam_size=2)
+  for path, r in zip(images, results):
+    assert r.kind == "box"
+    assert r.box is not None and len(r.box) == 4
+    w, h = Image.open(path).size
+    x0, y0, x1, y1 = r.box
+    for x in (x0, x1):
+      assert -1e-3 <= x <= w + 1e-3
+    for y in (y0, y1):
+      assert -1e-3 <= y <= h + 1e-3
+    assert r.tokens.shape[-1] >= 4
+  out = results[0].save_box(str(tmp_path / "box.png"))
+  drawn = np.asarray(Image.open(out).convert("RGB"))
+  original = np.asarray(Image.open(images[0]).convert("RGB"))
+  assert drawn.shape == original.shape
+  assert np.any(drawn != original)  # a rectangle was drawn
+
+
+def test_missing_field_is_a_clear_error(generalist, images):
+  g, _, _ = generalist
+  with pytest.raises(ValueError, match="no field 'img'"):
+    g.inference(CAPTION, data={"image": images[0]})
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    g.inference(CAPTION, data={"img": "/nonexistent/x.png"})
+  with pytest.raises(ValueError, match="empty list"):
+    g.inference(CAPTION, data=[])
+
+
+def test_draw_box_without_a_box_raises():
+  r = Result.from_prediction(text="a red circle", value="a red circle",
+                             score=-1.0, kind="text")
+  with pytest.raises(ValueError, match="no box"):
+    r.draw_box(np.zeros((8, 8, 3), np.uint8))
+
+
+def test_draw_box_draws_detection_pairs():
+  value = [([1.0, 1.0, 6.0, 6.0], "red circle"), ([2.0, 2.0, 7.0, 7.0], "x")]
+  r = Result.from_prediction(text="", value=value, score=0.0, kind="text",
+                             image=np.full((10, 10, 3), 255, np.uint8))
+  assert len(r.boxes) == 2
+  drawn = np.asarray(r.draw_box(color="red"))
+  assert drawn[1, 3].tolist() == [255, 0, 0]  # top edge of the first box
+  assert json.loads(json.dumps(r.to_json()))["boxes"][1][1] == "x"
+
+
+def test_load_reads_the_config_gin_of_a_run(tmp_path):
+  """Without model_config.json the network comes from the run's config.gin."""
+  (tmp_path / "config.gin").write_text(
+      "from __gin__ import dynamic_registration\n"
+      "from ofa_jax.model import config\nfrom ofa_jax import vocab\n"
+      "MODEL_SIZE = 'demo'\nDTYPE = 'float32'\n"
+      "VOCABULARY = @vocab.default_vocabulary()\n"
+      "vocab.default_vocabulary.num_codes = 16\n"
+      "config.get_config.name = %MODEL_SIZE\n"
+      "config.get_config.dtype = %DTYPE\n"
+      "config.get_config.d_model = 64\n"
+      "config.get_config.vocab_size = @gin_utils.vocab_size_of()\n")
+  spec = api_config.resolve(str(tmp_path))
+  assert spec.config.d_model == 64
+  assert spec.vocabulary.num_codes == 16
+  assert spec.config.vocab_size == spec.vocabulary.vocab_size
+  step_dir = tmp_path / "7"
+  step_dir.mkdir()
+  assert api_config.resolve(str(step_dir)).config.d_model == 64
+  assert evaluation_lib.checkpoint_step(str(step_dir)) == 7
+
+
+def test_load_without_any_config_is_a_clear_error(tmp_path):
+  with pytest.raises(ValueError, match="pass config="):
+    api_config.resolve(str(tmp_path))
