@@ -31,7 +31,6 @@ from ofa_jax import features as F
 from ofa_jax.results import Result
 
 PyTree = Any
-MODEL_CONFIG_FILE = "model_config.json"
 
 
 class Generalist:

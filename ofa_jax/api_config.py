@@ -46,6 +46,16 @@ def _config_of(value: Any) -> Any:
                   f"{type(value).__name__}")
 
 
+def _config_from_fields(fields: Mapping[str, Any]) -> Any:
+  """An OFAConfig from the fields `save` wrote; unknown fields are an error."""
+  from ofa_jax.model import config as config_lib  # pylint: disable=g-import-not-at-top
+  known = {f.name for f in dataclasses.fields(config_lib.OFAConfig)}
+  unknown = sorted(set(fields) - known)
+  if unknown:
+    raise ValueError(f"{MODEL_CONFIG_FILE}: unknown OFAConfig fields {unknown}")
+  return config_lib.OFAConfig(**fields)
+
+
 def _model_dirs(path: str) -> list[str]:
   """`path` and, for a step folder (`MODEL_DIR/123`), its MODEL_DIR."""
   path = os.path.abspath(path)
@@ -129,8 +139,12 @@ def _lookup(bindings: Mapping[str, Mapping[str, Any]], fn: str
   return None
 
 
-def _from_gin(path: str) -> tuple[Any, Any]:
-  """(OFAConfig, vocabulary) from a run's gin config."""
+def _from_gin(path: str) -> tuple[Any, Any, dict[str, Any]]:
+  """(OFAConfig, vocabulary, task options) from a run's gin config.
+
+  The task options are the `image_size` bound to any configurable (e.g.
+  `demo.register_demo_tasks.image_size = 64`): the resolution trained at.
+  """
   macros, bindings = _read_gin(path)
 
   def resolve(value: Any, depth: int = 0) -> Any:
@@ -170,7 +184,13 @@ def _from_gin(path: str) -> tuple[Any, Any]:
   name = kw.pop("name", None)
   if name is None:
     raise ValueError(f"{path}: get_config has no name (preset)")
-  return _config_of({"name": name, **kw}), vocabulary
+  options = {}
+  for args in bindings.values():
+    size = resolve(args.get("image_size"))
+    if isinstance(size, int) and not isinstance(size, bool):
+      options["image_size"] = size
+      break
+  return _config_of({"name": name, **kw}), vocabulary, options
 
 
 def resolve(model_dir: str, *, config: Any = None, vocabulary: Any = None
@@ -189,16 +209,14 @@ def resolve(model_dir: str, *, config: Any = None, vocabulary: Any = None
         found_vocab = _vocabulary(payload["vocabulary"])
       task_options = dict(payload.get("task_options") or {})
       if found_config is not None:
-        found_config = {k: v for k, v in found_config.items()}
-        from ofa_jax.model import config as config_lib  # pylint: disable=g-import-not-at-top
-        found_config = config_lib.OFAConfig(**found_config)
+        found_config = _config_from_fields(found_config)
       break
   if config is None and found_config is None:
     for d in _model_dirs(model_dir):
       for name in GIN_FILES:
         path = os.path.join(d, name)
         if os.path.isfile(path):
-          found_config, gin_vocab = _from_gin(path)
+          found_config, gin_vocab, task_options = _from_gin(path)
           found_vocab = found_vocab or gin_vocab
           break
       if found_config is not None:

@@ -31,6 +31,7 @@ from typing import Any, Callable, Optional, Sequence
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ofa_jax import features
 from ofa_jax import decoding_constraints as dc
@@ -63,9 +64,12 @@ TokensToLogits = Callable[[DecodingState], tuple[jax.Array, PyTree]]
 LogitsProcessor = Callable[[jax.Array, DecodingState, jax.Array], jax.Array]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class DecodingRules:
   """Static rules shared by beam search and sampling (see the module docstring).
+
+  Hashed by identity (constraints may hold arrays), so it can be a static jit
+  argument; close over it otherwise.
 
   Attributes:
     eos_id / pad_id / bos_id: special ids.
@@ -334,3 +338,25 @@ def _forced_rows(forced_tokens, forced_lengths, b: int, length: int, n: int):
   return (expand_rows(jnp.asarray(forced_tokens, jnp.int32), n),
           expand_rows(jnp.asarray(forced_lengths, jnp.int32), n))
 
+
+def answer_tokens(tokens: Any, prompt_lengths: Any = None,
+                  eos_id: int = features.EOS_ID) -> list:
+  """Host side: the free tokens of each decoded row, prompt and `</s>` removed.
+
+  tokens [B, L] (or [B, K, L]) as returned by the decoders; prompt_lengths [B].
+  Returns nested lists of ints with the same leading axes.
+  """
+  arr = np.asarray(tokens)
+  plen = (np.zeros(arr.shape[0], np.int64) if prompt_lengths is None
+          else np.asarray(prompt_lengths))
+
+  def one(row, start):
+    row = [int(x) for x in row[int(start):]]
+    return row[:row.index(eos_id)] if eos_id in row else row
+
+  if arr.ndim == 2:
+    return [one(r, p) for r, p in zip(arr, plen)]
+  if arr.ndim == 3:
+    return [[one(r, p) for r in rows] for rows, p in zip(arr, plen)]
+  raise ValueError(f"answer_tokens: tokens must be [B, L] or [B, K, L], got "
+                   f"shape {arr.shape}")

@@ -203,7 +203,8 @@ class Evaluator:
 
     `params` is the `params` collection or full variables; from the trainer,
     pass `{"params": state.params, **state.model_state}` so that the trained
-    BatchNorm statistics are used (params alone get the initial ones). Files go to `output_dir` (or the constructor's; none if both are
+    BatchNorm statistics are used (params alone get the initial ones). Files
+    go to `output_dir` (or the constructor's; none if both are
     None): `<task>_predictions.jsonl` and `metrics.json`.
     """
     variables = self._variables(params)

@@ -361,6 +361,10 @@ def load_variables(path: str, model: Any,
   model's initial ones are used later (`complete_variables`).
   """
   from ofa_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  if not _looks_like_checkpoint(path):
+    raise checkpoints.CheckpointError(
+        f"{path} holds no checkpoint: expected a training MODEL_DIR (step "
+        "folders), one step folder, or a converted checkpoint")
   abstract = abstract_variables(model, example_batch, partitioner)
   variables = {"params": checkpoints.load_params(path, abstract["params"])}
   for name in abstract:
@@ -368,3 +372,12 @@ def load_variables(path: str, model: Any,
       variables[name] = checkpoints.load_params(path, abstract[name],
                                                 collection=name)
   return variables
+
+
+def _looks_like_checkpoint(path: str) -> bool:
+  """A cheap check before orbax, whose error on an empty folder is obscure."""
+  if not os.path.isdir(path):
+    return False
+  names = os.listdir(path)
+  return any(n.isdigit() or n in ("state", "checkpoint") or n.startswith("_")
+             or n.startswith("manifest") for n in names)

@@ -110,18 +110,23 @@ def read_inputs(path: str, *, image_field: Optional[str] = None,
   return rows
 
 
+def image_field_of(instruction: str) -> Optional[str]:
+  """The field of the instruction's first IMAGE input slot (None without one)."""
+  from ofa_jax import instructions  # pylint: disable=g-import-not-at-top
+  template = instructions.parse_template(instruction)
+  images = [s.name for s in template.alternatives[0].source_slots()
+            if s.modality.value == "IMAGE" and s.name]
+  return images[0] if images else None
+
+
 def infer_files(generalist: Any, instruction: str, input_path: str,
                 output_path: str, *, image_field: Optional[str] = None,
                 fields: Optional[Mapping[str, Any]] = None, batch_size: int = 8,
                 **decode_kwargs: Any) -> int:
   """Runs `instruction` over the inputs; writes one JSON line per example."""
   from ofa_jax import evaluation_lib as lib  # pylint: disable=g-import-not-at-top
-  from ofa_jax import instructions  # pylint: disable=g-import-not-at-top
   if image_field is None:
-    template = instructions.parse_template(instruction)
-    images = [s.name for s in template.alternatives[0].source_slots()
-              if s.modality.value == "IMAGE" and s.name]
-    image_field = images[0] if images else None
+    image_field = image_field_of(instruction)
   rows = read_inputs(input_path, image_field=image_field, fields=fields)
   results = generalist.inference(instruction, rows, batch_size=batch_size,
                                  **decode_kwargs)
@@ -157,6 +162,9 @@ def _file_mode(argv: Sequence[str]) -> int:
       parser.error(f"--field {item!r}: expected NAME=VALUE")
     fields[name] = value
   from ofa_jax import api  # pylint: disable=g-import-not-at-top
+  # The inputs are checked before the (slow) model load.
+  read_inputs(args.input, fields=fields,
+              image_field=args.image_field or image_field_of(args.instruction))
   options = {} if args.image_size is None else {"image_size": args.image_size}
   generalist = api.Generalist.load(args.checkpoint, config=args.config,
                                    task_options=options)

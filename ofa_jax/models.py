@@ -279,9 +279,10 @@ class OFAModel:
 
     Returns:
       tokens int32 [B, L] in the decoder-target format (forced prompt, answer,
-      `</s>`, pad), or [B, K, L] with return_all; aux {"scores": [B] or [B, K]}.
-      The forced prompt is the leading no-loss part of `decoder_target_tokens`
-      when the batch has targets.
+      `</s>`, pad), or [B, K, L] with return_all; aux {"scores": [B] or [B, K],
+      "prompt_lengths": [B]}. The forced prompt is the leading no-loss part of
+      `decoder_target_tokens` when the batch has targets;
+      `decoding.answer_tokens` strips it (host side).
     """
     if isinstance(decoding, DecodeSettings):
       s = dataclasses.replace(decoding, **overrides) if overrides else decoding
@@ -351,7 +352,9 @@ class OFAModel:
           top_p=s.top_p, **common)
     if not s.return_all:
       tokens, scores = tokens[:, 0], scores[:, 0]
-    return tokens, {"scores": scores}
+    if forced_lengths is None:
+      forced_lengths = jnp.zeros((b,), jnp.int32)
+    return tokens, {"scores": scores, "prompt_lengths": forced_lengths}
 
 
 def _forced_prompt(targets: Array, weights: Array, length: int

@@ -24,7 +24,7 @@ import tensorflow as tf
 from ofa_jax import data_stats
 from ofa_jax import features as F
 from ofa_jax import instructions
-from ofa_jax import plan_build
+from ofa_jax import plan_pipeline
 from ofa_jax.modalities import get_processor
 from ofa_jax.modalities.base import SlotContext
 from ofa_jax.plan_source import SplitTaggedSource
@@ -39,8 +39,11 @@ class DecodingSpec:
 
   kind: "text" (free text), "box" (exactly 4 bins), "closed_set" (a label trie),
   "image_codes" (only <code_k>), "audio_frames" / "motion_frames" (dense heads).
-  `trie` is an `ofa_jax.trie.Trie` over `[<s>] + label tokens + [</s>]` for closed
-  sets (None otherwise); `labels` the label strings in the order given.
+  `max_len` / `min_len` count the tokens before `</s>` (OFA's max_len_b), so a
+  box is min_len = max_len = 4. `trie` is an `ofa_jax.trie.Trie` over
+  `[<s>] + label tokens + [</s>]` for closed sets (None otherwise); `labels` the
+  label strings in the order given. Task options `beam_size`, `max_len`, `min_len`
+  override the defaults.
   """
 
   kind: str
@@ -126,9 +129,9 @@ def _check_instruction(name: str, template: instructions.Template) -> None:
                 f"task {name!r}: {element.to_string()} holds the dense slot "
                 f"{s.to_string()}; groups and choices take token slots only")
     for slot in alt.slots():
-      if slot.name is None and (slot.is_source or slot.is_token_based):
+      if slot.name is None:
         raise ValueError(f"task {name!r}: slot {slot.to_string()} has no field "
-                         "name; write [TYPE:field]")
+                         "name, so no data can fill it; write [TYPE:field,...]")
       if slot.is_source and not slot.is_token_based:
         counts[slot.modality] = counts.get(slot.modality, 0) + 1
     for m, n in counts.items():
@@ -181,7 +184,7 @@ def _decoding(name: str, template: instructions.Template, vocab,
                        "its labels: pass closed_set=[...] to register_task")
     trie = proc.label_trie(vocab, labels, slot.has("uncased"),
                            slot.has("no_punctuation"))
-    longest = max(len(s) for s in trie.sequences) - 1  # without <s>
+    longest = max(len(s) for s in trie.sequences) - 2  # without <s>, </s>
     return DecodingSpec(kind="closed_set", labels=tuple(labels), trie=trie,
                         **{"max_len": longest, **overrides})
   if len(trained) == 1 and trained[0].modality == M.BOX:
@@ -241,7 +244,6 @@ def register_task(name: str, instruction: str, source: seqio.DataSourceInterface
       decoding=_decoding(name, template, vocabulary, processors, options),
       options=options, processors=processors, vocab=vocabulary,
       counters=data_stats.SkipCounters(name), dense_dims=_dense_dims(options))
-  from ofa_jax import plan_pipeline  # local: avoids an import cycle
   if postprocess_fn is not None and make_postprocess_fn is not None:
     raise ValueError(f"task {name!r}: give postprocess_fn or make_postprocess_fn, "
                      "not both")
@@ -260,7 +262,11 @@ def register_task(name: str, instruction: str, source: seqio.DataSourceInterface
 
 def register_mixture(name: str, tasks: Sequence[tuple[str | seqio.Task, float]],
                      *, replace: bool = False) -> seqio.Mixture:
-  """A seqio mixture of registered tasks with sampling rates; same replace rule."""
+  """A seqio mixture of registered tasks (or mixtures) with sampling rates.
+
+  Rates are relative sampling weights (seqio's). Re-registering a name raises
+  unless `replace=True`.
+  """
   if name in seqio.MixtureRegistry.names():
     if not replace:
       raise ValueError(f"mixture {name!r} is already registered; pass replace=True "
@@ -268,9 +274,11 @@ def register_mixture(name: str, tasks: Sequence[tuple[str | seqio.Task, float]],
     seqio.MixtureRegistry.remove(name)
   entries = []
   for task, rate in tasks:
-    task_name = task.name if isinstance(task, seqio.Task) else task
-    if task_name not in seqio.TaskRegistry.names():
-      raise ValueError(f"mixture {name!r}: task {task_name!r} is not registered")
+    task_name = task.name if isinstance(task, (seqio.Task, seqio.Mixture)) else task
+    if (task_name not in seqio.TaskRegistry.names()
+        and task_name not in seqio.MixtureRegistry.names()):
+      raise ValueError(f"mixture {name!r}: {task_name!r} is not a registered task "
+                       "or mixture")
     if rate <= 0:
       raise ValueError(f"mixture {name!r}: task {task_name!r} has rate {rate}; "
                        "rates must be > 0")

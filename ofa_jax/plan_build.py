@@ -80,13 +80,17 @@ class _Walker:
     self.geometry: Optional[tf.Tensor] = None
     self.valid = {m: tf.constant(True) for m in DENSE_INPUT_STREAMS}
 
-  def ctx(self, slot: Slot, salt: int) -> SlotContext:
+  def ctx(self, slot: Slot, salt: int, item: Optional[tf.Tensor] = None
+          ) -> SlotContext:
+    """The slot's context; its seed is unique to (example, alternative, slot,
+    item of an interleaved group)."""
+    seed = _slot_seed(self.seed, 1000 * self.alt_index + salt)
+    if item is not None:
+      seed = _slot_seed(seed, item)
     return SlotContext(
         task=self.cfg.task, slot_name=slot.name, attrs=dict(slot.attrs),
         vocab=self.cfg.vocab, options=self.cfg.options,
-        is_training=self.is_training,
-        seed=_slot_seed(self.seed, 1000 * self.alt_index + salt),
-        image_geometry=self.geometry)
+        is_training=self.is_training, seed=seed, image_geometry=self.geometry)
 
   def value(self, slot: Slot) -> tf.Tensor:
     if slot.name is None or slot.name not in self.ex:
@@ -95,10 +99,10 @@ class _Walker:
     return self.ex[slot.name]
 
   # ---- token elements ------------------------------------------------------
-  def token_slot(self, slot: Slot, value: tf.Tensor, salt: int, target: bool
-                 ) -> tuple[tf.Tensor, tf.Tensor]:
+  def token_slot(self, slot: Slot, value: tf.Tensor, salt: int, target: bool,
+                 item: Optional[tf.Tensor] = None) -> tuple[tf.Tensor, tf.Tensor]:
     proc = self.cfg.processors[slot.modality]
-    ctx = self.ctx(slot, salt)
+    ctx = self.ctx(slot, salt, item)
     out = (proc.preprocess_target(value, ctx) if target
            else proc.preprocess_input(value, ctx))
     self.num_clipped += tf.cast(out.num_clipped, tf.int32)
@@ -122,17 +126,14 @@ class _Walker:
                            infer_shape=False, element_shape=[None])
 
     def body(i, tokens, kinds, clipped):
-      before = self.num_clipped
-      self.num_clipped = clipped
-      parts_t, parts_k = [], []
-      for s, v in zip(group.slots, values):
-        t, k = self.token_slot(s, v[i], salts[s] * 7919 + 1, target)
-        parts_t.append(t)
-        parts_k.append(k)
-      clipped_out = self.num_clipped
-      self.num_clipped = before
-      return (i + 1, tokens.write(i, tf.concat(parts_t, 0)),
-              kinds.write(i, tf.concat(parts_k, 0)), clipped_out)
+      # The loop carries the repair count; `self.num_clipped` is swapped in and
+      # out so that token_slot can add to it inside the traced body.
+      outer, self.num_clipped = self.num_clipped, clipped
+      parts = [self.token_slot(s, v[i], salts[s], target, item=i)
+               for s, v in zip(group.slots, values)]
+      clipped, self.num_clipped = self.num_clipped, outer
+      return (i + 1, tokens.write(i, tf.concat([t for t, _ in parts], 0)),
+              kinds.write(i, tf.concat([k for _, k in parts], 0)), clipped)
 
     _, tokens, kinds, clipped = tf.while_loop(
         lambda i, *_: i < n, body,
@@ -148,21 +149,20 @@ class _Walker:
     pick = tf.random.stateless_uniform(
         [], _slot_seed(self.seed, 500_000 + choice.position), 0, len(choice.slots),
         tf.int32)
-    clipped = []
 
-    def branch(s):
+    def branch(slot: Slot):
       def fn():
-        before = self.num_clipped
-        self.num_clipped = tf.constant(0, tf.int32)
-        t, k = self.token_slot(s, self.value(s), salts[s], target)
-        clipped.append(self.num_clipped)
-        self.num_clipped = before
-        return t, k, clipped[-1]
+        # Each branch counts its own repairs; the chosen count is added below.
+        outer, self.num_clipped = self.num_clipped, tf.constant(0, tf.int32)
+        tokens, kinds = self.token_slot(slot, self.value(slot), salts[slot], target)
+        clipped, self.num_clipped = self.num_clipped, outer
+        return tokens, kinds, clipped
       return fn
 
-    t, k, c = tf.switch_case(pick, [branch(s) for s in choice.slots])
-    self.num_clipped += c
-    return t, k
+    tokens, kinds, clipped = tf.switch_case(pick,
+                                            [branch(s) for s in choice.slots])
+    self.num_clipped += clipped
+    return tokens, kinds
 
   def element_tokens(self, element, salts, target: bool
                      ) -> Optional[tuple[tf.Tensor, tf.Tensor]]:

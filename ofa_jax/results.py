@@ -138,7 +138,7 @@ class Result:
 
   def to_json(self) -> dict[str, Any]:
     """A JSON-able dict (what `python -m ofa_jax.infer` writes per line)."""
-    from ofa_jax.evaluation_lib import to_jsonable  # pylint: disable=g-import-not-at-top
+    from ofa_jax import evaluation_lib  # pylint: disable=g-import-not-at-top
     out: dict[str, Any] = {"text": self.text, "value": self.value,
                            "score": self.score, "kind": self.kind}
     if self.box is not None:
@@ -147,7 +147,7 @@ class Result:
       out["boxes"] = [[list(b), lab] for b, lab in self.boxes]
     if self.label is not None:
       out["label"] = self.label
-    return to_jsonable(out)
+    return evaluation_lib.to_jsonable(out)
 
 
 def draw_results(results: Sequence[Result], path: str, *, columns: int = 4,
@@ -156,7 +156,7 @@ def draw_results(results: Sequence[Result], path: str, *, columns: int = 4,
   tiles = []
   for r in results:
     try:
-      im = r.draw_box() if r._all_boxes() else load_image(r.image)  # pylint: disable=protected-access
+      im = r.draw_box() if r.box or r.boxes else load_image(r.image)
     except ValueError:
       im = Image.new("RGB", (size, size), "white")
     im = im.resize((size, size))

@@ -24,6 +24,7 @@ import threading
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
+import flax.linen as nn
 import jax
 import numpy as np
 import optax
@@ -236,7 +237,8 @@ def train(*, model: Any, model_dir: str, mixture_or_task_name: str,
     with open(os.path.join(model_dir, "model-info.txt"), "w") as f:
       f.write(f"mesh: {dict(partitioner.mesh.shape)}\nrules: {partitioner.rules}\n")
       f.write("\n".join(partitioning.describe(abstract.params, partitioner)))
-      f.write("\n")
+      sizes = [x.size for x in jax.tree.leaves(nn.meta.unbox(abstract.params))]
+      f.write(f"\ntotal parameters: {sum(sizes):,} in {len(sizes)} arrays\n")
 
   # ---- shard and compile --------------------------------------------------------
   kwargs = dict(loss_kwargs or {})
@@ -286,6 +288,7 @@ def train(*, model: Any, model_dir: str, mixture_or_task_name: str,
   pending: list[tuple[int, Any, Any]] = []
   last_good = latest
   t_last, s_last, tokens = time.time(), step, 0.0
+  first_step = step
   status = "done"
 
   def flush() -> None:
@@ -302,14 +305,15 @@ def train(*, model: Any, model_dir: str, mixture_or_task_name: str,
             f"good checkpoint is step {last_good} in {model_dir}")
     s_now, (_, m_last, _) = fetched[-1][0], fetched[-1]
     scalars = {k: float(np.mean([m[k] for _, m, _ in fetched])) for k in m_last}
-    per_ex = [p for _, _, p in fetched if "task_id" in p and "loss_sum" in p
+    per_ex = [(s, p) for s, _, p in fetched if "task_id" in p and "loss_sum" in p
               and "num_tokens" in p]
     if per_ex:
-      cat = {k: np.concatenate([p[k] for p in per_ex]) for k in per_ex[0]}
+      cat = {k: np.concatenate([p[k] for _, p in per_ex]) for k in per_ex[0][1]}
       scalars.update(per_task_scalars(cat, task_names))
-      tokens += float(cat["num_tokens"].sum())
+      # Throughput counts the steps timed since `t_last` (not the compiled one).
+      tokens += sum(float(p["num_tokens"].sum()) for s, p in per_ex if s > s_last)
     dt = max(time.time() - t_last, 1e-9)
-    steps_per_s = (s_now - s_last) / dt
+    steps_per_s = max(s_now - s_last, 0) / dt
     scalars["steps_per_sec"] = steps_per_s
     if tokens:
       scalars["tokens_per_sec"] = tokens / dt
@@ -339,6 +343,11 @@ def train(*, model: Any, model_dir: str, mixture_or_task_name: str,
       state, metrics, per_example = train_step(
           state, partitioner.shard_batch(batch), rng)
       step += 1
+      if step == first_step + 1:  # compilation: keep it out of the throughput
+        jax.block_until_ready(metrics)
+        logging.info("first step (compilation included) took %.1fs",
+                     time.time() - t_last)
+        t_last, s_last = time.time(), step
       pending.append((step, metrics, per_example))
       if step % log_period == 0 or step == train_steps:
         flush()

@@ -108,7 +108,7 @@ def _options(name: str, image_size: int) -> dict[str, Any]:
   if name in CLOSED_SETS:
     options["closed_set"] = list(CLOSED_SETS[name])
   if name == "detection":
-    options["max_len"] = FEATURE_LENGTHS["targets"]
+    options["max_len"] = FEATURE_LENGTHS["targets"] - 1  # tokens before </s>
   return options
 
 
@@ -148,6 +148,9 @@ def register_demo_tasks(image_size: int = 64, *, replace: bool = False,
         PREFIX + name, instruction, source, metric_fns=METRICS[name],
         make_postprocess_fn=_sudoku_postprocess if name == "sudoku" else None,
         replace=True, vocabulary=vocabulary, demo_signature=signature,
+        # Infilling masks its input on every split: OFASys masks in training
+        # only, which would make evaluation a copy task.
+        train_splits=world.SPLITS if name == "infilling" else ("train",),
         **_options(name, image_size))
   rates = dict(rates or {})
   plan_lib.register_mixture(
@@ -156,15 +159,33 @@ def register_demo_tasks(image_size: int = 64, *, replace: bool = False,
   return names
 
 
-def chance_baselines(split: str = "validation", n: int = 200, seed: int = 0
-                     ) -> dict[str, dict[str, float]]:
-  """Each task's metric for a trivial predictor, to print next to the results."""
-  out: dict[str, dict[str, float]] = {}
-  out["classify"] = {"accuracy": cls_metrics.chance_baseline(len(world.SHAPES))}
-  out["matching"] = {"accuracy": cls_metrics.chance_baseline(2)}
-  vqa = world.records("vqa", n, seed=seed, split=split)
-  out["vqa"] = {"vqa_score": vqa_metrics.chance_baseline(
-      [str(a) for a in vqa["answer"]], world.vqa_answers())}
+def chance_baselines(split: str = "validation", n: int = 200, seed: int = 0,
+                     canvas: int = 64) -> dict[str, dict[str, float]]:
+  """Each task's metric for a predictor that ignores the input, to print next to
+  the trained model's: uniform guesses for closed sets and sudoku, the commonest
+  caption / mean box / commonest object otherwise, the masked text as is for
+  infilling (copying the input)."""
+  rec = lambda kind: world.records(kind, n, seed=seed, split=split,  # noqa: E731
+                                   canvas=canvas)
+  out: dict[str, dict[str, float]] = {
+      "classify": {"accuracy": cls_metrics.chance_baseline(len(world.SHAPES))},
+      "matching": {"accuracy": cls_metrics.chance_baseline(2)},
+      "vqa": {"vqa_score": vqa_metrics.chance_baseline(rec("vqa")["answer"],
+                                                       world.vqa_answers())},
+      "grounding": {"iou_acc": grounding_metrics.constant_box_baseline(
+          [r.tolist() for r in rec("grounding")["region"]])},
+      "sudoku": {"solved": sudoku_metrics.chance_baseline(rec("sudoku")["puzzle"])},
+  }
+  for name in ("caption", "grounded_caption"):
+    caps = rec(name)["cap"]
+    common = max(sorted(set(caps)), key=caps.count)
+    out[name] = {"cider": caption_metrics.constant_caption_baseline(caps, common)}
+  det = rec("detection")
+  targets = [[(b.tolist(), l.decode()) for b, l in zip(boxes, labels)]
+             for boxes, labels in zip(det["boxes"], det["labels"])]
+  out["detection"] = {"f1": det_metrics.constant_object_baseline(targets)}
+  # Copying the (masked, on every split) input never matches: <mask> remains.
+  out["infilling"] = {"exact_match": 0.0}
   return out
 
 

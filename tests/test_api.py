@@ -45,11 +45,13 @@ def save_initial_checkpoint(model_dir: str, model: models.OFAModel,
                             image_size: int = IMAGE_SIZE) -> dict:
   """Saves freshly initialized params as step 0 of a MODEL_DIR; returns them."""
   batch = api_config.dummy_model_batch(model.config, image_size)
-  variables = model.get_initial_variables(jax.random.key(0), batch)
-  params = nn.meta.unbox(variables["params"])
+  variables = jax.jit(lambda rng: nn.meta.unbox(
+      model.get_initial_variables(rng, batch)))(jax.random.key(0))
+  params = variables["params"]
+  state = {"step": np.zeros((), np.int32), "params": params,
+           "model_state": {k: v for k, v in variables.items() if k != "params"}}
   mgr = checkpoints.CheckpointManager(model_dir, async_save=False)
-  mgr.save(0, {"step": np.zeros((), np.int32), "params": params}, {}, {},
-           force=True)
+  mgr.save(0, state, {}, {}, force=True)
   mgr.close()
   return params
 
@@ -88,6 +90,7 @@ def test_load_restores_the_saved_parameters(generalist):
   assert g.model.config.d_model == 32
   assert g.task_options == {"image_size": IMAGE_SIZE}
   restored = g._params["params"]  # pylint: disable=protected-access
+  assert "batch_stats" in g._params  # pylint: disable=protected-access
   a = jax.tree.leaves(params)
   b = jax.tree.leaves(restored)
   assert len(a) == len(b)
@@ -98,7 +101,8 @@ def test_load_restores_the_saved_parameters(generalist):
 @pytest.mark.slow
 def test_caption_single_dict_and_list(generalist, images):
   g, _, _ = generalist
-  one = g.inference(CAPTION, data={"img": images[0]}, beam_size=2, max_len=6)
+  one = g.inference(CAPTION, data={"img": images[0]}, beam_size=2, max_len=6,
+                    batch_size=2)
   assert isinstance(one, Result)
   assert isinstance(one.text, str) and one.kind == "text"
   assert np.isfinite(one.score)
@@ -118,12 +122,12 @@ def test_closed_set_outputs_are_always_in_the_set(generalist, images):
   g, _, _ = generalist
   instruction = "[IMAGE:img] what shape is in the image? -> [TEXT:label]"
   rows = [{"img": p} for p in images]
-  for labels in (SHAPES, ["yes", "no"]):
-    results = g.inference(instruction, rows, closed_set=labels, beam_size=2)
-    for r in results:
-      assert r.kind == "closed_set"
-      assert r.label in labels, r
-      assert r.text == r.label
+  results = g.inference(instruction, rows, closed_set=SHAPES, beam_size=2,
+                        batch_size=2)
+  for r in results:
+    assert r.kind == "closed_set"
+    assert r.label in SHAPES, r
+    assert r.text == r.label
 
 
 @pytest.mark.slow
@@ -131,7 +135,7 @@ def test_box_has_four_coordinates_inside_the_image(generalist, images,
                                                    tmp_path):
   g, _, _ = generalist
   rows = [{"img": p, "text": "the red circle"} for p in images]
-  results = g.inference(GROUNDING, rows, beam_size=2)
+  results = g.inference(GROUNDING, rows, beam_size=2, batch_size=2)
   for path, r in zip(images, results):
     assert r.kind == "box"
     assert r.box is not None and len(r.box) == 4
@@ -187,9 +191,11 @@ def test_load_reads_the_config_gin_of_a_run(tmp_path):
       "config.get_config.name = %MODEL_SIZE\n"
       "config.get_config.dtype = %DTYPE\n"
       "config.get_config.d_model = 64\n"
-      "config.get_config.vocab_size = @gin_utils.vocab_size_of()\n")
+      "config.get_config.vocab_size = @gin_utils.vocab_size_of()\n"
+      "demo.register_demo_tasks.image_size = 48\n")
   spec = api_config.resolve(str(tmp_path))
   assert spec.config.d_model == 64
+  assert spec.task_options == {"image_size": 48}
   assert spec.vocabulary.num_codes == 16
   assert spec.config.vocab_size == spec.vocabulary.vocab_size
   step_dir = tmp_path / "7"

@@ -334,6 +334,9 @@ def test_forced_prompt_is_emitted_then_free_decoding():
   np.testing.assert_allclose(float(scores[0, 0]), ref[0][1], rtol=1e-5)
   for j in range(k):  # min_len counts free tokens only
     assert len(_free_tokens(toks[0, j])) >= 3 + 1
+  assert decoding.answer_tokens(toks[:, 0], plen) == [
+      _free_tokens(toks[0, 0, 3:]), _free_tokens(toks[1, 0, 1:])]
+  assert len(decoding.answer_tokens(toks, plen)[1]) == k
   pt, pl = decoding.forced_prompt_from_targets(
       jnp.array([[6, 7, 4, 2, 1]]), jnp.array([[0., 0., 1., 1., 0.]]))
   assert int(pl[0]) == 2 and pt.shape == (1, 5)

@@ -109,6 +109,17 @@ def test_register_demo_tasks_is_idempotent_and_replace_is_explicit():
   assert all(seqio.get_mixture_or_task(n).metric_fns for n in names)
 
 
+def test_chance_baselines_are_low_where_the_task_is_learnable():
+  base = demo.chance_baselines(n=40)
+  assert set(base) == {name for name, _, _ in demo.INSTRUCTIONS}
+  assert base["classify"]["accuracy"] == 25.0
+  assert base["matching"]["accuracy"] == 50.0
+  assert base["vqa"]["vqa_score"] < 20
+  assert base["grounding"]["iou_acc"] < 30
+  assert base["detection"]["f1"] < 20
+  assert base["sudoku"]["solved"] < 5
+
+
 @pytest.mark.slow
 def test_inspect_task_tool_runs_on_a_demo_task():
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

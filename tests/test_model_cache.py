@@ -51,14 +51,14 @@ def _incremental(cfg, variables, batch, max_len, explicit_step=False):
 
 def test_cached_decoding_matches_full_forward(setup):
   cfg, batch, variables = setup
-  full = testing.apply_fn(cfg)(variables, batch)
+  forward = testing.apply_fn(cfg)
+  full = forward(variables, batch)
   steps, cache = _incremental(cfg, variables, batch, max_len=10)
   np.testing.assert_allclose(steps, full, atol=1e-5, rtol=1e-5)
   assert int(cache["decoder"]["cache_index"]) == 7
   # The code sample really took the code path (image positions, code LN).
-  text_path = testing.apply_fn(cfg)(
-      variables, dict(batch, **{transformer.DECODER_CODE_MASK:
-                                np.zeros(3, bool)}))
+  text_path = forward(variables, dict(
+      batch, **{transformer.DECODER_CODE_MASK: np.zeros(3, bool)}))
   assert not np.allclose(text_path[1], full[1], atol=1e-3)
   np.testing.assert_allclose(text_path[0], full[0], atol=1e-6)
 
@@ -90,9 +90,13 @@ def test_init_cache_shapes(setup):
 def test_cached_decoding_rejects_several_tokens(setup):
   cfg, batch, variables = setup
   model = OFATransformer(cfg)
-  encoded = model.apply(variables, batch, train=False, method=model.encode)
   cache = transformer.init_cache(cfg, 3, 8)
+
+  def two_tokens():
+    encoded = model.apply(variables, batch, train=False, method=model.encode)
+    return model.apply({**variables, "cache": cache}, encoded,
+                       batch[features.DECODER_INPUT_TOKENS][:, :2],
+                       decode=True, mutable=["cache"], method=model.decode)
+
   with pytest.raises(ValueError, match="one token per step"):
-    model.apply({**variables, "cache": cache}, encoded,
-                batch[features.DECODER_INPUT_TOKENS][:, :2], decode=True,
-                mutable=["cache"], method=model.decode)
+    jax.eval_shape(two_tokens)

@@ -23,6 +23,20 @@ def setup():
   return cfg, batch, variables
 
 
+@pytest.fixture(scope="module")
+def compiled():
+  """Jitted apply functions shared by the tests of this module (one compile each)."""
+  memo = {}
+
+  def get(cfg, train=False, mutable=None):
+    key = (cfg, train, tuple(mutable or ()))
+    if key not in memo:
+      memo[key] = testing.apply_fn(cfg, train=train, mutable=mutable)
+    return memo[key]
+
+  return get
+
+
 @pytest.mark.slow
 def test_demo_preset_real_init_and_logits_shape():
   """The demo preset at 64 px, with the real initializers."""
@@ -41,14 +55,19 @@ def test_demo_preset_real_init_and_logits_shape():
   np.testing.assert_array_equal(c_attn, 1.0)
 
 
-def test_eval_is_deterministic_and_train_uses_dropout(setup):
+def test_eval_is_deterministic(setup, compiled):
   cfg, batch, variables = setup
-  eval_fn = testing.apply_fn(cfg, train=False)
+  eval_fn = compiled(cfg)
   a = eval_fn(variables, batch, jax.random.key(1))
   b = eval_fn(variables, batch, jax.random.key(2))
   assert a.shape == (2, 6, cfg.vocab_size) and a.dtype == jnp.float32
   np.testing.assert_array_equal(a, b)
-  train_fn = testing.apply_fn(cfg, train=True, mutable=["batch_stats"])
+
+
+@pytest.mark.slow
+def test_train_uses_dropout_and_updates_batch_stats(setup, compiled):
+  cfg, batch, variables = setup
+  train_fn = compiled(cfg, train=True, mutable=["batch_stats"])
   c, updates = train_fn(variables, batch, jax.random.key(1))
   d, _ = train_fn(variables, batch, jax.random.key(2))
   assert not np.allclose(c, d)
@@ -58,9 +77,9 @@ def test_eval_is_deterministic_and_train_uses_dropout(setup):
   assert not np.allclose(old["mean"], new["mean"])
 
 
-def test_text_only_batch_and_absent_images(setup):
+def test_text_only_batch_and_absent_images(setup, compiled):
   cfg, batch, variables = setup
-  fn = testing.apply_fn(cfg)
+  fn = compiled(cfg)
   text_only = {k: v for k, v in batch.items()
                if k not in (features.IMAGES, features.IMAGE_MASK)}
   logits = fn(variables, text_only)
@@ -71,10 +90,11 @@ def test_text_only_batch_and_absent_images(setup):
                              rtol=1e-5)
 
 
-def test_padding_content_does_not_leak(setup):
+@pytest.mark.slow
+def test_padding_content_does_not_leak(setup, compiled):
   """Changing what sits under encoder pads changes nothing."""
   cfg, batch, variables = setup
-  fn = testing.apply_fn(cfg)
+  fn = compiled(cfg)
   enc = batch[features.ENCODER_INPUT_TOKENS]
   assert enc[-1, -1] == cfg.pad_id
   shorter = dict(batch)
@@ -83,11 +103,10 @@ def test_padding_content_does_not_leak(setup):
                              fn(variables, shorter)[-1], atol=1e-5, rtol=1e-5)
 
 
-def test_bfloat16_runs_close_to_float32(setup):
+def test_bfloat16_runs_close_to_float32(setup, compiled):
   cfg, batch, variables = setup
-  ref = testing.apply_fn(cfg)(variables, batch)
-  cfg16 = cfg.replace(dtype="bfloat16")
-  out = testing.apply_fn(cfg16)(variables, batch)
+  ref = compiled(cfg)(variables, batch)
+  out = compiled(cfg.replace(dtype="bfloat16"))(variables, batch)
   assert out.dtype == jnp.float32
   assert np.all(np.isfinite(out))
   scale = float(np.max(np.abs(ref)))
@@ -96,10 +115,10 @@ def test_bfloat16_runs_close_to_float32(setup):
 
 
 @pytest.mark.parametrize("option", ["remat", "use_dot_product_attention"])
-def test_remat_and_fused_attention_match_reference(setup, option):
+def test_remat_and_fused_attention_match_reference(setup, compiled, option):
   cfg, batch, variables = setup
-  ref = testing.apply_fn(cfg)(variables, batch)
-  out = testing.apply_fn(cfg.replace(**{option: True}))(variables, batch)
+  ref = compiled(cfg)(variables, batch)
+  out = compiled(cfg.replace(**{option: True}))(variables, batch)
   np.testing.assert_allclose(out, ref, atol=1e-5, rtol=1e-5)
 
 
@@ -126,15 +145,52 @@ def test_remat_gradients_match(setup):
 def test_bad_inputs_name_the_feature(setup):
   cfg, batch, variables = setup
   model = OFATransformer(cfg)
-  with pytest.raises(ValueError, match="decoder_input_tokens"):
-    model.apply(variables, {features.ENCODER_INPUT_TOKENS:
-                            batch[features.ENCODER_INPUT_TOKENS]}, train=False)
-  with pytest.raises(ValueError, match="images"):
-    model.apply(variables, dict(batch, images=batch["images"][..., :2]),
-                train=False)
-  with pytest.raises(ValueError, match="image_mask"):
-    model.apply(variables, dict(batch, image_mask=np.ones((2, 3), np.int32)),
-                train=False)
-  with pytest.raises(ValueError, match="max_source_positions"):
-    long = np.full((2, cfg.max_source_positions + 1), 5, np.int32)
-    model.apply(variables, dict(batch, encoder_input_tokens=long), train=False)
+
+  def check(bad_batch, message):
+    with pytest.raises(ValueError, match=message):  # raised while tracing
+      jax.eval_shape(lambda: model.apply(variables, bad_batch, train=False))
+
+  check({features.ENCODER_INPUT_TOKENS: batch[features.ENCODER_INPUT_TOKENS]},
+        "decoder_input_tokens")
+  check(dict(batch, images=batch["images"][..., :2]), "images")
+  check(dict(batch, image_mask=np.ones((2, 3), np.int32)), "image_mask")
+  check(dict(batch, image_text_offset=np.zeros((2,), np.int32)),
+        "image_text_offset")
+  long = np.full((2, cfg.max_source_positions + 1), 5, np.int32)
+  check(dict(batch, encoder_input_tokens=long), "max_source_positions")
+  long = np.full((2, cfg.max_target_positions + 1), 5, np.int32)
+  check(dict(batch, decoder_input_tokens=long), "max_target_positions")
+
+
+@pytest.mark.slow
+def test_packed_batch_matches_separate_examples(setup):
+  """SeqIO packing: two examples in one row give their unpacked logits."""
+  cfg, _, variables = setup
+  rs = np.random.RandomState(7)
+  enc_a, enc_b = rs.randint(4, 300, 3), rs.randint(4, 300, 4)
+  dec_a, dec_b = rs.randint(4, 300, 3), rs.randint(4, 300, 2)
+  pad = cfg.pad_id
+  separate = {
+      features.ENCODER_INPUT_TOKENS: np.array(
+          [list(enc_a) + [pad], list(enc_b)], np.int32),
+      features.DECODER_INPUT_TOKENS: np.array(
+          [list(dec_a), list(dec_b) + [pad]], np.int32),
+  }
+  packed = {
+      features.ENCODER_INPUT_TOKENS: np.concatenate([enc_a, enc_b])[None],
+      features.ENCODER_SEGMENT_IDS: np.array([[1, 1, 1, 2, 2, 2, 2]]),
+      features.ENCODER_POSITIONS: np.array([[0, 1, 2, 0, 1, 2, 3]]),
+      features.DECODER_INPUT_TOKENS: np.concatenate([dec_a, dec_b])[None],
+      features.DECODER_SEGMENT_IDS: np.array([[1, 1, 1, 2, 2]]),
+      features.DECODER_POSITIONS: np.array([[0, 1, 2, 0, 1]]),
+  }
+  fn = testing.apply_fn(cfg)
+  want = fn(variables, separate)
+  got = fn(variables, packed)
+  np.testing.assert_allclose(got[0, :3], want[0, :3], atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(got[0, 3:], want[1, :2], atol=1e-5, rtol=1e-5)
+  with pytest.raises(ValueError, match="decoder_segment_ids"):
+    no_dec_seg = {k: v for k, v in packed.items()
+                  if k != features.DECODER_SEGMENT_IDS}
+    jax.eval_shape(lambda: OFATransformer(cfg).apply(variables, no_dec_seg,
+                                                     train=False))

@@ -148,6 +148,7 @@ def test_get_initial_variables_and_feature_converter(tiny):
 # ---------------------------------------------------------------------------
 # loss_fn, score_batch and BatchNorm statistics on the real network.
 # ---------------------------------------------------------------------------
+@pytest.mark.slow
 def test_score_batch_equals_minus_unsmoothed_loss(tiny):
   model, variables, batch = tiny
   raw = models.OFAModel(model.config, loss_normalization="none")

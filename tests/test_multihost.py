@@ -69,7 +69,8 @@ def _launch(tmp_path, model_dir, devices, extra=()):
   env = dict(os.environ, PYTHONPATH=f"{REPO}:{os.path.join(REPO, 'tests')}",
              JAX_PLATFORMS="cpu",
              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-  log = open(f"{model_dir}.{len(extra)}{extra[-1] if extra else ''}.log", "w")
+  suffix = extra[-1].split("=")[-1] if extra else "single"
+  log = open(f"{model_dir}.{suffix}.log", "w")
   return subprocess.Popen(
       [sys.executable, "-m", "ofa_jax.train", f"--gin_file={gin_file}",
        f"--gin.MODEL_DIR='{model_dir}'", *extra], cwd=REPO, env=env,

@@ -110,6 +110,8 @@ def test_prompt_and_plain_target_text_carry_no_loss(registered, vocab):
                                 [0] * n_prompt + [1] * len(answer))
   assert task.plan.decoding.kind == "closed_set"
   assert task.plan.decoding.labels == ("positive", "negative")
+  assert task.plan.decoding.max_len == max(
+      len(vocab.encode(x)) for x in ("positive", "negative"))
   # The postprocess strips the forced prompt, for targets and predictions.
   text = vocab.decode(ex[F.TARGETS].tolist())
   assert task.postprocess_fn(text, example=ex, is_target=True) == "positive"
@@ -267,7 +269,7 @@ def test_mixture_registration_and_replace(registered, vocab):
       plan.register_mixture("t_mix", [("t_mix_a", 1.0)])
     mix = plan.register_mixture("t_mix", [("t_mix_a", 1.0)], replace=True)
     assert [t.name for t in mix.tasks] == ["t_mix_a"]
-    with pytest.raises(ValueError, match="not registered"):
+    with pytest.raises(ValueError, match="not a registered"):
       plan.register_mixture("t_mix2", [("nope", 1.0)])
   finally:
     if "t_mix" in seqio.MixtureRegistry.names():
@@ -300,3 +302,27 @@ def test_contrastive_choice_draws_each_slot(registered, vocab):
                    "[TEXT:b]", src, vocab)
   texts = {vocab.decode(ex[F.INPUTS].tolist()) for ex in _examples(task, seed=2)}
   assert texts == {"cat yes", "cat no"}
+
+
+def test_audio_input_and_image_target_streams(registered, vocab):
+  wave = np.sin(np.linspace(0, 300, 3200)).astype(np.float32) * 0.3
+  src = _source({"wav": [wave], "text": ["hello"], "img": [_png(size=(20, 20))]})
+  lengths = dict(LENGTHS, audio=12, target_image=16)
+  asr = _register(registered, "t_audio", "[AUDIO:wav] what is said? -> [TEXT:text]",
+                  src, vocab)
+  (ex,) = _examples(asr, lengths=lengths)
+  assert ex[F.AUDIO].shape == (12, 80)  # audio_max_frames from sequence_length
+  assert ex[F.AUDIO_MASK].sum() == 12
+  np.testing.assert_array_equal(ex[F.AUDIO_TEXT_OFFSET], [0])
+  np.testing.assert_array_equal(ex[F.AUDIO_SLOT_RANK], [0])
+  assert ex[F.IMAGES].shape[0] == 0
+  gen = _register(registered, "t_image_target",
+                  'draw " [TEXT:text] " -> [IMAGE:img]', src, vocab)
+  assert gen.plan.decoding.kind == "image_codes"
+  (ex,) = _examples(gen, lengths=lengths)
+  assert ex[F.TARGET_IMAGE].shape == (16, 16, 3)
+  assert -1.0 <= ex[F.TARGET_IMAGE].min() <= ex[F.TARGET_IMAGE].max() <= 1.0
+  np.testing.assert_array_equal(ex[F.TARGET_IMAGE_MASK], [1])
+  # The token stream only closes the sequence; the image head carries the loss.
+  np.testing.assert_array_equal(ex[F.TARGETS], [F.EOS_ID])
+  np.testing.assert_array_equal(ex[F.TARGET_LOSS_MASK], [0])

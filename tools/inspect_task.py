@@ -3,6 +3,7 @@
     python tools/inspect_task.py demo_grounding -n 2
     python tools/inspect_task.py demo_mixture -n 4 --split validation \
         --sequence_length inputs=96 targets=32
+    python tools/inspect_task.py my_task --register my_tasks:register -n 3
 
 For each example: the task, the encoder sequence in instruction order (each token
 run decoded, with its ids, and each dense slot where the model will splice it in),
@@ -19,6 +20,7 @@ frame or a stream padded to the wrong length is visible here in seconds.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from typing import Any, Mapping, Optional, Sequence, TextIO
@@ -81,21 +83,17 @@ def _encoder_lines(ex: Mapping[str, np.ndarray], vocab) -> list[str]:
                     f"{stream.upper()} frames={int(mask.sum())}/{mask.size} "
                     f"{_stats(ex[stream])}"))
   slots.sort()
-  lines, pos = [], 0
+  lines = []
+  # Cut the tokens where dense slots go; print each piece after its slots.
   bounds = sorted({0, len(inputs), *[o for o, _, _ in slots]})
   for start, end in zip(bounds, bounds[1:] + [None]):
-    for off, rank, desc in slots:
-      if off == start:
-        lines.append(f"    [slot rank {rank}] {desc}")
-    if end is None or start >= len(inputs):
-      continue
-    run = inputs[start:end]
+    lines += [f"    [slot rank {rank}] {desc}" for off, rank, desc in slots
+              if off == start]
+    run = inputs[start:end] if end is not None else []
     if run:
       pieces = " ".join(_piece(vocab, t) for t in run)
       lines.append(f"    tokens[{start}:{end}] {pieces}")
       lines.append(f"      ids {run}")
-    pos = end
-  del pos
   return lines
 
 
@@ -176,6 +174,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       metavar="KEY=INT", help="override task feature lengths")
   parser.add_argument("--image_size", type=int, default=64,
                       help="image size of the demo tasks")
+  parser.add_argument("--register", action="append", default=[],
+                      metavar="MODULE:FUNCTION",
+                      help="also call this function (e.g. my_tasks:register) to "
+                      "register your own tasks; repeatable")
   args = parser.parse_args(argv)
   if args.n < 1:
     parser.error("-n must be >= 1")
@@ -185,6 +187,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   import seqio
   from tasks import demo
   demo.register_demo_tasks(image_size=args.image_size, replace=True)
+  for spec in args.register:
+    module_name, sep, fn_name = spec.partition(":")
+    if not sep:
+      parser.error(f"--register expects MODULE:FUNCTION, got {spec!r}")
+    getattr(importlib.import_module(module_name), fn_name)()
   if args.name not in seqio.TaskRegistry.names() and \
       args.name not in seqio.MixtureRegistry.names():
     known = sorted(set(seqio.TaskRegistry.names()) | set(

@@ -82,7 +82,7 @@ class OFADecoder(nn.Module):
     return kv, pos_key
 
   def _target_positions(self, q_pos: Array, code_mask: Array) -> Array:
-    """Normalized position embeddings [B, Lq, d] of decoder positions q_pos [Lq]."""
+    """Normalized position embeddings [B, Lq, d] of decoder positions q_pos [B, Lq]."""
     cfg = self.config
     dtype = cfg.compute_dtype
     code_ids = jnp.asarray(position.code_position_ids(
@@ -90,7 +90,7 @@ class OFADecoder(nn.Module):
     text = layers.apply_ln(self.pos_ln, self.embed_positions[q_pos], dtype)
     image = layers.apply_ln(self.image_pos_ln,
                             self.embed_image_positions[code_ids[q_pos]], dtype)
-    return jnp.where(code_mask[:, None, None], image[None], text[None])
+    return jnp.where(code_mask[:, None, None], image, text)
 
   def _rel_index(self, q_pos: Array, k_pos: Array, code_mask: Array) -> Array:
     cfg = self.config
@@ -101,14 +101,21 @@ class OFADecoder(nn.Module):
     image = position.image_rel_bucket(code_ids[q_pos], code_ids[k_pos],
                                       cfg.image_bucket_size)
     is_code = code_mask[:, None, None]
-    return position.combined_rel_index(text[None], ~is_code, image[None],
-                                       is_code, cfg.token_bucket_size,
+    return position.combined_rel_index(text, ~is_code, image, is_code,
+                                       cfg.token_bucket_size,
                                        cfg.image_bucket_size)
 
   @nn.compact
   def __call__(self, embedding: Array, tokens: Array, encoded: EncoderOutput,
                *, code_mask: Array, deterministic: bool, decode: bool = False,
-               decode_step: Optional[Array] = None) -> Array:
+               decode_step: Optional[Array] = None,
+               segment_ids: Optional[Array] = None,
+               positions: Optional[Array] = None) -> Array:
+    """Logits of `tokens` [B, Lq] given the encoder output.
+
+    segment_ids / positions [B, Lq]: packed batches (SeqIO packing); each
+    segment attends causally within itself and to its own encoder segment.
+    """
     cfg = self.config
     dtype = cfg.compute_dtype
     if tokens.ndim != 2:
@@ -139,12 +146,30 @@ class OFADecoder(nn.Module):
       raise ValueError(f"Decoder length {lq} exceeds max_target_positions="
                        f"{cfg.max_target_positions}")
 
+    packed = segment_ids is not None
+    if not packed and encoded.segment_ids is not None:
+      raise ValueError("The encoder output is packed (encoder_segment_ids) but "
+                       "the decoder got no decoder_segment_ids")
+    if packed:
+      if cached or encoded.segment_ids is None:
+        raise ValueError("Packed decoder inputs need a packed encoder output "
+                         "(encoder_segment_ids) and no cached decoding")
+      for name, value in (("decoder_segment_ids", segment_ids),
+                          ("decoder_positions", positions)):
+        if value is None or tuple(value.shape) != (b, lq):
+          raise ValueError(f"Packed batch: {name!r} must be [B, Lo]={(b, lq)}; "
+                           f"got {None if value is None else tuple(value.shape)}")
     if cached:
       max_len = pos_key_var.value.shape[2]
-      q_pos = step[None]
-      k_pos = jnp.arange(max_len, dtype=jnp.int32)
+      q_order = step[None]
+      k_order = jnp.arange(max_len, dtype=jnp.int32)
     else:
-      q_pos = k_pos = jnp.arange(lq, dtype=jnp.int32)
+      q_order = k_order = jnp.arange(lq, dtype=jnp.int32)
+    if packed:
+      q_pos = k_pos = jnp.asarray(positions, jnp.int32)
+    else:
+      q_pos = jnp.broadcast_to(q_order, (b,) + q_order.shape)
+      k_pos = jnp.broadcast_to(k_order, (b,) + k_order.shape)
     tgt_pos = self._target_positions(q_pos, code_mask)
     pos_q = layers.split_heads(cfg, self.self_pos_q_linear(tgt_pos))
     pos_k = layers.split_heads(cfg, self.self_pos_k_linear(tgt_pos))
@@ -160,7 +185,7 @@ class OFADecoder(nn.Module):
       key_valid = new_valid
     self_abs = layers.position_logits(cfg, pos_q, pos_k)
     rel_index = self._rel_index(q_pos, k_pos, code_mask)
-    causal = k_pos[None, :] <= q_pos[:, None]
+    causal = k_order[None, :] <= q_order[:, None]
     self_mask = causal[None, None] & key_valid[:, None, None, :]
 
     cross_kv, cross_pos_key = encoded.cross_kv, encoded.cross_pos_key
@@ -170,6 +195,11 @@ class OFADecoder(nn.Module):
     cross_q = layers.split_heads(cfg, self.cross_pos_q_linear(tgt_pos))
     cross_bias = layers.position_logits(cfg, cross_q, cross_pos_key)
     cross_mask = encoded.mask[:, None, None, :]
+    if packed:
+      seg = jnp.asarray(segment_ids, jnp.int32)
+      self_mask = self_mask & (seg[:, None, :, None] == seg[:, None, None, :])
+      cross_mask = cross_mask & (
+          seg[:, None, :, None] == encoded.segment_ids[:, None, None, :])
 
     x = jnp.take(embedding, tokens, axis=0).astype(dtype)
     x = jnp.where(code_mask[:, None, None],

@@ -56,6 +56,8 @@ class EncoderOutput:
     cross_kv: per decoder layer (key, value) [B, H, Ls, hd] of the
       cross-attention, or None (then the decoder projects `hidden` itself).
     cross_pos_key: [B, H, Ls, hd] the cross position keys, or None.
+    segment_ids: [B, Ls] int32 for packed batches (decoder positions attend
+      only to encoder positions of their segment), else None.
   """
 
   hidden: Array
@@ -64,6 +66,7 @@ class EncoderOutput:
   code_mask: Array
   cross_kv: Optional[tuple[tuple[Array, Array], ...]] = None
   cross_pos_key: Optional[Array] = None
+  segment_ids: Optional[Array] = None
 
 
 def drop_path_rates(rate: float, num_layers: int) -> list[float]:
@@ -101,18 +104,18 @@ class OFAEncoder(nn.Module):
     x = layers.apply_ln(layers.layer_norm(cfg, name="layernorm_embedding"), x,
                         dtype)
     x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
+    segments, text_index = _packing(batch, b, li)
     pos_table = layers.position_table(cfg, cfg.max_source_positions + 2,
                                       "embed_positions", self)
-    pos = layers.apply_ln(layers.layer_norm(cfg, name="pos_ln"), pos_table[:li],
-                          dtype)
-    text_index = jnp.arange(li, dtype=jnp.int32)
+    pos = layers.apply_ln(layers.layer_norm(cfg, name="pos_ln"),
+                          pos_table[text_index], dtype)
 
     # Per-element streams, text first, then every adapter slot.
     xs = [x]
     valid = [tokens != cfg.pad_id]
     poss = [jnp.broadcast_to(pos, (b, li, cfg.d_model))]
     group_1d = [jnp.zeros((b, li), jnp.int32)]  # text = relative group 0
-    pos_1d = [jnp.broadcast_to(text_index, (b, li))]
+    pos_1d = [text_index]
     group_2d = [jnp.full((b, li), -1, jnp.int32)]
     ids_2d = [jnp.zeros((b, li), jnp.int32)]
     sizes, offsets, ranks, present = [], [], [], []
@@ -122,6 +125,10 @@ class OFAEncoder(nn.Module):
       out = adapter(batch, type_embedding=type_table, train=not deterministic)
       if out is None:
         continue
+      if segments is not None:
+        raise ValueError(
+            f"Packed batches ({features.ENCODER_SEGMENT_IDS!r}) must be "
+            f"token-only, but stream {stream!r} is present")
       _, k, n, _ = out.embeddings.shape
       first = len(sizes) + 1  # relative groups of this stream's slots
       slot_group = jnp.broadcast_to(
@@ -169,6 +176,8 @@ class OFAEncoder(nn.Module):
         position.image_rel_bucket(i2, i2, cfg.image_bucket_size),
         image_pair, cfg.token_bucket_size, cfg.image_bucket_size)
     mask = valid[:, None, None, :]
+    if segments is not None:
+      mask = mask & (segments[:, None, :, None] == segments[:, None, None, :])
 
     layer_cls = layers.EncoderLayer
     if cfg.remat:
@@ -179,4 +188,25 @@ class OFAEncoder(nn.Module):
           x, abs_bias, rel_index, mask, deterministic)
     x = layers.apply_ln(layers.layer_norm(cfg, name="layer_norm"), x, dtype)
     return EncoderOutput(hidden=x, mask=valid, positions=pos,
-                         code_mask=jnp.zeros((b,), jnp.bool_))
+                         code_mask=jnp.zeros((b,), jnp.bool_),
+                         segment_ids=segments)
+
+
+def _packing(batch: Mapping[str, Any], b: int, li: int
+             ) -> tuple[Optional[Array], Array]:
+  """(segment ids or None, text position ids [B, Li]) of the encoder text.
+
+  Packed token-only batches carry `encoder_segment_ids` / `encoder_positions`
+  (SeqIO packing): each packed example restarts its positions at 0 and
+  attends only within its segment.
+  """
+  segments = batch.get(features.ENCODER_SEGMENT_IDS)
+  if segments is None:
+    return None, jnp.broadcast_to(jnp.arange(li, dtype=jnp.int32), (b, li))
+  positions = batch.get(features.ENCODER_POSITIONS)
+  for key, value in ((features.ENCODER_SEGMENT_IDS, segments),
+                     (features.ENCODER_POSITIONS, positions)):
+    if value is None or tuple(value.shape) != (b, li):
+      raise ValueError(f"Packed batch: {key!r} must be [B, Li]={(b, li)}; got "
+                       f"{None if value is None else tuple(value.shape)}")
+  return (jnp.asarray(segments, jnp.int32), jnp.asarray(positions, jnp.int32))

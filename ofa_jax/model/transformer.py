@@ -90,26 +90,33 @@ class OFATransformer(nn.Module):
   def decode(self, encoded: EncoderOutput, decoder_input_tokens: Array, *,
              train: bool = False, decode: bool = False,
              decode_step: Optional[Array] = None,
-             code_mask: Optional[Array] = None) -> Array:
+             code_mask: Optional[Array] = None,
+             decoder_segment_ids: Optional[Array] = None,
+             decoder_positions: Optional[Array] = None) -> Array:
     """Decoder logits [B, Lo, V] float32.
 
     decode=True runs one step ([B, 1] tokens) against the `cache` collection
     (call with mutable=["cache"]); the step index is the cache's own counter
     unless decode_step is given. code_mask [B] overrides `encoded.code_mask`.
+    decoder_segment_ids / decoder_positions: packed batches only.
     """
     if code_mask is None:
       code_mask = encoded.code_mask
     return self.decoder(self.embed_tokens, decoder_input_tokens, encoded,
                         code_mask=code_mask, deterministic=not train,
-                        decode=decode, decode_step=decode_step)
+                        decode=decode, decode_step=decode_step,
+                        segment_ids=decoder_segment_ids,
+                        positions=decoder_positions)
 
   def __call__(self, batch: Mapping[str, Any], *, train: bool) -> Array:
     if features.DECODER_INPUT_TOKENS not in batch:
       raise ValueError(f"Batch lacks {features.DECODER_INPUT_TOKENS!r}; has "
                        f"{sorted(batch)}")
     encoded = self.encode(batch, train=train)
-    return self.decode(encoded, batch[features.DECODER_INPUT_TOKENS],
-                       train=train)
+    return self.decode(
+        encoded, batch[features.DECODER_INPUT_TOKENS], train=train,
+        decoder_segment_ids=batch.get(features.DECODER_SEGMENT_IDS),
+        decoder_positions=batch.get(features.DECODER_POSITIONS))
 
 
 def dummy_batch(config: OFAConfig, batch_size: int = 1, input_length: int = 8,

@@ -1,0 +1,204 @@
+"""Evaluation of a small random model on demo tasks: metrics.json, JSONL, CLI.
+
+The model is random, so the metric values are whatever they are; what is checked
+is the machinery: one prediction line per example, predictions inside the
+task's output space (closed-set labels, 4-coordinate boxes), metric keys from the
+task's metric functions, the eval loss, static batches (the padded last batch is
+dropped), all-candidate scoring when the task asks for it, and the
+`python -m ofa_jax.evaluate` entry point on a saved checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import flax.linen as nn
+import gin
+import jax
+import numpy as np
+import pytest
+
+from ofa_jax import evaluate
+from ofa_jax import evaluation
+from ofa_jax import evaluation_lib
+from ofa_jax import models
+from ofa_jax import plan as plan_lib
+from ofa_jax import vocab as vocab_lib
+from tasks import demo
+from tasks import demo_world
+from test_api import save_initial_checkpoint, tiny_config
+
+N = 5  # validation examples per task (batch 4: the last batch is padded)
+LENGTHS = dict(demo.FEATURE_LENGTHS, inputs=32, targets=16)
+
+
+@pytest.fixture(scope="module")
+def setup():
+  vocabulary = vocab_lib.default_vocabulary(num_codes=16)
+  demo.register_demo_tasks(image_size=32, canvas=32, replace=True,
+                           num_examples={"train": 4, "validation": N, "test": N},
+                           vocabulary=vocabulary)
+  plan_lib.register_task(
+      "test_eval_classify_scored",
+      "[IMAGE:img] what shape is in the image? -> [TEXT:label,closed_set]",
+      demo_world.function_source("classify", {"validation": N}, canvas=32),
+      metric_fns=demo.METRICS["classify"], replace=True, vocabulary=vocabulary,
+      image_size=32, closed_set=list(demo_world.SHAPES), score_candidates=True)
+  plan_lib.register_mixture(
+      "test_eval_mix", [("demo_classify", 1.0), ("demo_grounding", 1.0),
+                        ("test_eval_classify_scored", 1.0)], replace=True)
+  model = models.OFAModel(tiny_config(vocabulary), vocabulary)
+  return model, vocabulary
+
+
+def _lines(path):
+  with open(path) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_pad_rows_repeats_the_last_row_and_counts_real_rows():
+  batch = {"x": np.arange(6).reshape(3, 2)}
+  padded, n = evaluation_lib.pad_rows(batch, 4)
+  assert n == 3 and padded["x"].shape == (4, 2)
+  np.testing.assert_array_equal(padded["x"][3], batch["x"][2])
+  rows = [(i, {"x": np.full(2, i)}) for i in range(5)]
+  out = list(evaluation_lib.batches_of(rows, 2))
+  assert [n for _, _, n in out] == [2, 2, 1]
+  assert all(b["x"].shape == (2, 2) for _, b, _ in out)
+  assert out[-1][0].tolist() == [4]
+  with pytest.raises(ValueError, match="exceeds"):
+    evaluation_lib.pad_rows(batch, 2)
+
+
+def test_task_decoding_follows_the_plan(setup):
+  del setup
+  box = evaluation_lib.task_decoding(plan_lib.task_plan("demo_grounding"))
+  assert box.settings.kind == "box" and box.settings.max_len == 5
+  trie = evaluation_lib.task_decoding(plan_lib.task_plan("demo_classify"),
+                                      beam_size=1)
+  assert trie.settings.kind == "closed_set" and trie.settings.beam_size == 1
+  scored = evaluation_lib.task_decoding(
+      plan_lib.task_plan("test_eval_classify_scored"))
+  assert scored.scores_candidates
+  assert scored.candidates.shape[0] == len(demo_world.SHAPES)
+  # Each candidate ends with </s> then padding.
+  for row in scored.candidates:
+    ids = row.tolist()
+    assert 2 in ids and all(t == 1 for t in ids[ids.index(2) + 1:])
+
+
+@pytest.mark.slow
+def test_evaluator_writes_metrics_and_one_line_per_example(setup, tmp_path):
+  model, vocabulary = setup
+  ev = evaluation.Evaluator(model, "test_eval_mix", LENGTHS, batch_size=4,
+                            decode_overrides={"beam_size": 1})
+  assert set(ev.task_names) == {"demo_classify", "demo_grounding",
+                                "test_eval_classify_scored"}
+  batch = ev.example_batch()
+  params = jax.jit(lambda r: nn.meta.unbox(
+      model.get_initial_variables(r, batch)["params"]))(jax.random.key(1))
+  results = ev.evaluate(params, step=3, output_dir=str(tmp_path))
+
+  summary = json.loads((tmp_path / "metrics.json").read_text())
+  assert summary["step"] == 3
+  assert summary["tasks"] == json.loads(json.dumps(results))
+  for name in ev.task_names:
+    metrics = results[name]
+    assert metrics["num_examples"] == N
+    assert np.isfinite(metrics["eval_loss"]) and metrics["eval_loss"] > 0
+    assert 0.0 <= metrics["eval_token_accuracy"] <= 1.0
+    rows = _lines(tmp_path / f"{name}_predictions.jsonl")
+    assert [r["index"] for r in rows] == list(range(N))
+    for r in rows:
+      assert set(r) >= {"inputs", "target", "prediction", "score"}
+      assert r["inputs"].startswith("[IMAGE]")
+      assert np.isfinite(r["score"])
+  assert "accuracy" in results["demo_classify"]
+  assert "iou_acc" in results["demo_grounding"] or any(
+      "iou" in k for k in results["demo_grounding"])
+  for name in ("demo_classify", "test_eval_classify_scored"):
+    for r in _lines(tmp_path / f"{name}_predictions.jsonl"):
+      assert r["prediction"] in demo_world.SHAPES, r
+      assert r["target"] in demo_world.SHAPES
+  for r in _lines(tmp_path / "demo_grounding_predictions.jsonl"):
+    assert r["prediction"] is None or len(r["prediction"]) == 4
+    assert len(r["target"]) == 4
+  # Accuracy agrees with the written predictions (metrics saw the same ones).
+  rows = _lines(tmp_path / "demo_classify_predictions.jsonl")
+  acc = np.mean([r["prediction"] == r["target"] for r in rows])
+  assert results["demo_classify"]["accuracy"] == pytest.approx(100 * acc) or (
+      results["demo_classify"]["accuracy"] == pytest.approx(acc))
+  # A second evaluation reuses the cached data and compiled functions.
+  again = ev.evaluate(params, step=4)
+  assert again == results
+
+
+@pytest.mark.slow
+def test_evaluate_entry_point_on_a_saved_checkpoint(setup, tmp_path):
+  model, vocabulary = setup
+  model_dir = str(tmp_path / "model")
+  save_initial_checkpoint(model_dir, model)
+  os.makedirs(model_dir, exist_ok=True)
+  c = model.config
+  experiment = tmp_path / "eval_experiment.gin"
+  experiment.write_text(f"""
+include 'runs/eval.gin'
+from __gin__ import dynamic_registration
+from ofa_jax import evaluation
+from ofa_jax import models
+from ofa_jax import vocab
+from ofa_jax.model import config
+from tasks import demo
+
+VOCAB = @vocab.default_vocabulary()
+vocab.default_vocabulary.num_codes = 16
+MODEL = @models.OFAModel()
+models.OFAModel.config = @config.get_config()
+models.OFAModel.vocabulary = %VOCAB
+config.get_config:
+  name = 'demo'
+  vocab_size = {c.vocab_size}
+  num_codes = 16
+  d_model = {c.d_model}
+  attention_heads = {c.attention_heads}
+  ffn_dim = {c.ffn_dim}
+  encoder_layers = {c.encoder_layers}
+  decoder_layers = {c.decoder_layers}
+  resnet_width = {c.resnet_width}
+  max_source_positions = {c.max_source_positions}
+  max_target_positions = {c.max_target_positions}
+  dropout = 0.0
+demo.register_demo_tasks:
+  image_size = 32
+  canvas = 32
+  replace = True
+  num_examples = {{'train': 4, 'validation': {N}, 'test': {N}}}
+  vocabulary = %VOCAB
+evaluation.evaluate_checkpoint.register_fns = [@demo.register_demo_tasks]
+evaluation.evaluate_checkpoint.decode_overrides = {{'beam_size': 1}}
+MIXTURE_OR_TASK_NAME = 'demo_classify'
+TASK_FEATURE_LENGTHS = {LENGTHS!r}
+BATCH_SIZE = 8
+""")
+  out_dir = tmp_path / "eval"
+  try:
+    rc = evaluate.main([f"--gin_file={experiment}",
+                        f"--gin.CHECKPOINT_PATH='{model_dir}'",
+                        f"--gin.EVAL_OUTPUT_DIR='{out_dir}'"])
+  finally:
+    gin.clear_config()
+  assert rc == 0
+  summary = json.loads((out_dir / "metrics.json").read_text())
+  assert summary["step"] == 0
+  assert summary["tasks"]["demo_classify"]["num_examples"] == N
+  assert len(_lines(out_dir / "demo_classify_predictions.jsonl")) == N
+
+
+def test_evaluate_entry_point_reports_a_missing_macro(tmp_path, capsys):
+  try:
+    rc = evaluate.main(["--gin_file=runs/eval.gin"])
+  finally:
+    gin.clear_config()
+  assert rc == 2
+  assert "configuration error" in capsys.readouterr().err

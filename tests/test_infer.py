@@ -1,0 +1,92 @@
+"""`python -m ofa_jax.infer` over files: a JSONL of field dicts, a folder of images."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ofa_jax import api
+from ofa_jax import infer
+from ofa_jax import models
+from ofa_jax import vocab as vocab_lib
+from test_api import (CAPTION, IMAGE_SIZE, SHAPES, save_initial_checkpoint,
+                      tiny_config, write_images)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+  vocabulary = vocab_lib.default_vocabulary(num_codes=16)
+  model = models.OFAModel(tiny_config(vocabulary), vocabulary)
+  directory = str(tmp_path_factory.mktemp("infer_model"))
+  save_initial_checkpoint(directory, model)
+  api.save_model_config(directory, model.config, vocabulary=vocabulary,
+                        task_options={"image_size": IMAGE_SIZE})
+  return directory
+
+
+def _lines(path):
+  with open(path) as f:
+    return [json.loads(line) for line in f]
+
+
+@pytest.mark.slow
+def test_infer_jsonl_and_image_folder_write_one_result_per_line(model_dir,
+                                                                tmp_path):
+  images_dir = tmp_path / "images"
+  images_dir.mkdir()
+  paths = write_images(str(images_dir), 3, seed=1)
+  data = tmp_path / "data.jsonl"
+  # Relative image paths are read relative to the JSONL file.
+  data.write_text("".join(json.dumps({"img": f"images/scene_{i}.png"}) + "\n"
+                          for i in range(3)))
+  out = tmp_path / "out" / "captions.jsonl"
+  rc = infer.main([f"--checkpoint={model_dir}", f"--instruction={CAPTION}",
+                   f"--input={data}", f"--output={out}", "--beam_size=1",
+                   "--max_len=5", "--batch_size=2"])
+  assert rc == 0
+  rows = _lines(out)
+  assert len(rows) == 3
+  for i, row in enumerate(rows):
+    assert row["input"]["img"].endswith(f"scene_{i}.png")
+    assert isinstance(row["text"], str) and row["kind"] == "text"
+    assert isinstance(row["score"], float)
+
+  out2 = tmp_path / "shapes.jsonl"
+  rc = infer.main([f"--checkpoint={model_dir}",
+                   "--instruction=[IMAGE:img] what shape is in the image? -> "
+                   "[TEXT:label]", f"--input={images_dir}", f"--output={out2}",
+                   f"--closed_set={','.join(SHAPES)}", "--beam_size=1",
+                   "--batch_size=2"])
+  assert rc == 0
+  rows = _lines(out2)
+  assert [r["input"]["img"] for r in rows] == sorted(paths)
+  assert all(r["label"] in SHAPES for r in rows)
+
+
+def test_infer_reports_bad_input(tmp_path, capsys):
+  rc = infer.main(["--checkpoint", str(tmp_path), "--instruction", CAPTION,
+                   "--input", str(tmp_path / "missing.jsonl"),
+                   "--output", str(tmp_path / "o.jsonl"), "--config", "demo"])
+  assert rc == 2
+  assert "does not exist" in capsys.readouterr().err
+  (tmp_path / "x.jsonl").write_text(json.dumps({"img": "a.png"}) + "\n")
+  rc = infer.main(["--checkpoint", str(tmp_path), "--instruction", CAPTION,
+                   "--input", str(tmp_path / "x.jsonl"),
+                   "--output", str(tmp_path / "o.jsonl"), "--config", "demo"])
+  assert rc == 2
+  assert "holds no checkpoint" in capsys.readouterr().err
+
+
+def test_read_inputs_errors_name_the_line(tmp_path):
+  bad = tmp_path / "bad.jsonl"
+  bad.write_text('{"img": "a.png"}\n[1, 2]\n')
+  with pytest.raises(ValueError, match=r"bad.jsonl:2: expected a JSON object"):
+    infer.read_inputs(str(bad))
+  with pytest.raises(ValueError, match="name the field"):
+    infer.read_inputs(str(tmp_path))
+  good = tmp_path / "good.jsonl"
+  good.write_text('{"img": "a.png", "q": "why?"}\n\n{"img": "/abs/b.png"}\n')
+  rows = infer.read_inputs(str(good), image_field="img", fields={"q": "what?"})
+  assert rows == [{"img": str(tmp_path / "a.png"), "q": "why?"},
+                  {"img": "/abs/b.png", "q": "what?"}]

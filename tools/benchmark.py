@@ -1,0 +1,284 @@
+"""One command for the ofa_jax figures: train step / MFU, decoding, input pipeline, memory.
+
+    python tools/benchmark.py --preset base --batch_size 8 --encoder_length 256 \
+        --image_size 224 --decoder_length 32 --dtype float32 \
+        --sections train,decode,input,memory --out bench.json
+    python tools/benchmark.py --quick --out /tmp/quick.json   # smoke run, ~minutes
+
+`--encoder_length` is the whole encoder sequence: image patches (196 at 224 px)
+plus text tokens, so 256 at 224 px means 60 text tokens. Every figure is a
+median over `--repeats` runs after warm-up; compile times are separate. The
+JSON (`--out`) holds everything, with the machine, its load and the command;
+a short table is printed. See BENCHMARKS.md for the recorded figures and what
+they say.
+
+Sections:
+  train   the jitted train step: examples/s, tokens/s, MFU against a matmul
+          peak measured in the same run and dtype, XLA's FLOP count next to the
+          analytic one (`ofa_jax/flops.py`); `--breakdown` splits the step.
+  decode  greedy and beam-5 tokens/s with and without the KV cache, at caption
+          lengths (`--decode_preset`) and image-generation lengths
+          (`--image_preset`; uncached only up to `--image_uncached_max`).
+  input   SeqIO pipeline examples/s (an image task, the demo mixture) next to
+          the demo preset's train step.
+  memory  per-device parameter / optimizer / activation bytes on a fake
+          8-device mesh, in a subprocess (`tools/bench_memory.py`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any, Optional, Sequence
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:
+  sys.path.insert(0, _ROOT)
+
+SECTIONS = ("train", "decode", "input", "memory")
+
+
+def _ints(text: str) -> list[int]:
+  try:
+    return [int(x) for x in text.split(",") if x.strip()]
+  except ValueError as e:
+    raise argparse.ArgumentTypeError(f"expected comma-separated ints, got "
+                                     f"{text!r}") from e
+
+
+def build_parser() -> argparse.ArgumentParser:
+  ap = argparse.ArgumentParser(
+      description="ofa_jax benchmarks (see BENCHMARKS.md)",
+      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  ap.add_argument("--preset", default="base")
+  ap.add_argument("--batch_size", type=int, default=8)
+  ap.add_argument("--encoder_length", type=int, default=256,
+                  help="image patches + text tokens")
+  ap.add_argument("--image_size", type=int, default=224)
+  ap.add_argument("--num_images", type=int, default=1)
+  ap.add_argument("--decoder_length", type=int, default=32)
+  ap.add_argument("--dtype", default="float32",
+                  choices=("float32", "bfloat16"))
+  ap.add_argument("--vocab_size", type=int, default=None,
+                  help="default: the preset's (OFA's 59457)")
+  ap.add_argument("--sections", default=",".join(SECTIONS))
+  ap.add_argument("--repeats", type=int, default=3)
+  ap.add_argument("--peak_n", type=int, default=2048,
+                  help="side of the peak-measuring matmul")
+  ap.add_argument("--breakdown", action="store_true",
+                  help="time ResNet / forward / backward parts of the step")
+  ap.add_argument("--profile_dir", default=None,
+                  help="write a jax.profiler trace of two train steps here")
+  # decode
+  ap.add_argument("--decode_preset", default=None, help="default: --preset")
+  ap.add_argument("--decode_batch_size", type=int, default=1)
+  ap.add_argument("--caption_lengths", type=_ints, default=[16, 32])
+  ap.add_argument("--image_preset", default="demo")
+  ap.add_argument("--image_codes", type=_ints, default=[256, 1024])
+  ap.add_argument("--image_uncached_max", type=int, default=256,
+                  help="longest image-code run also timed without the cache")
+  ap.add_argument("--beam_size", type=int, default=5)
+  # input
+  ap.add_argument("--input_batch_size", type=int, default=32)
+  ap.add_argument("--input_batches", type=int, default=10)
+  ap.add_argument("--input_image_size", type=int, default=64)
+  # memory
+  ap.add_argument("--memory_presets", default="base,large")
+  ap.add_argument("--memory_layouts", default="dp,fsdp,fsdp_conv,mp")
+  ap.add_argument("--memory_no_compile", action="store_true")
+  ap.add_argument("--quick", action="store_true",
+                  help="tiny shapes and presets: a smoke run, not a figure")
+  ap.add_argument("--out", default=None, help="JSON file to write")
+  return ap
+
+
+def apply_quick(args: argparse.Namespace) -> None:
+  """Shrinks everything to a smoke run (seconds per section on a free core)."""
+  args.preset = "demo"
+  args.batch_size = 2
+  args.image_size = 32
+  args.encoder_length = 4 + 8
+  args.decoder_length = 8
+  args.vocab_size = args.vocab_size or 9400
+  args.repeats = 2
+  args.peak_n = 256
+  args.decode_preset = "demo"
+  args.caption_lengths = [4]
+  args.image_codes = [16]
+  args.image_uncached_max = 16
+  args.beam_size = 2
+  args.input_batch_size = 4
+  args.input_batches = 2
+  args.input_image_size = 32
+  args.memory_presets = "demo"
+  args.memory_layouts = "dp,fsdp"
+  args.memory_no_compile = True
+
+
+def _text_length(args) -> int:
+  from ofa_jax import flops  # pylint: disable=g-import-not-at-top
+  from ofa_jax.model import config as config_lib  # pylint: disable=g-import-not-at-top
+  cfg = config_lib.get_config(args.preset)
+  patches = args.num_images * flops.num_patches(cfg, args.image_size) if (
+      args.num_images) else 0
+  text = args.encoder_length - patches
+  if text < 1:
+    raise SystemExit(f"--encoder_length={args.encoder_length} leaves no text: "
+                     f"{args.num_images} image(s) of {args.image_size} px take "
+                     f"{patches} positions")
+  return text
+
+
+def run_memory(args) -> Any:
+  cmd = [sys.executable, os.path.join(_ROOT, "tools", "bench_memory.py"),
+         "--presets", args.memory_presets, "--layouts", args.memory_layouts,
+         "--batch_size", str(args.batch_size),
+         "--text_length", str(_text_length(args)),
+         "--decoder_length", str(args.decoder_length),
+         "--image_size", str(args.image_size), "--dtype", args.dtype]
+  if args.memory_no_compile:
+    cmd.append("--no_compile")
+  proc = subprocess.run(cmd, capture_output=True, text=True, cwd=_ROOT,
+                        check=False)
+  if proc.returncode:
+    raise RuntimeError(f"memory section failed (exit {proc.returncode}): "
+                       f"{proc.stderr[-3000:]}")
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+  sections = [s for s in args.sections.split(",") if s]
+  unknown = sorted(set(sections) - set(SECTIONS))
+  if unknown:
+    raise SystemExit(f"Unknown section(s) {unknown}; known: {SECTIONS}")
+  from tools import bench_common as common  # pylint: disable=g-import-not-at-top
+  result: dict[str, Any] = {"command": " ".join(sys.argv),
+                            "args": vars(args).copy(),
+                            "machine": common.machine_info()}
+  peak = None
+  if {"train", "input"} & set(sections):
+    peak = common.matmul_peak(args.dtype, n=args.peak_n)
+    result["peak"] = peak
+  text_length = _text_length(args)
+  t0 = time.perf_counter()
+  if "train" in sections:
+    from tools import bench_train  # pylint: disable=g-import-not-at-top
+    result["train"] = bench_train.run(
+        preset=args.preset, batch_size=args.batch_size, text_length=text_length,
+        decoder_length=args.decoder_length, image_size=args.image_size,
+        num_images=args.num_images, dtype=args.dtype,
+        vocab_size=args.vocab_size, repeats=args.repeats, peak=peak,
+        breakdown=args.breakdown, profile_dir=args.profile_dir)
+  if "decode" in sections:
+    from tools import bench_decode  # pylint: disable=g-import-not-at-top
+    common_kw = dict(batch_size=args.decode_batch_size, dtype=args.dtype,
+                     vocab_size=args.vocab_size, beam_size=args.beam_size,
+                     repeats=args.repeats, image_size=args.image_size)
+    rows = bench_decode.run_lengths(
+        preset=args.decode_preset or args.preset, lengths=args.caption_lengths,
+        kind="text", text_length=text_length, **common_kw)
+    rows += bench_decode.run_lengths(
+        preset=args.image_preset, lengths=args.image_codes, kind="image_codes",
+        text_length=min(text_length, 32),
+        uncached_max_length=args.image_uncached_max, **common_kw)
+    result["decode"] = {"rows": rows, "speedups": bench_decode.speedups(rows)}
+  if "input" in sections:
+    from tools import bench_input  # pylint: disable=g-import-not-at-top
+    result["input"] = bench_input.run(
+        image_size=args.input_image_size, batch_size=args.input_batch_size,
+        num_batches=args.input_batches, dtype=args.dtype,
+        train_repeats=args.repeats, peak=peak,
+        num_examples=max(200, args.input_batch_size * (args.input_batches + 4)))
+  if "memory" in sections:
+    result["memory"] = run_memory(args)
+  result["elapsed_s"] = time.perf_counter() - t0
+  return result
+
+
+def _fmt(x: Optional[float], unit: str = "") -> str:
+  if x is None:
+    return "-"
+  for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+    if abs(x) >= scale:
+      return f"{x / scale:.2f}{suffix}{unit}"
+  return f"{x:.3g}{unit}"
+
+
+def table(result: dict[str, Any]) -> str:
+  """The short human summary of a result dict."""
+  lines = []
+  m = result.get("machine", {})
+  lines.append(f"machine: {m.get('device_kind')} x{m.get('num_devices')}, "
+               f"{m.get('cpu_count')} cpus, load {m.get('load_average')}")
+  if "peak" in result:
+    p = result["peak"]
+    lines.append(f"peak matmul ({p['dtype']}, n={p['n']}): "
+                 f"{_fmt(p['flops_per_s'], 'FLOP/s')}")
+  if "train" in result:
+    t = result["train"]
+    lines.append(
+        f"train {t['preset']} {t['dtype']} B={t['batch_size']} "
+        f"enc={t['encoder_length']} dec={t['decoder_length']}: "
+        f"step {t['step']['median_s']:.3f}s, {t['examples_per_s']:.2f} ex/s, "
+        f"{_fmt(t['tokens_per_s'])} tok/s, MFU {100 * t['mfu']:.1f}%, "
+        f"compile {t['compile_s']:.1f}s, XLA/analytic FLOPs "
+        f"{t['xla_over_model_flops'] or 0:.3f}")
+    for name, part in (t.get("breakdown") or {}).items():
+      lines.append(f"  {name:<18} {part['median_s']:.3f}s "
+                   f"({100 * part['fraction_of_step']:.0f}% of step)")
+  if "decode" in result:
+    lines.append("decode: kind length method cached  tokens/s  (compile s)")
+    for r in result["decode"]["rows"]:
+      lines.append(f"  {r['preset']:<6} {r['kind']:<11} {r['length']:>5} "
+                   f"{r['method']:<6} {str(r['cached']):<5} "
+                   f"{r['tokens_per_s']:>9.1f}  ({r['compile_s']:.1f})")
+    for s in result["decode"]["speedups"]:
+      lines.append(f"  cache speed-up {s['kind']} {s['length']} {s['method']}: "
+                   f"{s['cached_over_uncached']:.1f}x")
+  if "input" in result:
+    i = result["input"]
+    for p in i["pipelines"]:
+      lines.append(f"input {p['name']}: {p['examples_per_s']:.1f} ex/s "
+                   f"(median batch), {i['pipeline_over_train_step'][p['name']]:.1f}x "
+                   "the demo train step")
+    lines.append(f"demo train step: "
+                 f"{i['demo_train_step']['examples_per_s']:.1f} ex/s")
+  if "memory" in result:
+    for r in result["memory"]:
+      if "error" in r:
+        lines.append(f"memory {r['preset']} {r['layout']}: ERROR {r['error'][:200]}")
+        continue
+      act = r.get("activation_bytes_per_device")
+      lines.append(
+          f"memory {r['preset']:<6} {r['layout']:<9} mesh {r['mesh']}: params "
+          f"{_fmt(r['params_bytes_per_device'], 'B')}, opt "
+          f"{_fmt(r['opt_state_bytes_per_device'], 'B')}, act "
+          f"{_fmt(act, 'B')}, (params+opt)/(total/N) "
+          f"{r['params_opt_over_ideal']:.3f}")
+  return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  args = build_parser().parse_args(argv)
+  if args.quick:
+    apply_quick(args)
+  for name in ("batch_size", "repeats", "decode_batch_size", "beam_size"):
+    if getattr(args, name) < 1:
+      raise SystemExit(f"--{name} must be >= 1, got {getattr(args, name)}")
+  result = run(args)
+  if args.out:
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+      json.dump(result, f, indent=1, default=str)
+  print(table(result))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
