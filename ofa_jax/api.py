@@ -123,9 +123,12 @@ class Generalist:
                 "no_repeat_ngram_size": no_repeat_ngram_size}
     if length_penalty is not None:
       settings["length_penalty"] = length_penalty
-    decoding = _decoding(prepared.plan, labels, overrides, settings)
+    decoding = lib.with_prompt_room(
+        _decoding(prepared.plan, labels, overrides, settings),
+        lambda: prepared.model_rows)
     key = (instruction, labels, tuple(sorted(overrides.items())),
-           tuple(sorted(settings.items())))
+           tuple(sorted(settings.items())),
+           getattr(decoding.settings, "max_prompt_len", None))
     runner = self._runner(batch_size)
     variables = self._get_variables(prepared.model_rows[0])
     rng = jax.random.key(seed)

@@ -164,7 +164,8 @@ class Evaluator:
   # ---------------------------------------------------------------------------
   def _predict_task(self, name: str, variables: dict, rng: jax.Array
                     ) -> dict[int, tuple[np.ndarray, float]]:
-    decoding = self._decodings[name]
+    decoding = self._decodings[name] = lib.with_prompt_room(
+        self._decodings[name], lambda: (ex for _, ex in self._rows(name)))
     out: dict[int, tuple[np.ndarray, float]] = {}
     for k, (indices, batch, n) in enumerate(
         lib.batches_of(self._rows(name), self._runner.batch_size)):

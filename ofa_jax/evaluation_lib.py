@@ -80,6 +80,35 @@ def task_decoding(plan: Any, *, score_candidates: Optional[bool] = None,
   return TaskDecoding(settings=models.DecodeSettings.from_spec(spec, **overrides))
 
 
+def prompt_length(rows: Iterable[Mapping[str, np.ndarray]]) -> int:
+  """Longest forced decoder prompt (leading no-loss target tokens) of the rows."""
+  longest = 0
+  for row in rows:
+    targets = np.asarray(row[F.DECODER_TARGET_TOKENS]).reshape(-1)
+    weights = np.asarray(row[F.DECODER_LOSS_WEIGHTS]).reshape(-1)
+    is_prompt = (targets != F.PAD_ID) & (weights == 0)
+    n = int(np.argmin(is_prompt)) if not is_prompt.all() else len(is_prompt)
+    longest = max(longest, n)
+  return longest
+
+
+def with_prompt_room(decoding: TaskDecoding, rows_fn: Callable[[], Iterable[
+    Mapping[str, np.ndarray]]]) -> TaskDecoding:
+  """The decoding with `max_prompt_len` set to the task's longest prompt.
+
+  Why: the decode buffer holds the forced prompt plus `max_len` free tokens; by
+  default the model reserves the whole target length for a prompt, which for
+  most tasks (no prompt) wastes positions and can exceed the position table.
+  """
+  settings = decoding.settings
+  if (settings is None or settings.max_len is None
+      or getattr(settings, "max_prompt_len", 0) is not None):
+    return decoding
+  room = prompt_length(rows_fn())
+  return dataclasses.replace(
+      decoding, settings=dataclasses.replace(settings, max_prompt_len=room))
+
+
 # ---------------------------------------------------------------------------
 # Static-shape batches
 # ---------------------------------------------------------------------------

@@ -79,8 +79,10 @@ def make_train_step(model: Any, tx: optax.GradientTransformation, *,
 
   Microbatching splits the batch into `microbatches` strided slices (example i
   goes to microbatch i % k, so every slice stays spread over the `data` axis),
-  accumulates gradients in a `lax.scan` and averages them: the update equals the
-  full-batch one when the loss is a mean over equally sized microbatches.
+  accumulates gradients in a `lax.scan`. When the loss is a mean over loss
+  tokens (aux `num_tokens`, the model's `loss_normalization == "tokens"`), each
+  microbatch is weighted by its tokens, so the update equals the full-batch one
+  exactly; otherwise microbatches are averaged.
 
   Per-example aux entries (leading axis = batch) are returned for per-task
   metrics; scalar aux entries are averaged into the metrics.
@@ -100,6 +102,15 @@ def make_train_step(model: Any, tx: optax.GradientTransformation, *,
       model_state = dict(model_state, batch_stats=aux.pop("batch_stats"))
     return loss, aux, grads, model_state
 
+  # A loss that is a mean over tokens (OFA's sample_size) is accumulated exactly:
+  # each microbatch's gradient is weighted by its share of the loss tokens.
+  per_token = getattr(model, "loss_normalization", "tokens") == "tokens"
+
+  def token_weight(aux):
+    if per_token and isinstance(aux, Mapping) and "num_tokens" in aux:
+      return jnp.sum(aux["num_tokens"]).astype(jnp.float32)
+    return jnp.ones((), jnp.float32)
+
   def step(state: TrainState, batch: Any, rng: jax.Array):
     rng = jax.random.fold_in(rng, state.step)
     if microbatches == 1:
@@ -117,17 +128,22 @@ def make_train_step(model: Any, tx: optax.GradientTransformation, *,
       mbs = jax.tree.map(split, batch)
 
       def body(carry, i):
-        acc, model_state = carry
+        acc, total, model_state = carry
         mb = jax.tree.map(lambda x: x[i], mbs)
         loss, aux, grads, model_state = grad_fn(
             state.params, model_state, mb, jax.random.fold_in(rng, i))
-        return (jax.tree.map(jnp.add, acc, grads), model_state), (loss, aux)
+        w = token_weight(aux)
+        acc = jax.tree.map(lambda a, g: a + g * w, acc, grads)
+        return (acc, total + w, model_state), (loss, aux)
 
       zeros = jax.tree.map(jnp.zeros_like, state.params)
-      (grads, model_state), (losses, auxs) = jax.lax.scan(
-          body, (zeros, state.model_state), jnp.arange(microbatches))
-      grads = jax.tree.map(lambda g: g / microbatches, grads)
-      loss = jnp.mean(losses)
+      (grads, total, model_state), (losses, auxs) = jax.lax.scan(
+          body, (zeros, jnp.zeros((), jnp.float32), state.model_state),
+          jnp.arange(microbatches))
+      total = jnp.maximum(total, 1e-9)
+      grads = jax.tree.map(lambda g: g / total, grads)
+      ws = jax.vmap(token_weight)(auxs) if per_token else jnp.ones_like(losses)
+      loss = jnp.sum(losses * ws) / jnp.maximum(jnp.sum(ws), 1e-9)
 
       def unsplit(x):  # [k, B/k, ...] -> [B, ...] in the original order
         if x.ndim < 2:

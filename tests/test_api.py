@@ -14,10 +14,12 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
+import seqio
 from PIL import Image
 
 from ofa_jax import api
 from ofa_jax import api_config
+from ofa_jax import api_data
 from ofa_jax import checkpoints
 from ofa_jax import evaluation_lib
 from ofa_jax import models
@@ -153,14 +155,31 @@ def test_box_has_four_coordinates_inside_the_image(generalist, images,
   assert np.any(drawn != original)  # a rectangle was drawn
 
 
-def test_missing_field_is_a_clear_error(generalist, images):
-  g, _, _ = generalist
+def test_prepare_builds_static_features_and_names_bad_fields(images):
+  vocabulary = vocab_lib.default_vocabulary(num_codes=16)
+  converter = models.OFAModel.FEATURE_CONVERTER_CLS(pack=False)
+
+  def prepare(rows, instruction=CAPTION):
+    return api_data.prepare(instruction, rows, vocabulary=vocabulary,
+                            options={"image_size": IMAGE_SIZE}, closed_set=None,
+                            converter=converter)
+
+  prepared = prepare([{"img": images[0]}, {"img": images[1]}])
+  assert len(prepared.model_rows) == 2 and prepared.images == images[:2]
+  tokens = prepared.model_rows[0]["encoder_input_tokens"]
+  assert tokens.shape[0] % 16 == 0  # bucketed, so calls share compilations
+  assert prepared.model_rows[0]["images"].shape == (1, IMAGE_SIZE, IMAGE_SIZE, 3)
+  # The unknown caption is a placeholder: no forced prompt, just </s>.
+  assert prepared.examples[0]["targets"].tolist() == [vocabulary.eos_id]
   with pytest.raises(ValueError, match="no field 'img'"):
-    g.inference(CAPTION, data={"image": images[0]})
+    prepare([{"image": images[0]}])
   with pytest.raises(FileNotFoundError, match="does not exist"):
-    g.inference(CAPTION, data={"img": "/nonexistent/x.png"})
-  with pytest.raises(ValueError, match="empty list"):
-    g.inference(CAPTION, data=[])
+    prepare([{"img": "/nonexistent/x.png"}])
+  with pytest.raises(ValueError, match="a box is 4 numbers"):
+    prepare([{"img": images[0], "region": [1, 2, 3]}],
+            "[IMAGE:img] what does the region describe? region: [BOX:region] "
+            "-> [TEXT:cap]")
+  assert not [n for n in seqio.TaskRegistry.names() if n.startswith("_ofa_api")]
 
 
 def test_draw_box_without_a_box_raises():
