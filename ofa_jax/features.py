@@ -63,6 +63,11 @@ INPUTS = "inputs"                      # int32 [Li]  encoder tokens, instruction
 TARGETS = "targets"                    # int32 [Lo]  decoder targets, ends with </s>
 TARGET_LOSS_MASK = "target_loss_mask"  # int32 [Lo]  1 where the token is trained
 TARGET_KINDS = "target_kinds"          # int32 [Lo]  TokenKind of each target token
+# The decoder-input version of `targets` (same length, ends with </s>): what the
+# converter shifts right into decoder_input_tokens. Equal to `targets` unless a
+# target TEXT slot sets `noise_ratio`: OFA trains on clean targets but feeds noised
+# tokens as the decoder inputs (prev_output_tokens), on the train split only.
+TARGET_INPUTS = "target_inputs"        # int32 [Lo]
 SAMPLE_WEIGHT = "sample_weight"        # float32 []  OFA's `conf` (1.0 by default)
 TASK_ID = "task_id"                    # int32 []    task_id_of(task name)
 
@@ -112,6 +117,11 @@ DECODER_INPUT_TOKENS = "decoder_input_tokens"      # int32 [B, Lo] targets shift
 DECODER_TARGET_TOKENS = "decoder_target_tokens"    # int32 [B, Lo] (pad = 1)
 DECODER_LOSS_WEIGHTS = "decoder_loss_weights"      # float32 [B, Lo]
 DECODER_TARGET_KINDS = "decoder_target_kinds"      # int32 [B, Lo]
+# 1 on the leading forced decoder prompt (no_loss target slots and untrained plain
+# target text before the first trained token), 0 elsewhere. Explicit because
+# `decoder_loss_weights` also folds in the sample weight: an example of weight 0
+# must not read as "all prompt".
+DECODER_PROMPT_MASK = "decoder_prompt_mask"        # int32 [B, Lo]
 # With packing (token-only mixtures): *_segment_ids and *_positions, int32.
 ENCODER_SEGMENT_IDS = "encoder_segment_ids"
 ENCODER_POSITIONS = "encoder_positions"

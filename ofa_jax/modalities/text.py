@@ -15,10 +15,10 @@ Options (slot attribute, else task option, else default):
 Randomness is stateless, drawn from `ctx.seed` only: the same seed gives the same
 mask, eagerly and inside tf.data. Masking and noise without a seed is an error.
 
-`noise_ratio` on a TARGET slot: OFA noises the decoder *inputs* while the targets stay
-clean; the shared feature layout has no separate decoder-input stream yet, so a
-target-side noise_ratio is refused with a clear error rather than training on noise.
-`noise_tokens` is public so that the plan can apply it to decoder inputs.
+`noise_ratio` on a TARGET slot (OFA's summarization): OFA noises the decoder *inputs*
+while the targets stay clean. `preprocess_target` therefore returns clean ids, and the
+plan asks `noise_target_inputs` for the slot's part of the `target_inputs` feature
+(the stream the feature converter shifts into the decoder inputs), train split only.
 
 The helpers at the top (`slot_option`, `token_kinds`, `normalize_text`,
 `encode_text`) are shared by the other token modalities.
@@ -220,15 +220,26 @@ class TextProcessor:
 
   def preprocess_target(self, value: tf.Tensor, ctx: SlotContext) -> TokenSlotOutput:
     vocab = require_vocab(ctx)
-    if ctx.attrs and ctx.attrs.get("noise_ratio"):
-      raise ValueError(
-          f"{ctx.where()}: noise_ratio on a target slot noises the decoder inputs in "
-          "OFA, and the feature layout has no decoder-input stream yet; use it on an "
-          "input slot")
+    ratio_option(ctx, "noise_ratio")  # validated here; applied by the plan
     if ctx.attrs and ctx.attrs.get("mask_ratio"):
       raise ValueError(f"{ctx.where()}: mask_ratio applies to input slots only")
     ids = encode_text(vocab, self._normalized(value, ctx), max_length_option(ctx))
     return TokenSlotOutput(ids, token_kinds(vocab, ids))
+
+  def noise_target_inputs(self, ids: tf.Tensor, ctx: SlotContext) -> tf.Tensor:
+    """The decoder-input version of a target slot's clean ids.
+
+    With `noise_ratio=p` on a TEXT target, in training each token is replaced with
+    probability p by a random text token (OFA's summarization feeds such noised
+    prev_output_tokens while the loss sees the clean targets). Unchanged otherwise,
+    and always unchanged for CATEGORY (a label is never noised).
+    """
+    if self.modality != features.Modality.TEXT or not ctx.is_training:
+      return ids
+    ratio = ratio_option(ctx, "noise_ratio")
+    if ratio <= 0:
+      return ids
+    return noise_tokens(ids, ratio, 4, require_vocab(ctx).mask_id, _seed(ctx, 13))
 
   def postprocess(self, tokens: Any, ctx: Mapping[str, Any]) -> str:
     """Ids (numpy; may hold <s>, </s>, padding) -> text, cut at the first </s>."""
