@@ -65,7 +65,8 @@ class DecodeSettings:
     """From `ofa_jax.plan.DecodingSpec` (duck-typed) and keyword overrides.
 
     The spec's `max_len` counts free tokens before `</s>` (OFA's max_len_b);
-    one position is added for `</s>` (a box: 4 bins + `</s>` = 5).
+    one position is added for `</s>` (a box: 4 bins + `</s>` = 5). The spec's
+    `max_prompt_len` (when known) becomes the decode buffer's prompt room.
     """
     kw: dict[str, Any] = {}
     if spec is not None:
@@ -75,6 +76,10 @@ class DecodeSettings:
       kw["min_len"] = int(getattr(spec, "min_len", 0))
       if getattr(spec, "max_len", None) is not None:
         kw["max_len"] = int(spec.max_len) + 1
+      # The plan knows the longest prompt its instruction can force (0 for most
+      # tasks); without it the buffer reserves the whole target length.
+      if getattr(spec, "max_prompt_len", None) is not None:
+        kw["max_prompt_len"] = int(spec.max_prompt_len)
       if getattr(spec, "sampling", False):
         kw["method"] = "sample"
         kw["num_samples"] = kw["beam_size"]

@@ -61,11 +61,31 @@ _TOKEN_MODEL_FEATURES = {
     F.DECODER_INPUT_TOKENS: _Spec(dtype=tf.int32),
     F.DECODER_LOSS_WEIGHTS: _Spec(dtype=tf.float32),
     F.DECODER_TARGET_KINDS: _Spec(dtype=tf.int32),
+    F.DECODER_PROMPT_MASK: _Spec(dtype=tf.int32),
 }
 
 # Per-token int32 feature that carries the float sample weight through seqio's
 # int32-only packing (bit-exact via bitcast).
 _WEIGHT_BITS = "_target_weight_bits"
+_PROMPT = "_target_prompt_mask"  # prompt_mask(), carried through packing
+
+
+def prompt_mask(targets: tf.Tensor, loss_mask: tf.Tensor,
+                eos_id: int = F.EOS_ID) -> tf.Tensor:
+  """int32 [Lo]: 1 on the leading untrained target tokens (the forced prompt).
+
+  Read from the loss mask *before* the sample weight is folded in, so that an
+  example of weight 0 keeps its true prompt. The final `</s>` is never prompt
+  (a dense-target task's token stream is a lone untrained `</s>`).
+  """
+  free = tf.logical_or(tf.not_equal(loss_mask, 0), tf.equal(targets, eos_id))
+  return tf.cast(tf.equal(tf.cumsum(tf.cast(free, tf.int32)), 0), tf.int32)
+
+
+def _decoder_inputs_source(ex) -> tf.Tensor:
+  """What gets shifted into the decoder inputs: `target_inputs` (noised in
+  training when a target slot says so) or, for older datasets, `targets`."""
+  return ex[F.TARGET_INPUTS] if F.TARGET_INPUTS in ex else ex[F.TARGETS]
 
 
 def _pad_axis0(x: tf.Tensor, length: int, value) -> tf.Tensor:
@@ -80,9 +100,10 @@ class OFAFeatureConverter(seqio.FeatureConverter):
 
   Model features (B = batch, after `seqio.get_dataset(batch_size=...)`):
     encoder_input_tokens [B, Li] (pad 1), decoder_target_tokens [B, Lo] (pad 1),
-    decoder_input_tokens [B, Lo] (targets shifted right, <s>=0 first),
-    decoder_loss_weights float32 [B, Lo] (target_loss_mask x sample_weight, 0 on
-    pad), decoder_target_kinds [B, Lo] (TokenKind, PAD=0 on pad), task_id [B],
+    decoder_input_tokens [B, Lo] (`target_inputs`, else targets, shifted right,
+    <s>=0 first), decoder_loss_weights float32 [B, Lo] (target_loss_mask x
+    sample_weight, 0 on pad), decoder_target_kinds [B, Lo] (TokenKind, PAD=0 on
+    pad), decoder_prompt_mask [B, Lo] (see `prompt_mask`), task_id [B],
     and every dense stream and companion of `features.DENSE_STREAMS` under its
     task-feature name with a leading batch axis.
   With `pack=True` only the token features plus `{encoder,decoder}_{segment_ids,
@@ -131,7 +152,7 @@ class OFAFeatureConverter(seqio.FeatureConverter):
     lo = task_feature_lengths[F.TARGETS]
     lengths = {F.ENCODER_INPUT_TOKENS: li, F.DECODER_TARGET_TOKENS: lo,
                F.DECODER_INPUT_TOKENS: lo, F.DECODER_LOSS_WEIGHTS: lo,
-               F.DECODER_TARGET_KINDS: lo}
+               F.DECODER_TARGET_KINDS: lo, F.DECODER_PROMPT_MASK: lo}
     if self.pack:
       lengths.update({F.ENCODER_SEGMENT_IDS: li, F.ENCODER_POSITIONS: li,
                       F.DECODER_SEGMENT_IDS: lo, F.DECODER_POSITIONS: lo})
@@ -185,13 +206,16 @@ class OFAFeatureConverter(seqio.FeatureConverter):
       loss_mask = _pad_axis0(ex[F.TARGET_LOSS_MASK], lo, 0)
       weights = (tf.cast(loss_mask, tf.float32)
                  * tf.cast(ex[F.SAMPLE_WEIGHT], tf.float32))
+      dec_src = _pad_axis0(_decoder_inputs_source(ex), lo, pad_id)
       out = {
           F.ENCODER_INPUT_TOKENS: _pad_axis0(ex[F.INPUTS], li, pad_id),
           F.DECODER_TARGET_TOKENS: targets,
           F.DECODER_INPUT_TOKENS: tf.concat(
-              [tf.constant([bos_id], tf.int32), targets[:-1]], 0),
+              [tf.constant([bos_id], tf.int32), dec_src[:-1]], 0),
           F.DECODER_LOSS_WEIGHTS: weights,
           F.DECODER_TARGET_KINDS: _pad_axis0(ex[F.TARGET_KINDS], lo, 0),
+          F.DECODER_PROMPT_MASK: _pad_axis0(
+              prompt_mask(ex[F.TARGETS], ex[F.TARGET_LOSS_MASK]), lo, 0),
           F.TASK_ID: tf.cast(ex[F.TASK_ID], tf.int32),
       }
       for k in _DENSE_RANKS:
@@ -236,11 +260,14 @@ class OFAFeatureConverter(seqio.FeatureConverter):
           F.INPUTS: ex[F.INPUTS] + 1, F.TARGETS: ex[F.TARGETS] + 1,
           F.TARGET_LOSS_MASK: ex[F.TARGET_LOSS_MASK] + 1,
           F.TARGET_KINDS: ex[F.TARGET_KINDS] + 1,
+          F.TARGET_INPUTS: _decoder_inputs_source(ex) + 1,
+          _PROMPT: prompt_mask(ex[F.TARGETS], ex[F.TARGET_LOSS_MASK]) + 1,
           _WEIGHT_BITS: tf.bitcast(tf.fill([n], weight), tf.int32) + 1,
       }
 
     packed_lengths = {F.INPUTS: li, F.TARGETS: lo, F.TARGET_LOSS_MASK: lo,
-                      F.TARGET_KINDS: lo, _WEIGHT_BITS: lo}
+                      F.TARGET_KINDS: lo, F.TARGET_INPUTS: lo, _PROMPT: lo,
+                      _WEIGHT_BITS: lo}
     ds = ds.map(to_packable, num_parallel_calls=tf.data.AUTOTUNE)
     ds = seqio.utils.trim_and_pack_dataset(ds, packed_lengths,
                                            self._use_custom_packing_ops)
@@ -252,8 +279,9 @@ class OFAFeatureConverter(seqio.FeatureConverter):
       # seqio pads with 0; OFA's pad is 1 (0 is <s>).
       inputs = tf.where(enc_seg > 0, ex[F.INPUTS] - 1, pad_id)
       targets = tf.where(dec_seg > 0, ex[F.TARGETS] - 1, pad_id)
+      dec_src = tf.where(dec_seg > 0, ex[F.TARGET_INPUTS] - 1, pad_id)
       dec_in = seqio.utils.make_autoregressive_inputs(
-          targets, sequence_id=dec_seg, bos_id=bos_id)
+          dec_src, sequence_id=dec_seg, bos_id=bos_id)
       dec_in = tf.where(dec_seg > 0, dec_in, pad_id)
       weight = tf.bitcast(ex[_WEIGHT_BITS] - 1, tf.float32)
       loss = tf.cast(ex[F.TARGET_LOSS_MASK] - 1, tf.float32) * weight
@@ -264,6 +292,7 @@ class OFAFeatureConverter(seqio.FeatureConverter):
           F.DECODER_LOSS_WEIGHTS: tf.where(dec_seg > 0, loss, 0.0),
           F.DECODER_TARGET_KINDS: tf.where(dec_seg > 0, ex[F.TARGET_KINDS] - 1,
                                            0),
+          F.DECODER_PROMPT_MASK: tf.where(dec_seg > 0, ex[_PROMPT] - 1, 0),
           F.ENCODER_SEGMENT_IDS: enc_seg,
           F.ENCODER_POSITIONS: ex[F.INPUTS + "_positions"],
           F.DECODER_SEGMENT_IDS: dec_seg,

@@ -248,7 +248,7 @@ class OFAModel:
     variables = self.split_variables(params, batch_stats)
     if candidates is not None:
       return decoding_scoring.score_candidates(
-          self.module, variables, batch, candidates, trie=trie,
+          self.module, variables, _prompt_as_weights(batch), candidates, trie=trie,
           chunk=candidate_chunk)
     logits = self.module.apply(variables, batch, train=False)
     weights = jnp.asarray(batch[F.DECODER_LOSS_WEIGHTS], jnp.float32)
@@ -280,9 +280,10 @@ class OFAModel:
     Returns:
       tokens int32 [B, L] in the decoder-target format (forced prompt, answer,
       `</s>`, pad), or [B, K, L] with return_all; aux {"scores": [B] or [B, K],
-      "prompt_lengths": [B]}. The forced prompt is the leading no-loss part of
-      `decoder_target_tokens` when the batch has targets;
-      `decoding.answer_tokens` strips it (host side).
+      "prompt_lengths": [B]}. The forced prompt is the leading run of
+      `decoder_prompt_mask` over `decoder_target_tokens` (batches without that
+      feature: the leading weight-0 targets); `decoding.answer_tokens` strips it
+      (host side).
     """
     if isinstance(decoding, DecodeSettings):
       s = dataclasses.replace(decoding, **overrides) if overrides else decoding
@@ -293,7 +294,8 @@ class OFAModel:
     encoded = module.apply(variables, batch, train=False, method=module.encode)
     b = encoded.hidden.shape[0]
     targets = batch.get(F.DECODER_TARGET_TOKENS)
-    may_prompt = targets is not None and F.DECODER_LOSS_WEIGHTS in batch
+    may_prompt = targets is not None and (F.DECODER_PROMPT_MASK in batch
+                                          or F.DECODER_LOSS_WEIGHTS in batch)
     if s.max_len is None:
       if targets is None:
         raise ValueError("predict_batch: give max_len or a batch with "
@@ -312,8 +314,7 @@ class OFAModel:
             "without a decoder prompt) or a smaller max_len")
     forced_tokens = forced_lengths = None
     if may_prompt:
-      forced_tokens, forced_lengths = _forced_prompt(
-          targets, batch[F.DECODER_LOSS_WEIGHTS], length)
+      forced_tokens, forced_lengths = _forced_prompt(targets, batch, length)
     if s.kind == "image_codes":
       encoded = encoded.replace(code_mask=jnp.ones((b,), jnp.bool_))
     n = s.beam_size if s.method == "beam" else (
@@ -357,10 +358,32 @@ class OFAModel:
     return tokens, {"scores": scores, "prompt_lengths": forced_lengths}
 
 
-def _forced_prompt(targets: Array, weights: Array, length: int
+def prompt_weights(batch: Mapping[str, Array]) -> Array:
+  """Weights whose leading zeros over the non-pad targets are the forced prompt.
+
+  `decoding.forced_prompt_from_targets` reads the prompt as the leading weight-0
+  targets; `decoder_loss_weights` alone misreads an example of sample weight 0
+  as all prompt, so the explicit `decoder_prompt_mask` is used when present.
+  """
+  if F.DECODER_PROMPT_MASK in batch:
+    mask = jnp.asarray(batch[F.DECODER_PROMPT_MASK])
+    return jnp.where(mask > 0, 0.0, 1.0).astype(jnp.float32)
+  return jnp.asarray(batch[F.DECODER_LOSS_WEIGHTS], jnp.float32)
+
+
+def _prompt_as_weights(batch: Mapping[str, Array]) -> Mapping[str, Array]:
+  """The batch for `decoding_scoring.score_candidates`, which reads the prompt
+  from `decoder_loss_weights` (it uses them for nothing else)."""
+  if F.DECODER_PROMPT_MASK not in batch:
+    return batch
+  return {**batch, F.DECODER_LOSS_WEIGHTS: prompt_weights(batch)}
+
+
+def _forced_prompt(targets: Array, batch: Mapping[str, Array], length: int
                    ) -> tuple[Array, Array]:
   """The batch's forced prompt, cut or padded to the decode length."""
-  tokens, lengths = decoding_lib.forced_prompt_from_targets(targets, weights)
+  tokens, lengths = decoding_lib.forced_prompt_from_targets(
+      targets, prompt_weights(batch))
   lo = tokens.shape[1]
   if lo >= length:
     tokens = tokens[:, :length]

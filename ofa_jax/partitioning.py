@@ -23,6 +23,7 @@ parameters (which have no ``batch`` axis) get ``embed -> data`` under FSDP.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
@@ -107,10 +108,42 @@ class Partitioner:
     return nn.get_partition_spec(abstract_tree)
 
   def mesh_specs(self, abstract_tree: Any) -> Any:
-    """Mesh-axis PartitionSpecs (e.g. for the parameter summary)."""
-    return jax.tree.map(
-        lambda s: nn.logical_to_mesh_axes(s, self.rules),
-        self.logical_specs(abstract_tree), is_leaf=_is_spec)
+    """Mesh-axis PartitionSpecs, structured like the unboxed tree.
+
+    A dimension that the rules split over mesh axes whose size does not divide
+    it (e.g. a 13289-id vocabulary over a 2-way `model` axis) is replicated
+    instead, with a log line: odd sizes then cost memory, not a crash.
+    """
+    logical = self.logical_specs(abstract_tree)
+    flat_l, treedef = jax.tree.flatten(logical, is_leaf=_is_spec)
+    leaves = jax.tree.leaves(nn.meta.unbox(abstract_tree))
+    if len(leaves) != len(flat_l):
+      raise ValueError(f"mesh_specs: {len(leaves)} leaves but {len(flat_l)} specs")
+    fitted = []
+    for leaf, lspec in zip(leaves, flat_l):
+      mspec = nn.logical_to_mesh_axes(lspec, self.rules)
+      fitted.append(self._fit(tuple(getattr(leaf, "shape", ())), mspec, lspec))
+    return jax.tree.unflatten(treedef, fitted)
+
+  def _fit(self, shape: tuple[int, ...], spec: PartitionSpec,
+           logical: PartitionSpec) -> PartitionSpec:
+    axes = list(spec) + [None] * (len(shape) - len(spec))
+    out = []
+    for dim, ax in zip(shape, axes):
+      names = ax if isinstance(ax, tuple) else (ax,)
+      size = 1
+      for a in names:
+        if a is not None:
+          size *= self.mesh.shape[a]
+      if size > 1 and dim % size:
+        logging.info("partitioning: dimension %d of shape %s (logical %s) is not "
+                     "divisible by mesh axes %s of size %d: replicated", dim,
+                     shape, tuple(logical), ax, size)
+        ax = None
+      out.append(ax)
+    while out and out[-1] is None:
+      out.pop()
+    return PartitionSpec(*out)
 
   def logical_to_mesh_shardings(self, abstract_tree: Any) -> Any:
     """NamedShardings for a (possibly boxed) abstract tree.
@@ -118,8 +151,8 @@ class Partitioner:
     The result has the structure of the *unboxed* tree (`nn.meta.unbox`), so it
     can be used directly as jit in/out shardings of unboxed state.
     """
-    return nn.logical_to_mesh_sharding(self.logical_specs(abstract_tree),
-                                       self.mesh, self.rules)
+    return jax.tree.map(lambda s: NamedSharding(self.mesh, s),
+                        self.mesh_specs(abstract_tree), is_leaf=_is_spec)
 
   def sharding(self, *mesh_axes: Any) -> NamedSharding:
     return NamedSharding(self.mesh, PartitionSpec(*mesh_axes))

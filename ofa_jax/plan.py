@@ -24,6 +24,7 @@ import tensorflow as tf
 from ofa_jax import data_stats
 from ofa_jax import features as F
 from ofa_jax import instructions
+from ofa_jax import plan_build
 from ofa_jax import plan_pipeline
 from ofa_jax.modalities import get_processor
 from ofa_jax.modalities.base import SlotContext
@@ -42,8 +43,12 @@ class DecodingSpec:
   `max_len` / `min_len` count the tokens before `</s>` (OFA's max_len_b), so a
   box is min_len = max_len = 4. `trie` is an `ofa_jax.trie.Trie` over
   `[<s>] + label tokens + [</s>]` for closed sets (None otherwise); `labels` the
-  label strings in the order given. Task options `beam_size`, `max_len`, `min_len`
-  override the defaults.
+  label strings in the order given (`trie.sequences[i]` is `labels[i]`'s).
+  `max_prompt_len` is the longest forced decoder prompt an alternative can put
+  before the answer (0: none, so the decode buffer is just `max_len`; None: not
+  known at registration, e.g. a `no_loss` target slot, and decoding reserves the
+  batch's target length). Task options `beam_size`, `max_len`, `min_len`,
+  `max_prompt_len` override the defaults.
   """
 
   kind: str
@@ -53,6 +58,7 @@ class DecodingSpec:
   labels: tuple[str, ...] = ()
   trie: Any = None
   sampling: bool = False
+  max_prompt_len: Optional[int] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +106,7 @@ def output_features(vocab) -> dict[str, seqio.Feature]:
       F.TARGETS: seqio.Feature(vocab, add_eos=False),
       F.TARGET_LOSS_MASK: seqio.ContinuousFeature(dtype=tf.int32, rank=1),
       F.TARGET_KINDS: seqio.ContinuousFeature(dtype=tf.int32, rank=1),
+      F.TARGET_INPUTS: seqio.ContinuousFeature(dtype=tf.int32, rank=1),
       F.SAMPLE_WEIGHT: seqio.ContinuousFeature(dtype=tf.float32, rank=0),
       F.TASK_ID: seqio.ContinuousFeature(dtype=tf.int32, rank=0),
   }
@@ -143,17 +150,94 @@ def _check_instruction(name: str, template: instructions.Template) -> None:
         raise ValueError(f"task {name!r}: VIDEO cannot be a target")
 
 
+def _motion_dim(options: Mapping[str, Any]) -> int:
+  """D of motion frames: `motion_dim`, else the length of `motion_stats` mean.
+
+  The MOTION processor accepts either; an absent stream must have the same D as
+  the present ones of the task, or the two cannot batch together.
+  """
+  if options.get("motion_dim") is not None:
+    return int(options["motion_dim"])
+  stats = options.get("motion_stats")
+  if isinstance(stats, Mapping) and stats.get("mean") is not None:
+    return len(stats["mean"])
+  return 0
+
+
+def _target_image_size(template: instructions.Template,
+                       options: Mapping[str, Any]) -> int:
+  """Side of the target image: the target IMAGE slot's `image_size` attribute,
+  else the task option `target_image_size`, else 256 (the IMAGE processor's rule)."""
+  for alt in template.alternatives:
+    for slot in alt.target_slots():
+      if slot.modality == M.IMAGE and slot.get("image_size") is not None:
+        return int(slot.get("image_size"))
+  return int(options.get("target_image_size", 256))
+
+
 def _dense_dims(options: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
   """Trailing dims of each dense stream when a task does not use it."""
   size = int(options.get("image_size", DEFAULT_IMAGE_SIZE))
   video = int(options.get("video_image_size", size))
+  motion = _motion_dim(options)
   return {
       F.IMAGES: (size, size, 3), F.AUDIO: (int(options.get("audio_num_mel_bins", 80)),),
-      F.VIDEO: (video, video, 3), F.MOTION: (int(options.get("motion_dim", 0)),),
+      F.VIDEO: (video, video, 3), F.MOTION: (motion,),
       F.TARGET_IMAGE: (0, 3),
       F.TARGET_AUDIO: (int(options.get("audio_num_mel_bins", 80)),),
-      F.TARGET_MOTION: (int(options.get("motion_dim", 0)),),
+      F.TARGET_MOTION: (motion,),
   }
+
+
+def _max_prompt_len(template: instructions.Template, vocab,
+                    options: Mapping[str, Any]) -> Optional[int]:
+  """Longest forced decoder prompt over the alternatives (None: unknown).
+
+  The prompt is the untrained target tokens before the first trained one: plain
+  target text (unless `decoder_plain_with_loss`) has a known length; a `no_loss`
+  slot's length depends on the data, so the answer is then None.
+  """
+  plain = plan_build.plain_text_tokens(vocab, template)
+  plain_trained = bool(options.get("decoder_plain_with_loss", False))
+  longest = 0
+  for alt in template.alternatives:
+    n = 0
+    for element in alt.target:
+      if isinstance(element, instructions.PlainText):
+        if not element.text.strip():
+          continue
+        if plain_trained:
+          break
+        n += len(plain[element.text.strip()])
+        continue
+      slots = (element.slots if isinstance(
+          element, (instructions.InterleavedGroup, instructions.ContrastiveChoice))
+               else (element,))
+      if not all(s.is_token_based for s in slots):
+        continue  # a dense target adds no tokens
+      if any(s.has("no_loss") for s in slots):
+        return None
+      break
+    longest = max(longest, n)
+  return longest
+
+
+def _check_distinct_labels(name: str, slot, proc, vocab, labels: Sequence[str],
+                           trie) -> None:
+  """Two labels with one tokenization would share a trie path, so the index of a
+  decoded or best-scored path would no longer be the index into `labels`."""
+  if len(trie.sequences) == len(labels):
+    return
+  seen: dict[tuple[int, ...], str] = {}
+  for label in labels:
+    (seq,) = proc.label_trie(vocab, [label], slot.has("uncased"),
+                             slot.has("no_punctuation")).sequences
+    if seq in seen:
+      raise ValueError(
+          f"task {name!r}, slot {slot.to_string()}: the closed-set labels "
+          f"{seen[seq]!r} and {label!r} have the same tokens after normalization; "
+          "decoding could not tell them apart. Remove one of them")
+    seen[seq] = label
 
 
 def _decoding(name: str, template: instructions.Template, vocab,
@@ -161,17 +245,20 @@ def _decoding(name: str, template: instructions.Template, vocab,
               ) -> DecodingSpec:
   alt = template.alternatives[0]
   trained = [s for s in alt.target_slots() if not s.has("no_loss")]
-  overrides = {k: options[k] for k in ("beam_size", "max_len", "min_len")
-               if k in options}
+  overrides = {k: options[k] for k in ("beam_size", "max_len", "min_len",
+                                        "max_prompt_len") if k in options}
+  overrides = {"max_prompt_len": _max_prompt_len(template, vocab, options),
+               **overrides}
   target = alt.target_modality
   if target is None:
     return DecodingSpec(kind="text", **overrides)
   if target == M.IMAGE:
-    side = int(options.get("target_image_size", 256)) // 8
+    side = _target_image_size(template, options) // 8
     return DecodingSpec(kind="image_codes", beam_size=1, max_len=side * side,
-                        min_len=side * side, sampling=True)
+                        min_len=side * side, sampling=True, max_prompt_len=0)
   if target in (M.AUDIO, M.MOTION):
-    return DecodingSpec(kind=f"{target.value.lower()}_frames", beam_size=1)
+    return DecodingSpec(kind=f"{target.value.lower()}_frames", beam_size=1,
+                        max_prompt_len=overrides["max_prompt_len"])
   closed = [s for s in trained if s.has("closed_set") or s.modality == M.CATEGORY]
   if closed:
     slot = closed[-1]
@@ -184,6 +271,7 @@ def _decoding(name: str, template: instructions.Template, vocab,
                        "its labels: pass closed_set=[...] to register_task")
     trie = proc.label_trie(vocab, labels, slot.has("uncased"),
                            slot.has("no_punctuation"))
+    _check_distinct_labels(name, slot, proc, vocab, labels, trie)
     longest = max(len(s) for s in trie.sequences) - 2  # without <s>, </s>
     return DecodingSpec(kind="closed_set", labels=tuple(labels), trie=trie,
                         **{"max_len": longest, **overrides})

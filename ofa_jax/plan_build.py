@@ -29,8 +29,11 @@ DENSE_TARGET_STREAMS = {M.IMAGE: F.TARGET_IMAGE, M.AUDIO: F.TARGET_AUDIO,
                         M.MOTION: F.TARGET_MOTION}
 VALID_KEY = "_valid_{}"        # bool [] per dense modality (False: drop example)
 CLIPPED_KEY = "_num_clipped"   # int32 []: values repaired by token modalities
+DENSE_CLIPPED_KEY = "_clipped_{}"  # int32 [] per dense modality: frames cut off
 TRUNCATED_KEY = "_truncated_{}"  # bool [] per token stream (inputs / targets)
 TEXT = int(F.TokenKind.TEXT)
+# Attributes of an input IMAGE slot that BOX slots of the example must honour.
+_IMAGE_SIZE_ATTRS = ("image_size", "max_image_size")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +68,10 @@ def _ids(x) -> tf.Tensor:
   return tf.reshape(tf.cast(x, tf.int32), [-1])
 
 
+# (tokens, kinds, decoder-input tokens) of one element, int32 [n] each.
+_Tokens = tuple[tf.Tensor, tf.Tensor, tf.Tensor]
+
+
 def _slot_seed(seed: tf.Tensor, salt: int) -> tf.Tensor:
   return tf.random.experimental.stateless_fold_in(seed, salt)
 
@@ -79,6 +86,17 @@ class _Walker:
     self.num_clipped = tf.constant(0, tf.int32)
     self.geometry: Optional[tf.Tensor] = None
     self.valid = {m: tf.constant(True) for m in DENSE_INPUT_STREAMS}
+    self.dense_clipped = {m: tf.constant(0, tf.int32) for m in DENSE_INPUT_STREAMS}
+    # Size attributes of the first input IMAGE slot: its boxes are quantized in
+    # the frame that slot was resized to, so BOX slots must see the same size.
+    self.image_options: dict[str, Any] = {}
+
+  def add_dense(self, modality: F.Modality, res: DenseSlotOutput) -> None:
+    """Validity and clipped-frame count of one dense slot's output."""
+    self.valid[modality] = tf.logical_and(self.valid[modality],
+                                          tf.cast(res.valid, tf.bool))
+    self.dense_clipped[modality] += tf.cast(
+        tf.reshape(res.num_clipped, []), tf.int32)
 
   def ctx(self, slot: Slot, salt: int, item: Optional[tf.Tensor] = None
           ) -> SlotContext:
@@ -87,9 +105,12 @@ class _Walker:
     seed = _slot_seed(self.seed, 1000 * self.alt_index + salt)
     if item is not None:
       seed = _slot_seed(seed, item)
+    options = self.cfg.options
+    if slot.modality == M.BOX and self.image_options:
+      options = {**options, **self.image_options}
     return SlotContext(
         task=self.cfg.task, slot_name=slot.name, attrs=dict(slot.attrs),
-        vocab=self.cfg.vocab, options=self.cfg.options,
+        vocab=self.cfg.vocab, options=options,
         is_training=self.is_training, seed=seed, image_geometry=self.geometry)
 
   def value(self, slot: Slot) -> tf.Tensor:
@@ -100,16 +121,25 @@ class _Walker:
 
   # ---- token elements ------------------------------------------------------
   def token_slot(self, slot: Slot, value: tf.Tensor, salt: int, target: bool,
-                 item: Optional[tf.Tensor] = None) -> tuple[tf.Tensor, tf.Tensor]:
+                 item: Optional[tf.Tensor] = None) -> _Tokens:
+    """(tokens, kinds, decoder-input tokens) of one token slot.
+
+    The third differs from the first only on a target slot whose processor
+    noises decoder inputs (`noise_target_inputs`, TEXT's `noise_ratio`).
+    """
     proc = self.cfg.processors[slot.modality]
     ctx = self.ctx(slot, salt, item)
     out = (proc.preprocess_target(value, ctx) if target
            else proc.preprocess_input(value, ctx))
     self.num_clipped += tf.cast(out.num_clipped, tf.int32)
-    return _ids(out.tokens), _ids(out.kinds)
+    tokens = _ids(out.tokens)
+    inputs = tokens
+    if target and hasattr(proc, "noise_target_inputs"):
+      inputs = _ids(proc.noise_target_inputs(tokens, ctx))
+    return tokens, _ids(out.kinds), inputs
 
   def group(self, group: InterleavedGroup, salts: Mapping[Slot, int], target: bool
-            ) -> tuple[tf.Tensor, tf.Tensor]:
+            ) -> _Tokens:
     """Repeats the group's slots over its list-valued fields, item by item."""
     values = [self.value(s) for s in group.slots]
     n = tf.shape(values[0])[0]
@@ -124,27 +154,31 @@ class _Walker:
                             infer_shape=False, element_shape=[None])
     kinds = tf.TensorArray(tf.int32, size=0, dynamic_size=True,
                            infer_shape=False, element_shape=[None])
+    inputs = tf.TensorArray(tf.int32, size=0, dynamic_size=True,
+                            infer_shape=False, element_shape=[None])
 
-    def body(i, tokens, kinds, clipped):
+    def body(i, tokens, kinds, inputs, clipped):
       # The loop carries the repair count; `self.num_clipped` is swapped in and
       # out so that token_slot can add to it inside the traced body.
       outer, self.num_clipped = self.num_clipped, clipped
       parts = [self.token_slot(s, v[i], salts[s], target, item=i)
                for s, v in zip(group.slots, values)]
       clipped, self.num_clipped = self.num_clipped, outer
-      return (i + 1, tokens.write(i, tf.concat([t for t, _ in parts], 0)),
-              kinds.write(i, tf.concat([k for _, k in parts], 0)), clipped)
+      return (i + 1, tokens.write(i, tf.concat([p[0] for p in parts], 0)),
+              kinds.write(i, tf.concat([p[1] for p in parts], 0)),
+              inputs.write(i, tf.concat([p[2] for p in parts], 0)), clipped)
 
-    _, tokens, kinds, clipped = tf.while_loop(
+    _, tokens, kinds, inputs, clipped = tf.while_loop(
         lambda i, *_: i < n, body,
-        (tf.constant(0), tokens, kinds, self.num_clipped))
+        (tf.constant(0), tokens, kinds, inputs, self.num_clipped))
     self.num_clipped = clipped
     empty = tf.zeros([0], tf.int32)
     return (tf.cond(n > 0, tokens.concat, lambda: empty),
-            tf.cond(n > 0, kinds.concat, lambda: empty))
+            tf.cond(n > 0, kinds.concat, lambda: empty),
+            tf.cond(n > 0, inputs.concat, lambda: empty))
 
   def choice(self, choice: ContrastiveChoice, salts: Mapping[Slot, int],
-             target: bool) -> tuple[tf.Tensor, tf.Tensor]:
+             target: bool) -> _Tokens:
     """One of the choice's token slots, drawn from the example seed."""
     pick = tf.random.stateless_uniform(
         [], _slot_seed(self.seed, 500_000 + choice.position), 0, len(choice.slots),
@@ -154,25 +188,24 @@ class _Walker:
       def fn():
         # Each branch counts its own repairs; the chosen count is added below.
         outer, self.num_clipped = self.num_clipped, tf.constant(0, tf.int32)
-        tokens, kinds = self.token_slot(slot, self.value(slot), salts[slot], target)
+        out = self.token_slot(slot, self.value(slot), salts[slot], target)
         clipped, self.num_clipped = self.num_clipped, outer
-        return tokens, kinds, clipped
+        return (*out, clipped)
       return fn
 
-    tokens, kinds, clipped = tf.switch_case(pick,
-                                            [branch(s) for s in choice.slots])
+    tokens, kinds, inputs, clipped = tf.switch_case(
+        pick, [branch(s) for s in choice.slots])
     self.num_clipped += clipped
-    return tokens, kinds
+    return tokens, kinds, inputs
 
-  def element_tokens(self, element, salts, target: bool
-                     ) -> Optional[tuple[tf.Tensor, tf.Tensor]]:
+  def element_tokens(self, element, salts, target: bool) -> Optional[_Tokens]:
     if isinstance(element, PlainText):
       text = element.text.strip()
       if not text:
         return None
       ids = list(self.cfg.plain_tokens[text])
       ids = tf.constant(ids, tf.int32, shape=[len(ids)])
-      return ids, tf.fill(tf.shape(ids), TEXT)
+      return ids, tf.fill(tf.shape(ids), TEXT), ids
     if isinstance(element, InterleavedGroup):
       return self.group(element, salts, target)
     if isinstance(element, ContrastiveChoice):
@@ -229,10 +262,11 @@ def build_alternative(cfg: BuildConfig, alt: Instruction, alt_index: int,
       proc = cfg.processors[element.modality]
       res = proc.preprocess_input(w.value(element), w.ctx(element, salts[element]))
       dense[i] = res
-      w.valid[element.modality] = tf.logical_and(w.valid[element.modality],
-                                                 tf.cast(res.valid, tf.bool))
+      w.add_dense(element.modality, res)
       if element.modality == M.IMAGE and w.geometry is None:
         w.geometry = res.geometry
+        w.image_options = {k: element.attrs[k] for k in _IMAGE_SIZE_ATTRS
+                           if element.attrs.get(k) is not None}
 
   # 2. Encoder layout in instruction order: token runs and dense slots.
   pieces: list[tf.Tensor] = []
@@ -281,7 +315,7 @@ def build_alternative(cfg: BuildConfig, alt: Instruction, alt_index: int,
         [tf.cast(r.geometry, tf.float32) for r, _, _ in images])
 
   # 3. Decoder side: tokens, loss mask, kinds; a dense target fills its stream.
-  tokens, kinds, loss = [], [], []
+  tokens, kinds, loss, dec_inputs = [], [], [], []
   add_eos = True
   for element in alt.target:
     if isinstance(element, Slot) and not element.is_token_based:
@@ -290,8 +324,7 @@ def build_alternative(cfg: BuildConfig, alt: Instruction, alt_index: int,
       name = DENSE_TARGET_STREAMS[element.modality]
       out[name] = tf.cast(res.values, tf.float32)
       out[f"{name}_mask"] = _ids(res.mask)
-      w.valid[element.modality] = tf.logical_and(w.valid[element.modality],
-                                                 tf.cast(res.valid, tf.bool))
+      w.add_dense(element.modality, res)
       continue
     res = w.element_tokens(element, salts, target=True)
     if res is None:
@@ -304,10 +337,12 @@ def build_alternative(cfg: BuildConfig, alt: Instruction, alt_index: int,
       trained = not any(s.has("no_loss") for s in element.slots)
     tokens.append(res[0])
     kinds.append(res[1])
+    dec_inputs.append(res[2])
     loss.append(tf.fill(tf.shape(res[0]), int(trained)))
     add_eos = add_eos and not _disables_boseos(element)
   if add_eos:
     tokens.append(tf.constant([cfg.vocab.eos_id], tf.int32))
+    dec_inputs.append(tf.constant([cfg.vocab.eos_id], tf.int32))
     kinds.append(tf.constant([TEXT], tf.int32))
     # A dense target trains its own head: the token stream then carries no loss.
     dense_target = alt.target_modality is not None and not alt.is_token_target
@@ -315,6 +350,7 @@ def build_alternative(cfg: BuildConfig, alt: Instruction, alt_index: int,
   cat = lambda xs: tf.concat(xs, 0) if xs else tf.zeros([0], tf.int32)  # noqa: E731
   out[F.TARGETS], out[F.TARGET_KINDS] = cat(tokens), cat(kinds)
   out[F.TARGET_LOSS_MASK] = cat(loss)
+  out[F.TARGET_INPUTS] = cat(dec_inputs)
 
   if cfg.sample_weight_field:
     out[F.SAMPLE_WEIGHT] = tf.reshape(
@@ -324,6 +360,7 @@ def build_alternative(cfg: BuildConfig, alt: Instruction, alt_index: int,
   out[F.TASK_ID] = tf.constant(F.task_id_of(cfg.task), tf.int32)
   for m in DENSE_INPUT_STREAMS:
     out[VALID_KEY.format(m.value.lower())] = w.valid[m]
+    out[DENSE_CLIPPED_KEY.format(m.value.lower())] = w.dense_clipped[m]
   out[CLIPPED_KEY] = w.num_clipped
   return out
 
@@ -337,7 +374,8 @@ def truncate(ex: dict[str, tf.Tensor], sequence_length: Optional[Mapping[str, in
   """
   ex = dict(ex)
   for key, companions in ((F.INPUTS, ()),
-                          (F.TARGETS, (F.TARGET_LOSS_MASK, F.TARGET_KINDS))):
+                          (F.TARGETS, (F.TARGET_LOSS_MASK, F.TARGET_KINDS,
+                                       F.TARGET_INPUTS))):
     length = (sequence_length or {}).get(key)
     n = tf.shape(ex[key])[0]
     if not length:
@@ -349,7 +387,7 @@ def truncate(ex: dict[str, tf.Tensor], sequence_length: Optional[Mapping[str, in
     ex[key] = tf.cond(too_long,
                       lambda k=key: tf.concat([ex[k][:keep], [eos_id]], 0),
                       lambda k=key: ex[k])
-    for c, last in zip(companions, (1, TEXT)):
+    for c, last in zip(companions, (1, TEXT, eos_id)):
       ex[c] = tf.cond(too_long,
                       lambda c=c, last=last: tf.concat([ex[c][:keep], [last]], 0),
                       lambda c=c: ex[c])

@@ -141,7 +141,10 @@ def filter_and_count(plan) -> Callable[[tf.data.Dataset], tf.data.Dataset]:
       key = B.VALID_KEY.format(m.value.lower())
       ds = data_stats.filter_invalid(ds, lambda ex, key=key: ex[key], counters,
                                      f"invalid_{m.value.lower()}")
-    for reason in ("clipped_boxes", "truncated_inputs", "truncated_targets"):
+    clipped = {f"clipped_{m.value.lower()}": B.DENSE_CLIPPED_KEY.format(
+        m.value.lower()) for m in dense_used}
+    for reason in ("clipped_boxes", "truncated_inputs", "truncated_targets",
+                   *clipped):
       counters._variable(reason)  # pylint: disable=protected-access
 
     def count(ex):
@@ -150,11 +153,14 @@ def filter_and_count(plan) -> Callable[[tf.data.Dataset], tf.data.Dataset]:
           counters.count_if("truncated_inputs", ex[B.TRUNCATED_KEY.format(F.INPUTS)]),
           counters.count_if("truncated_targets",
                             ex[B.TRUNCATED_KEY.format(F.TARGETS)]),
-      ]
+      ] + [counters.count(reason, ex[key]) for reason, key in clipped.items()]
       with tf.control_dependencies(updates):
         return {k: tf.identity(v) for k, v in ex.items() if not k.startswith("_")}
 
-    return ds.map(count, num_parallel_calls=tf.data.AUTOTUNE)
+    # The counters' assign_add is external state: without this, saving the
+    # iterator of a task with no dense slot (no filter_invalid) fails.
+    return data_stats.checkpointable(
+        ds.map(count, num_parallel_calls=tf.data.AUTOTUNE))
   return fn
 
 
@@ -195,6 +201,12 @@ def _box_ctx(plan, example) -> dict[str, Any]:
   for k in ("image_size", "max_image_size"):
     if k in plan.options:
       ctx[k] = plan.options[k]
+  # The first input IMAGE slot's size attributes win, as in preprocessing.
+  image = next((s for s in plan.template.alternatives[0].source_slots()
+                if s.modality == M.IMAGE), None)
+  for k in ("image_size", "max_image_size"):
+    if image is not None and image.attrs.get(k) is not None:
+      ctx[k] = image.attrs[k]
   if example is not None and F.IMAGE_GEOMETRY in example:
     geometry = np.asarray(example[F.IMAGE_GEOMETRY])
     if geometry.ndim == 2 and geometry.shape[0] > 0:

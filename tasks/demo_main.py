@@ -35,6 +35,7 @@ from typing import Any, Optional, Sequence
 
 DEFAULT_GIN_FILE = "experiments/demo.gin"
 STEP_LINE = re.compile(r"^step (\d+)/(\d+)\b")
+_GIN_FLAGS_WITH_VALUE = ("--gin_file", "--gin_bindings", "--gin_search_paths")
 
 
 # ---- deciding the step count ------------------------------------------------------
@@ -228,8 +229,10 @@ def train(args: argparse.Namespace, gin_args: Sequence[str], model_dir: str,
 
 
 def evaluate(args: argparse.Namespace, model_dir: str, eval_dir: str
-             ) -> dict[str, dict[str, float]]:
-  """Every demo task (or `--eval_tasks`) on the validation split, real evaluator."""
+             ) -> tuple[dict[str, dict[str, float]], Any]:
+  """Every demo task (or `--eval_tasks`) on the validation split, real evaluator.
+
+  Returns (metrics per task, the model that was evaluated)."""
   import gin  # pylint: disable=g-import-not-at-top
   from ofa_jax import evaluation  # pylint: disable=g-import-not-at-top
   from ofa_jax import models  # pylint: disable=g-import-not-at-top
@@ -249,11 +252,28 @@ def evaluate(args: argparse.Namespace, model_dir: str, eval_dir: str
     name = "demo_eval_subset"
     plan_lib.register_mixture(name, [(demo.PREFIX + t, 1.0) for t in wanted],
                               replace=True)
-  return evaluation.evaluate_checkpoint(
+  metrics = evaluation.evaluate_checkpoint(
       model=model, checkpoint_path=model_dir, mixture_or_task_name=name,
       task_feature_lengths=demo.FEATURE_LENGTHS, output_dir=eval_dir,
       batch_size=args.eval_batch_size, split="validation",
       num_examples=args.eval_examples or None)
+  return metrics, model
+
+
+def describe_model(model: Any, model_dir: str) -> str:
+  """Size and shape of the network, for the report."""
+  c = model.config
+  text = (f"d_model {c.d_model}, {c.encoder_layers}+{c.decoder_layers} layers, "
+          f"{c.attention_heads} heads, ResNet width {c.resnet_width} "
+          f"{tuple(c.resnet_layers)}, vocabulary {c.vocab_size} ids")
+  try:
+    with open(os.path.join(model_dir, "model-info.txt")) as f:
+      m = re.search(r"total parameters: ([0-9,]+)", f.read())
+    if m:
+      text = f"{m.group(1)} parameters; " + text
+  except OSError:
+    pass
+  return text
 
 
 def world_args(split: str = "validation"):
@@ -298,7 +318,8 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
   p.add_argument("--resume", action="store_true",
                  help="continue the run in out_dir/model instead of starting over")
   args, rest = p.parse_known_args(list(argv))
-  bad = [a for a in rest if not a.startswith("--gin")]
+  bad = [a for i, a in enumerate(rest) if not a.startswith("--gin") and not (
+      i > 0 and rest[i - 1] in _GIN_FLAGS_WITH_VALUE)]
   if bad:
     p.error(f"unrecognized arguments {bad}")
   if args.budget_s <= 0 or args.eval_batch_size <= 0:
@@ -351,13 +372,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   finally:
     signal.signal(signal.SIGTERM, previous)
   t_eval = time.monotonic()
-  metrics = evaluate(args, model_dir, eval_dir)
+  metrics, model = evaluate(args, model_dir, eval_dir)
   eval_s = time.monotonic() - t_eval
 
   from tasks import demo  # pylint: disable=g-import-not-at-top
   from tasks import demo_report  # pylint: disable=g-import-not-at-top
   n = max(int(m.get("num_examples", 0)) for m in metrics.values())
-  baselines = demo.chance_baselines("validation", n=max(n, 1))
+  world = world_args()
+  baselines = demo.chance_baselines("validation", n=max(n, 1), seed=world.seed,
+                                    canvas=world.canvas)
   elapsed = time.monotonic() - start
   load = os.getloadavg() if hasattr(os, "getloadavg") else None
   phases = record["phases"]
@@ -376,13 +399,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                       "budget",
       "machine": f"{os.cpu_count()} CPU cores"
                  + (f", load average {load[0]:.2f}" if load else ""),
-      "model": f"`{os.path.relpath(model_dir, out_dir)}/` (config.gin, "
-               "model-info.txt, checkpoints, event files)",
+      "model": describe_model(model, model_dir),
+      "gin": " ".join(gin_args) + f" (operative config: `"
+             f"{os.path.relpath(model_dir, out_dir)}/config.gin`)",
   }
   path = demo_report.write_report(
       out_dir, metrics=metrics, baselines=baselines, eval_dir=eval_dir,
       train_logdir=os.path.join(model_dir, "train"), run_info=info,
-      world_args=world_args())
+      world_args=world)
   rows = demo_report.metric_rows(metrics, baselines)
   total = time.monotonic() - start
   with open(os.path.join(out_dir, "summary.json"), "w") as f:

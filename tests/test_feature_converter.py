@@ -139,6 +139,7 @@ def test_packing_matches_seqio_layout():
       F.DECODER_INPUT_TOKENS: [0, 3, 9, 0, 4, 1, 1],
       F.DECODER_LOSS_WEIGHTS: [0., 2., 2., 1., 1., 0., 0.],
       F.DECODER_TARGET_KINDS: [1, 1, 1, 2, 1, 0, 0],
+      F.DECODER_PROMPT_MASK: [1, 0, 0, 0, 0, 0, 0],
       F.DECODER_SEGMENT_IDS: [1, 1, 1, 2, 2, 0, 0],
       F.DECODER_POSITIONS: [0, 1, 2, 0, 1, 0, 0],
   })
@@ -157,3 +158,47 @@ def test_missing_layout_features_are_named():
   conv = OFAFeatureConverter(pack=False)
   with pytest.raises(ValueError, match="target_kinds"):
     conv(_dataset([ex]), _lengths(inputs=4, targets=4))
+
+
+def test_decoder_inputs_follow_target_inputs_and_prompt_ignores_weight():
+  # A forced prompt (5, 6), then the answer; target_inputs noised at one position;
+  # sample weight 0, which must not turn the whole target into "prompt".
+  ex = _example([0, 2], [5, 6, 7, 8, 2], [0, 0, 1, 1, 1], [1] * 5, weight=0.0)
+  ex[F.TARGET_INPUTS] = np.array([5, 6, 7, 99, 2], np.int32)
+  conv = OFAFeatureConverter(pack=False)
+  (out,) = list(conv(_dataset([ex]), _lengths(inputs=4, targets=7))
+                .as_numpy_iterator())
+  np.testing.assert_array_equal(out[F.DECODER_TARGET_TOKENS],
+                                [5, 6, 7, 8, 2, 1, 1])
+  np.testing.assert_array_equal(out[F.DECODER_INPUT_TOKENS],
+                                [0, 5, 6, 7, 99, 2, 1])
+  np.testing.assert_array_equal(out[F.DECODER_PROMPT_MASK],
+                                [1, 1, 0, 0, 0, 0, 0])
+  np.testing.assert_allclose(out[F.DECODER_LOSS_WEIGHTS], 0.0)
+  # Without target_inputs (older datasets) the targets are shifted.
+  del ex[F.TARGET_INPUTS]
+  (out,) = list(conv(_dataset([ex]), _lengths(inputs=4, targets=7))
+                .as_numpy_iterator())
+  np.testing.assert_array_equal(out[F.DECODER_INPUT_TOKENS],
+                                [0, 5, 6, 7, 8, 2, 1])
+
+
+def test_prompt_mask_excludes_a_lone_untrained_eos():
+  # A dense-target task's token stream is one untrained </s>: no prompt.
+  ex = _example([0, 2], [2], [0], [1])
+  (out,) = list(OFAFeatureConverter(pack=False)(
+      _dataset([ex]), _lengths(inputs=4, targets=3)).as_numpy_iterator())
+  np.testing.assert_array_equal(out[F.DECODER_PROMPT_MASK], [0, 0, 0])
+
+
+def test_packing_shifts_target_inputs_per_segment():
+  a = _example([0, 8, 2], [3, 9, 2], [0, 1, 1], [1, 1, 1], weight=0.0)
+  a[F.TARGET_INPUTS] = np.array([3, 17, 2], np.int32)
+  b = _example([0, 4, 2], [4, 2], [1, 1], [2, 1])
+  b[F.TARGET_INPUTS] = np.array([21, 2], np.int32)
+  ds = OFAFeatureConverter(pack=True)(_dataset([a, b]),
+                                      _lengths(inputs=8, targets=6))
+  (out,) = list(ds.as_numpy_iterator())
+  np.testing.assert_array_equal(out[F.DECODER_TARGET_TOKENS], [3, 9, 2, 4, 2, 1])
+  np.testing.assert_array_equal(out[F.DECODER_INPUT_TOKENS], [0, 3, 17, 0, 21, 1])
+  np.testing.assert_array_equal(out[F.DECODER_PROMPT_MASK], [1, 0, 0, 0, 0, 0])

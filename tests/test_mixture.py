@@ -79,7 +79,8 @@ def test_token_only_mixture_packs(mixtures):
   b = batches[0]
   assert set(b) == {F.ENCODER_INPUT_TOKENS, F.DECODER_TARGET_TOKENS,
                     F.DECODER_INPUT_TOKENS, F.DECODER_LOSS_WEIGHTS,
-                    F.DECODER_TARGET_KINDS, F.ENCODER_SEGMENT_IDS,
+                    F.DECODER_TARGET_KINDS, F.DECODER_PROMPT_MASK,
+                    F.ENCODER_SEGMENT_IDS,
                     F.ENCODER_POSITIONS, F.DECODER_SEGMENT_IDS,
                     F.DECODER_POSITIONS}
   assert b[F.ENCODER_INPUT_TOKENS].shape == (2, 128)

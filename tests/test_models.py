@@ -328,3 +328,47 @@ def test_image_codes_sampling_cached_equals_uncached(tiny_text):
   assert toks.shape == (2, 5)  # no prompt room without targets: 4 codes + </s>
   assert ((toks[:, :4] >= 30) & (toks[:, :4] < 38)).all()
   assert (toks[:, 4] == EOS).all()
+
+
+# ---------------------------------------------------------------------------
+# The explicit decoder prompt mask.
+# ---------------------------------------------------------------------------
+def test_forced_prompt_reads_the_prompt_mask_not_zero_weights():
+  targets = np.array([[6, 7, 8, EOS, PAD]] * 2, np.int32)
+  weights = np.zeros((2, 5), np.float32)
+  weights[0, 1:4] = 1.0  # row 1 has sample weight 0: every weight is 0
+  batch = {F.DECODER_TARGET_TOKENS: targets, F.DECODER_LOSS_WEIGHTS: weights}
+  _, old = models._forced_prompt(targets, batch, 8)  # pylint: disable=protected-access
+  assert np.asarray(old).tolist() == [1, 4]  # the misreading the mask fixes
+  mask = np.array([[1, 0, 0, 0, 0]] * 2, np.int32)
+  tokens, new = models._forced_prompt(  # pylint: disable=protected-access
+      targets, {**batch, F.DECODER_PROMPT_MASK: mask}, 8)
+  assert np.asarray(new).tolist() == [1, 1]
+  assert tokens.shape == (2, 8)
+  np.testing.assert_array_equal(
+      models.prompt_weights({**batch, F.DECODER_PROMPT_MASK: mask}),
+      1.0 - mask)
+
+
+@pytest.mark.slow
+def test_predict_and_candidate_scoring_use_the_prompt_mask(tiny_text):
+  from ofa_jax import trie as trie_lib  # pylint: disable=g-import-not-at-top
+
+  model, variables, batch = tiny_text
+  # Example 1 (prompt "6", then a box) with sample weight 0.
+  zeroed = dict(batch)
+  weights = np.array(batch[F.DECODER_LOSS_WEIGHTS])
+  weights[1] = 0.0
+  zeroed[F.DECODER_LOSS_WEIGHTS] = weights
+  mask = np.zeros_like(batch[F.DECODER_TARGET_TOKENS])
+  mask[1, 0] = 1
+  zeroed[F.DECODER_PROMPT_MASK] = mask
+  settings = models.DecodeSettings(method="greedy", max_len=4, max_prompt_len=1)
+  toks, aux = jax.jit(lambda v, b: model.predict_batch_with_aux(
+      v, b, decoding=settings))(variables, zeroed)
+  assert np.asarray(aux["prompt_lengths"]).tolist() == [0, 1]
+  assert toks.shape == (2, 5) and int(toks[1, 0]) == 6
+  trie = trie_lib.Trie.from_sequences([[BOS, 5, EOS], [BOS, 12, 13, EOS]])
+  score = jax.jit(lambda v, b: model.score_batch(v, b, trie)[1])
+  np.testing.assert_allclose(np.asarray(score(variables, zeroed)),
+                             np.asarray(score(variables, batch)), rtol=1e-5)

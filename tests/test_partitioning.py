@@ -240,3 +240,14 @@ def test_describe_lists_logical_and_mesh_axes():
   lines = partitioning.describe(variables["params"], part)
   line = [l for l in lines if "wi" in l and "kernel" in l][0]
   assert "logical=('embed', 'mlp')" in line and "mesh=('data', 'model')" in line
+
+
+def test_indivisible_dimension_is_replicated_not_an_error():
+  """A 61-id vocabulary cannot be split 2 ways: that dimension is replicated."""
+  part = partitioning.make_partitioner(num_partitions=2)
+  model = ToyModel(vocab=61)
+  (l1, _), state, _, abstract = _loss_and_state(part, model, _batch(vocab=61))
+  assert np.isfinite(l1)
+  spec = state.params["embedding"].sharding.spec
+  assert tuple(spec) == ()  # ('vocab', 'embed') -> (model, None) did not fit
+  assert state.params["wi"]["kernel"].sharding.spec == P(None, "model")

@@ -14,10 +14,13 @@ from PIL import Image
 
 from ofa_jax import features as F
 from ofa_jax import instructions
+from ofa_jax import models
 from ofa_jax import plan
 from ofa_jax import plan_build
 from ofa_jax import plan_pipeline
 from ofa_jax import vocab as vocab_lib
+from ofa_jax.feature_converter import OFAFeatureConverter
+from ofa_jax.modalities import base
 
 LENGTHS = {"inputs": 48, "targets": 24, "images": 2, "audio": 0, "video": 0,
            "motion": 0, "target_image": 0, "target_audio": 0, "target_motion": 0}
@@ -326,3 +329,155 @@ def test_audio_input_and_image_target_streams(registered, vocab):
   # The token stream only closes the sequence; the image head carries the loss.
   np.testing.assert_array_equal(ex[F.TARGETS], [F.EOS_ID])
   np.testing.assert_array_equal(ex[F.TARGET_LOSS_MASK], [0])
+
+
+# ---------------------------------------------------------------------------
+# Follow-ups: target-side noise, checkpointable iterators, dims, counters,
+# box sizes, duplicate labels, prompt room.
+# ---------------------------------------------------------------------------
+_WORDS = ("river stone market cloud engine violet harbor candle forest orbit "
+          "lantern meadow copper whisper garden falcon silver thunder").split()
+
+
+def _sentence(k: int, n: int = 30) -> str:
+  return " ".join(_WORDS[(k * 7 + 3 * i) % len(_WORDS)] for i in range(n))
+
+
+def test_target_noise_ratio_noises_decoder_inputs_in_training_only(registered,
+                                                                   vocab):
+  summaries = [_sentence(k) for k in range(4)]
+  src = _source({"src": [_sentence(k + 9, 12) for k in range(4)],
+                 "tgt": summaries})
+  task = _register(registered, "t_summary",
+                   'what is the summary of article " [TEXT:src] "? -> '
+                   "[TEXT:tgt,noise_ratio=0.2]", src, vocab)
+  assert task.plan.decoding.kind == "text"
+  lengths = dict(LENGTHS, inputs=96, targets=96)
+  train = _examples(task, lengths=lengths)
+  changed = total = 0
+  for ex, text in zip(train, summaries):
+    clean = vocab.encode(text) + [F.EOS_ID]
+    np.testing.assert_array_equal(ex[F.TARGETS], clean)  # the loss sees clean
+    assert ex[F.TARGET_INPUTS].shape == ex[F.TARGETS].shape
+    assert ex[F.TARGET_INPUTS][-1] == F.EOS_ID
+    diff = ex[F.TARGET_INPUTS] != ex[F.TARGETS]
+    noised = ex[F.TARGET_INPUTS][diff]
+    assert np.all((noised >= 4) & (noised < vocab.mask_id))
+    changed += int(diff.sum())
+    total += len(clean) - 1
+  assert 0.1 < changed / total < 0.3, (changed, total)
+  # The converter feeds the noised stream to the decoder.
+  conv = OFAFeatureConverter(pack=False)
+  ds = conv(task.get_dataset(lengths, split="train", shuffle=False, seed=0),
+            lengths)
+  for ex, row in zip(train, ds.as_numpy_iterator()):
+    n = len(ex[F.TARGETS])
+    np.testing.assert_array_equal(row[F.DECODER_INPUT_TOKENS][1:n],
+                                  ex[F.TARGET_INPUTS][:-1])
+  for ex in _examples(task, split="validation", lengths=lengths):
+    np.testing.assert_array_equal(ex[F.TARGET_INPUTS], ex[F.TARGETS])
+
+
+def test_token_only_iterator_can_be_saved_and_restored(registered, vocab,
+                                                       tmp_path):
+  src = _source({"a": ["one", "two", "three", "four"],
+                 "b": ["uno", "dos", "tres", "cuatro"]})
+  task = _register(registered, "t_ckpt_iter", "[TEXT:a] -> [TEXT:b]", src, vocab)
+  it = iter(task.get_dataset(LENGTHS, split="train", shuffle=False, seed=0))
+  next(it)
+  ckpt = tf.train.Checkpoint(iterator=it)
+  path = ckpt.save(str(tmp_path / "iterator"))
+  expected = [next(it)[F.TARGETS].numpy().tolist() for _ in range(2)]
+  ckpt.restore(path)
+  assert [next(it)[F.TARGETS].numpy().tolist() for _ in range(2)] == expected
+  assert expected[0] == vocab.encode("dos") + [F.EOS_ID]
+
+
+def test_dense_dims_motion_from_stats_and_target_image_size(registered, vocab):
+  stats = {"mean": [0.0] * 7, "std": [1.0] * 7}
+  dims = plan._dense_dims({"motion_stats": stats})  # pylint: disable=protected-access
+  assert dims[F.MOTION] == (7,) and dims[F.TARGET_MOTION] == (7,)
+  assert plan._dense_dims({"motion_dim": 5, "motion_stats": stats})[F.MOTION] == (5,)  # pylint: disable=protected-access
+  src = _source({"t": ["a cat"], "img": [_png()]})
+  task = _register(registered, "t_t2i", "[TEXT:t] -> [IMAGE:img,image_size=64]",
+                   src, vocab, target_image_size=128)
+  assert task.plan.decoding.kind == "image_codes"
+  assert task.plan.decoding.max_len == (64 // 8) ** 2
+  assert task.plan.decoding.max_prompt_len == 0
+
+
+class _ClippingMotion:
+  """A MOTION processor that reports 2 clipped frames per example."""
+
+  modality = F.Modality.MOTION
+
+  def preprocess_input(self, value, ctx):
+    del value, ctx
+    return base.DenseSlotOutput(values=tf.zeros([4, 3]), mask=tf.ones([4], tf.int32),
+                                valid=tf.constant(True),
+                                num_clipped=tf.constant(2, tf.int32))
+
+
+def test_dense_num_clipped_is_counted_per_modality(registered, vocab,
+                                                   monkeypatch):
+  real = plan.get_processor
+  monkeypatch.setattr(plan, "get_processor",
+                      lambda m: _ClippingMotion() if m == F.Modality.MOTION
+                      else real(m))
+  src = _source({"m": [[0.0], [1.0], [2.0]], "t": ["a", "b", "c"]})
+  task = _register(registered, "t_motion_clip", "[MOTION:m] what? -> [TEXT:t]",
+                   src, vocab, motion_dim=3)
+  assert len(_examples(task, lengths=dict(LENGTHS, motion=4))) == 3
+  assert task.plan.skip_counts()["clipped_motion"] == 6
+
+
+def test_box_slots_follow_the_image_slot_size_attribute(registered, vocab):
+  src = _source({"img": [_png(size=(64, 64))], "cap": ["x"],
+                 "region": [[4.0, 8.0, 16.0, 32.0]]})
+  registered.append("t_box_attr")
+  # No image_size task option: the box must use the IMAGE slot's 32, not 480.
+  task = plan.register_task(
+      "t_box_attr", '[IMAGE:img,image_size=32] where is " [TEXT:cap] "? -> '
+      "[BOX:region]", src, vocabulary=vocab, replace=True)
+  (ex,) = _examples(task)
+  assert ex[F.IMAGES].shape[1:] == (32, 32, 3)
+  bin0 = vocab.encode("<bin_0>")[0]
+  bins = ex[F.TARGETS][:4] - bin0
+  # Processed box = original / 2 in a 32-px frame.
+  expected = np.round(np.array([2.0, 4.0, 8.0, 16.0]) / 32 * (vocab.num_bins - 1))
+  np.testing.assert_allclose(bins, expected, atol=1)
+  box = task.postprocess_fn(vocab.decode(ex[F.TARGETS].tolist()), example=ex)
+  np.testing.assert_allclose(box, [4.0, 8.0, 16.0, 32.0], atol=0.1)
+
+
+def test_duplicate_label_tokenizations_are_refused(registered, vocab):
+  src = _source({"q": ["?"], "a": ["yes"]})
+  registered.append("t_dup_labels")
+  with pytest.raises(ValueError, match=r"'Yes'.*'yes'"):
+    plan.register_task("t_dup_labels", "[TEXT:q] -> [TEXT:a,closed_set,uncased]",
+                       src, vocabulary=vocab, closed_set=["Yes", "no", "yes"])
+  with pytest.raises(ValueError, match=r"'no'.*'no'"):
+    plan.register_task("t_dup_labels", "[TEXT:q] -> [TEXT:a,closed_set]",
+                       src, vocabulary=vocab, closed_set=["no", "yes", "no"])
+  task = plan.register_task("t_dup_labels", "[TEXT:q] -> [TEXT:a,closed_set]",
+                            src, vocabulary=vocab, closed_set=["Yes", "yes"])
+  assert len(task.plan.decoding.trie.sequences) == 2
+
+
+def test_max_prompt_len_is_derived_from_the_instruction(registered, vocab):
+  src = _source({"q": ["?"], "a": ["yes"]})
+  cases = {
+      "[TEXT:q] -> [TEXT:a]": 0,
+      "[TEXT:q] -> the answer is [TEXT:a]": len(vocab.encode("the answer is")),
+      "[TEXT:q] -> [TEXT:q,no_loss] [TEXT:a]": None,
+      "[TEXT:q] -> [TEXT:a] ||| [TEXT:q] -> so: [TEXT:a]": len(vocab.encode("so:")),
+  }
+  for k, (instruction, want) in enumerate(cases.items()):
+    task = _register(registered, f"t_room{k}", instruction, src, vocab)
+    assert task.plan.decoding.max_prompt_len == want, instruction
+    settings = models.DecodeSettings.from_spec(task.plan.decoding)
+    assert settings.max_prompt_len == want, instruction
+  trained = _register(registered, "t_room_trained",
+                      "[TEXT:q] -> the answer is [TEXT:a]", src, vocab,
+                      decoder_plain_with_loss=True)
+  assert trained.plan.decoding.max_prompt_len == 0

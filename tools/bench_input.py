@@ -20,7 +20,7 @@ from ofa_jax import features as F
 
 
 def pipeline_rate(name: str, lengths: Mapping[str, int], *, batch_size: int,
-                  num_batches: int, warmup_batches: int = 2,
+                  num_batches: int, warmup_batches: int = 3,
                   seed: int = 0) -> dict[str, Any]:
   """Examples/s of one task or mixture through the converter (host, numpy out)."""
   import seqio  # pylint: disable=g-import-not-at-top

@@ -111,7 +111,7 @@ def apply_quick(args: argparse.Namespace) -> None:
   args.decode_preset = "demo"
   args.caption_lengths = [4]
   args.image_codes = [16]
-  args.image_uncached_max = 16
+  args.image_uncached_max = 0
   args.beam_size = 2
   args.input_batch_size = 4
   args.input_batches = 2

@@ -1,4 +1,11 @@
-"""The OFA encoder-decoder network in Flax (see transformer.py for usage)."""
+"""The OFA encoder-decoder network in Flax (see transformer.py for usage).
+
+Logical axis names used (for partitioning rules):
+  parameters: vocab, embed, mlp, joined_kv, heads, relpos_buckets,
+    abspos_buckets, type_vocab, conv_height, conv_width, conv_in, conv_out;
+  activations: batch, length, embed, mlp, vocab, image_height, image_width,
+    conv_out.
+"""
 
 from ofa_jax.model.config import OFAConfig, PRESET_NAMES, get_config
 from ofa_jax.model.encoder import EncoderOutput

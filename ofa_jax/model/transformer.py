@@ -156,7 +156,7 @@ def init_cache(config: OFAConfig, batch_size: int, max_decode_length: int
   [batch_size, max_decode_length] dummy, so they always match the modules.
   """
   model = OFATransformer(config)
-  d, h = config.d_model, config.attention_heads
+  d = config.d_model
   enc_len = 1
   encoded = EncoderOutput(
       hidden=jnp.zeros((batch_size, enc_len, d), config.compute_dtype),
@@ -164,7 +164,6 @@ def init_cache(config: OFAConfig, batch_size: int, max_decode_length: int
       positions=jnp.zeros((batch_size, enc_len, d), config.compute_dtype),
       code_mask=jnp.zeros((batch_size,), jnp.bool_),
       cross_kv=None, cross_pos_key=None)
-  del h
   tokens = jnp.zeros((batch_size, max_decode_length), jnp.int32)
 
   def _init():
