@@ -72,7 +72,8 @@ class DataIterator:
     per_host = n // self._nproc
     self._shards = range(self._pid * per_host, (self._pid + 1) * per_host)
     self._batches = int(start_batch)
-    self._iter = self._build(self._batches)
+    self._iter: Optional[Iterator[Mapping[str, np.ndarray]]] = None
+    self._ds = self._build(self._batches)
 
   @property
   def host_batch_size(self) -> int:
@@ -90,9 +91,8 @@ class DataIterator:
     ds = ds.batch(c.batch_size // n, drop_remainder=True)
     return ds.skip(skip) if skip else ds
 
-  def _build(self, skip: int) -> Iterator[Mapping[str, np.ndarray]]:
-    if skip:
-      logging.info("data: skipping %d consumed batches to resume exactly", skip)
+  def _build(self, skip: int) -> tf.data.Dataset:
+    """The pipeline from batch `skip` on; iterated lazily (nothing is read yet)."""
     shards = [self._shard_dataset(i, skip) for i in self._shards]
     if len(shards) == 1:
       ds = shards[0]
@@ -100,12 +100,18 @@ class DataIterator:
       ds = tf.data.Dataset.zip(tuple(shards)).map(
           lambda *bs: {k: tf.concat([b[k] for b in bs], 0) for k in bs[0]})
     self.element_spec = ds.element_spec
-    return ds.prefetch(2).as_numpy_iterator()
+    self._skip = skip
+    return ds.prefetch(2)
 
   def __iter__(self) -> "DataIterator":
     return self
 
   def __next__(self) -> Mapping[str, np.ndarray]:
+    if self._iter is None:
+      if self._skip:
+        logging.info("data: skipping %d consumed batches to resume exactly "
+                     "(they are read and preprocessed again)", self._skip)
+      self._iter = self._ds.as_numpy_iterator()
     batch = next(self._iter)
     self._batches += 1
     return batch
@@ -136,4 +142,5 @@ class DataIterator:
   def restore(self, position: Mapping[str, Any]) -> None:
     """Rebuilds the pipeline at the saved position (see the module docstring)."""
     self._batches = self.check_position(position)
-    self._iter = self._build(self._batches)
+    self._iter = None
+    self._ds = self._build(self._batches)

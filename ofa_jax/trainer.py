@@ -41,9 +41,11 @@ from ofa_jax.features import task_id_of
 
 # ---- metric writing -------------------------------------------------------------
 class EventFileWriter:
-  """A TensorBoard writer without `tensorboard` (clu's writers need it).
+  """A TensorBoard writer that needs no `tensorboard` package (clu's writers do).
 
-  Writes TFRecords of `Event` protos, which is what tf.summary writes. Scalars to `<logdir>/events.out.tfevents.*` and to the log (clu's interface)."""
+  Writes scalars to `<logdir>/events.out.tfevents.*` as TFRecords of `Event`
+  protos (what tf.summary writes) and to the log; clu's writer interface.
+  """
 
   def __init__(self, logdir: str, just_logging: bool = False):
     self._writer = None

@@ -100,7 +100,8 @@ def run(*, preset: str, batch_size: int, text_length: int, decoder_length: int,
     for _ in range(2):
       one_step()
     jax.profiler.stop_trace()
-    out["profile_dir"] = profile_dir
+    from tools import bench_profile  # pylint: disable=g-import-not-at-top
+    out["profile"] = bench_profile.summarize(profile_dir)
   return out
 
 

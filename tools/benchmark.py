@@ -232,6 +232,10 @@ def table(result: dict[str, Any]) -> str:
     for name, part in (t.get("breakdown") or {}).items():
       lines.append(f"  {name:<18} {part['median_s']:.3f}s "
                    f"({100 * part['fraction_of_step']:.0f}% of step)")
+    if "profile" in t:
+      lines.append("  profile (CPU time by XLA op kind): " + ", ".join(
+          f"{r['name']} {100 * r['share']:.0f}%"
+          for r in t["profile"]["by_category"][:8]))
   if "decode" in result:
     lines.append("decode: kind length method cached  tokens/s  (compile s)")
     for r in result["decode"]["rows"]:
