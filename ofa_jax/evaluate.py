@@ -2,7 +2,8 @@
 
 Evaluates any checkpoint (a training MODEL_DIR, one of its step folders, or a
 converted OFA checkpoint) on every task of a mixture with metrics, and writes
-`metrics.json` and `<task>_predictions.jsonl` to `EVAL_OUTPUT_DIR`.
+`metrics.json`, `<task>_predictions.jsonl` and the run's `config.gin` to
+`EVAL_OUTPUT_DIR`.
 
 Flags as `ofa_jax.train` (t5x conventions): `--gin_file` (repeatable; e.g. a model
 gin, `runs/eval.gin` and an experiment gin), `--gin_bindings`, `--gin.NAME=VALUE`,
@@ -68,6 +69,19 @@ def parse_flags_with_defaults(argv: Sequence[str], defaults: str, usage: str,
   return rest
 
 
+def write_config(macro: str) -> Optional[str]:
+  """Writes the operative gin config into the directory named by `macro`."""
+  import gin  # pylint: disable=g-import-not-at-top
+  from ofa_jax import gin_utils  # pylint: disable=g-import-not-at-top
+  try:
+    directory = gin.query_parameter(f"%{macro}")
+  except ValueError:
+    return None
+  if not isinstance(directory, str):
+    return None
+  return gin_utils.write_operative_config(directory)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   if any(a in ("-h", "--help") for a in argv):
@@ -88,6 +102,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   import gin  # pylint: disable=g-import-not-at-top
   from ofa_jax import evaluation  # pylint: disable=g-import-not-at-top
   results = gin.get_configurable(evaluation.evaluate_checkpoint)()
+  write_config("EVAL_OUTPUT_DIR")
   for task, metrics in sorted(results.items()):
     print(f"{task}: " + ", ".join(f"{k}={v}" for k, v in sorted(metrics.items())))
   return 0

@@ -209,6 +209,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 2
   import gin  # pylint: disable=g-import-not-at-top
   counts = gin.get_configurable(infer_task)()
+  evaluate.write_config("INFER_OUTPUT_DIR")
   print(f"ofa_jax.infer: {counts}")
   return 0
 

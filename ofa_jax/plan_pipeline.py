@@ -7,7 +7,8 @@ Pipeline per task (all graph mode, stateless randomness from SeqIO's seeds):
 2. per example: draw the `|||` alternative from the example seed, build the
    features (`plan_build.build_alternative`) for the train or eval variant;
 3. drop examples whose dense value is invalid, counting them per modality;
-4. count repaired boxes and truncated token streams; remove private keys.
+4. count repaired boxes, clipped dense frames (`clipped_<modality>`) and
+   truncated token streams; remove private keys; let the iterator be saved.
 """
 
 from __future__ import annotations

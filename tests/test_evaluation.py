@@ -193,6 +193,7 @@ BATCH_SIZE = 8
   assert summary["step"] == 0
   assert summary["tasks"]["demo_classify"]["num_examples"] == N
   assert len(_lines(out_dir / "demo_classify_predictions.jsonl")) == N
+  assert "evaluate_checkpoint" in (out_dir / "config.gin").read_text()
 
 
 def test_evaluate_entry_point_reports_a_missing_macro(tmp_path, capsys):

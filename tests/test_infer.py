@@ -90,3 +90,27 @@ def test_read_inputs_errors_name_the_line(tmp_path):
   rows = infer.read_inputs(str(good), image_field="img", fields={"q": "what?"})
   assert rows == [{"img": str(tmp_path / "a.png"), "q": "why?"},
                   {"img": "/abs/b.png", "q": "what?"}]
+
+
+@pytest.mark.slow
+def test_infer_task_writes_one_line_per_example_of_the_split(tmp_path):
+  from tasks import demo  # pylint: disable=g-import-not-at-top
+  vocabulary = vocab_lib.default_vocabulary(num_codes=16)
+  model = models.OFAModel(tiny_config(vocabulary), vocabulary)
+  model_dir = str(tmp_path / "model")
+  save_initial_checkpoint(model_dir, model)
+  register = lambda: demo.register_demo_tasks(  # noqa: E731
+      image_size=IMAGE_SIZE, canvas=32, replace=True, vocabulary=vocabulary,
+      num_examples={"train": 2, "validation": 2, "test": 3})
+  lengths = dict(demo.FEATURE_LENGTHS, inputs=32, targets=16)
+  counts = infer.infer_task(
+      model=model, checkpoint_path=model_dir, mixture_or_task_name="demo_vqa",
+      task_feature_lengths=lengths, output_dir=str(tmp_path / "out"),
+      split="test", batch_size=2, decode_overrides={"beam_size": 1},
+      register_fns=[register])
+  assert counts == {"demo_vqa": 3}
+  rows = _lines(tmp_path / "out" / "demo_vqa_inferences.jsonl")
+  assert len(rows) == 3
+  answers = set(demo.CLOSED_SETS["vqa"])
+  assert all(r["prediction"] in answers for r in rows)
+  assert all(r["inputs"].startswith("[IMAGE]") for r in rows)

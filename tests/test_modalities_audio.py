@@ -12,15 +12,15 @@ import tensorflow as tf
 
 from ofa_jax.modalities import audio as audio_lib
 from ofa_jax.modalities import get_processor
-from ofa_jax.modalities.base import SlotContext
+from tests.tf_testing import (eager_and_in_tf_data, same_eager_and_in_tf_data,
+                              slot_context)
 
 PROC = get_processor("AUDIO")
 SR = 16000
 
 
 def make_ctx(attrs=None, options=None):
-  return SlotContext(task="t_audio", slot_name="wav", attrs=attrs or {}, vocab=None,
-                     options=options or {}, is_training=False)
+  return slot_context("t_audio", "wav", attrs=attrs, options=options)
 
 
 def waveform(n: int, seed: int = 0) -> np.ndarray:
@@ -86,17 +86,6 @@ def reference_cmvn(feats: np.ndarray) -> np.ndarray:
   return (feats - mean) / np.sqrt(var)
 
 
-def _np(t):
-  return None if t is None else t.numpy()
-
-
-def both_ways(fn, value):
-  eager = tf.nest.map_structure(_np, fn(tf.constant(value)))
-  ds = tf.data.Dataset.from_tensors(tf.constant(value)).map(fn)
-  graph = tf.nest.map_structure(_np, ds.get_single_element())
-  return eager, graph
-
-
 def test_log_mel_matches_numpy_reference():
   x = waveform(4000) * 32768.0
   got = audio_lib.log_mel_fbank(tf.constant(x)).numpy()
@@ -117,9 +106,7 @@ def test_log_mel_without_preemphasis_and_other_rate():
 def test_processor_output_is_reference_with_cmvn_eager_and_in_tf_data():
   x = waveform(5000, seed=2)
   ctx = make_ctx(attrs={"max_frames": 40})
-  eager, graph = both_ways(lambda v: PROC.preprocess_input(v, ctx), x)
-  for a, b in zip(eager, graph):
-    np.testing.assert_array_equal(a, b)
+  eager = same_eager_and_in_tf_data(lambda v: PROC.preprocess_input(v, ctx), x)
   frames = 1 + (5000 - 400) // 160
   assert eager.valid
   assert eager.values.shape == (40, 80) and eager.mask.shape == (40,)
@@ -150,8 +137,8 @@ def test_long_clip_is_trimmed_to_max_frames():
 def test_wav_bytes_int16_and_float_agree():
   pcm = np.round(waveform(4800, seed=3) * 20000).astype(np.int16)
   ctx = make_ctx(attrs={"max_frames": 32})
-  from_wav, from_wav_ds = both_ways(lambda v: PROC.preprocess_input(v, ctx),
-                                    wav_bytes(pcm))
+  from_wav, from_wav_ds = eager_and_in_tf_data(lambda v: PROC.preprocess_input(v, ctx),
+                                               wav_bytes(pcm))
   from_float = PROC.preprocess_input(tf.constant(pcm / 32768.0, tf.float32), ctx)
   from_int = PROC.preprocess_input(tf.constant(pcm), ctx)
   np.testing.assert_array_equal(from_wav.values, from_wav_ds.values)

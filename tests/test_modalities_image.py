@@ -13,13 +13,12 @@ from PIL import Image
 from ofa_jax import data_stats
 from ofa_jax.modalities import get_processor
 from ofa_jax.modalities import image_ops
-from ofa_jax.modalities.base import SlotContext
+from tests.tf_testing import assert_same, eager_and_in_tf_data, slot_context
 
 
 def make_ctx(attrs=None, options=None, training=False, seed=None):
-  return SlotContext(task="t_image", slot_name="img", attrs=attrs or {}, vocab=None,
-                     options=options or {}, is_training=training,
-                     seed=None if seed is None else tf.constant(seed, tf.int32))
+  return slot_context("t_image", "img", attrs=attrs, options=options, training=training,
+                      seed=seed)
 
 
 def encode(array: np.ndarray, fmt: str) -> bytes:
@@ -36,23 +35,6 @@ def rect_image(h=40, w=60, box=(10, 20, 18, 32), value=255):
   return a
 
 
-def _np(t):
-  return None if t is None else t.numpy()
-
-
-def both_ways(fn, value):
-  """The processor's output eagerly and inside tf.data (as numpy)."""
-  eager = tf.nest.map_structure(_np, fn(tf.constant(value)))
-  ds = tf.data.Dataset.from_tensors(tf.constant(value)).map(fn)
-  graph = tf.nest.map_structure(_np, ds.get_single_element())
-  return eager, graph
-
-
-def assert_same(a, b):
-  for x, y in zip(tf.nest.flatten(a), tf.nest.flatten(b)):
-    np.testing.assert_array_equal(x, y)
-
-
 PROC = get_processor("IMAGE")
 
 
@@ -60,7 +42,7 @@ PROC = get_processor("IMAGE")
 def test_encoded_bytes_decode_eager_and_in_tf_data(fmt):
   ctx = make_ctx(options={"image_size": 16})
   data = encode(rect_image(), fmt)
-  eager, graph = both_ways(lambda v: PROC.preprocess_input(v, ctx), data)
+  eager, graph = eager_and_in_tf_data(lambda v: PROC.preprocess_input(v, ctx), data)
   assert_same(eager, graph)
   assert eager.valid and eager.mask.tolist() == [1]
   assert eager.values.shape == (16, 16, 3) and eager.values.dtype == np.float32
@@ -76,9 +58,9 @@ def test_path_and_decoded_array_give_the_same_pixels(tmp_path):
   path = tmp_path / "x.png"
   path.write_bytes(encode(array, "PNG"))
   fn = lambda v: PROC.preprocess_input(v, ctx)  # noqa: E731
-  from_path, from_path_ds = both_ways(fn, str(path))
-  from_bytes, _ = both_ways(fn, encode(array, "PNG"))
-  from_array, from_array_ds = both_ways(fn, array)
+  from_path, from_path_ds = eager_and_in_tf_data(fn, str(path))
+  from_bytes, _ = eager_and_in_tf_data(fn, encode(array, "PNG"))
+  from_array, from_array_ds = eager_and_in_tf_data(fn, array)
   assert_same(from_path, from_path_ds)
   assert_same(from_array, from_array_ds)
   assert from_path.valid and from_array.valid
@@ -208,13 +190,14 @@ def test_solid_colour_normalization_and_mask_ratio():
 def test_target_side_pixels_in_minus_one_one():
   ctx = make_ctx(options={"target_image_size": 12})
   array = np.full((30, 20, 3), 51, np.uint8)
-  eager, graph = both_ways(lambda v: PROC.preprocess_target(v, ctx),
-                           encode(array, "PNG"))
+  eager, graph = eager_and_in_tf_data(lambda v: PROC.preprocess_target(v, ctx),
+                                      encode(array, "PNG"))
   assert_same(eager, graph)
   assert eager.valid and eager.mask.tolist() == [1]
   assert eager.values.shape == (12, 12, 3)
   np.testing.assert_allclose(eager.values, 51 / 127.5 - 1, atol=1e-4)
-  bad, _ = both_ways(lambda v: PROC.preprocess_target(v, ctx), b"\x89PNG\r\n\x1a\nxx")
+  bad, _ = eager_and_in_tf_data(lambda v: PROC.preprocess_target(v, ctx),
+                                b"\x89PNG\r\n\x1a\nxx")
   assert not bad.valid and bad.mask.tolist() == [0]
   np.testing.assert_array_equal(PROC.postprocess(eager.values, {}),
                                 np.full((12, 12, 3), 51, np.uint8))
@@ -269,7 +252,7 @@ def test_iterator_over_guarded_decoding_can_be_checkpointed(tmp_path):
 def test_decoded_arrays_empty_gray_and_rgba():
   ctx = make_ctx(options={"image_size": 8})
   for empty in (np.zeros((0, 5, 3), np.uint8), np.zeros((4, 0, 3), np.uint8)):
-    eager, graph = both_ways(lambda v: PROC.preprocess_input(v, ctx), empty)
+    eager, graph = eager_and_in_tf_data(lambda v: PROC.preprocess_input(v, ctx), empty)
     assert not eager.valid and not graph.valid and eager.mask.tolist() == [0]
   rgb = rect_image(10, 12, (2, 3, 6, 9))
   want = PROC.preprocess_input(tf.constant(rgb), ctx).values.numpy()
@@ -295,7 +278,7 @@ def test_base64_strings_as_in_ofa_tsv_files(fmt):
   data = encode(array, fmt)
   text = base64.b64encode(data)
   ctx = make_ctx(options={"image_size": 16})
-  eager, graph = both_ways(lambda v: PROC.preprocess_input(v, ctx), text)
+  eager, graph = eager_and_in_tf_data(lambda v: PROC.preprocess_input(v, ctx), text)
   assert_same(eager, graph)
   assert eager.valid
   np.testing.assert_array_equal(

@@ -13,7 +13,8 @@ import tensorflow as tf
 from ofa_jax import bpe
 from ofa_jax import features
 from ofa_jax import vocab as vocab_lib
-from ofa_jax.modalities import base, box, category, phone, struct, text
+from ofa_jax.modalities import box, category, phone, struct, text
+from tests.tf_testing import assert_same, slot_context, to_numpy
 
 TEXT_KIND = int(features.TokenKind.TEXT)
 BIN_KIND = int(features.TokenKind.BIN)
@@ -27,10 +28,8 @@ def v():
 
 
 def _ctx(v, attrs=None, options=None, training=False, seed=(1, 2), geometry=None):
-  return base.SlotContext(
-      task="t", slot_name="s", attrs=attrs or {}, vocab=v, options=options or {},
-      is_training=training, seed=None if seed is None else tf.constant(seed, tf.int32),
-      image_geometry=None if geometry is None else tf.constant(geometry, tf.float32))
+  return slot_context("t", "s", attrs=attrs, options=options, vocab=v, training=training,
+                      seed=seed, geometry=geometry)
 
 
 def run_both(fn, value, ctx):
@@ -40,8 +39,7 @@ def run_both(fn, value, ctx):
   ds = tf.data.Dataset.from_tensors((value, seed)).map(
       lambda x, s: fn(x, dataclasses.replace(ctx, seed=s if ctx.seed is not None else None)))
   (graph,) = list(ds.as_numpy_iterator())
-  for a, b in zip(eager, graph):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert_same(to_numpy(eager), graph)
   return tuple(np.asarray(x) for x in eager)
 
 
@@ -123,8 +121,16 @@ def test_text_noise(v):
   changed = ids != original
   assert 0.3 < changed.mean() < 0.7
   assert np.all((ids[changed] >= 4) & (ids[changed] < v.mask_id))
-  with pytest.raises(ValueError, match="decoder inputs"):
-    p.preprocess_target(tf.constant("x"), _ctx(v, {"noise_ratio": 0.2}, training=True))
+  # On a target slot the targets stay clean; only the decoder inputs are noised,
+  # and only in training.
+  target_ctx = _ctx(v, {"noise_ratio": 0.5}, training=True)
+  clean, *_ = run_both(p.preprocess_target, tf.constant(long_text), target_ctx)
+  np.testing.assert_array_equal(clean, original)
+  noised = p.noise_target_inputs(tf.constant(clean), target_ctx).numpy()
+  assert 0.3 < (noised != original).mean() < 0.7
+  eval_ctx = _ctx(v, {"noise_ratio": 0.5}, training=False)
+  np.testing.assert_array_equal(
+      p.noise_target_inputs(tf.constant(clean), eval_ctx).numpy(), original)
 
 
 def test_text_closed_set_trie(v):

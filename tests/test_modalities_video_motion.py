@@ -12,29 +12,15 @@ from PIL import Image
 from ofa_jax.modalities import get_processor
 from ofa_jax.modalities import motion as motion_lib
 from ofa_jax.modalities import video as video_lib
-from ofa_jax.modalities.base import SlotContext
+from tests.tf_testing import same_eager_and_in_tf_data, slot_context
 
 VIDEO = get_processor("VIDEO")
 MOTION = get_processor("MOTION")
 
 
 def make_ctx(slot="clip", attrs=None, options=None, training=False, seed=None):
-  return SlotContext(task="t_dense", slot_name=slot, attrs=attrs or {}, vocab=None,
-                     options=options or {}, is_training=training,
-                     seed=None if seed is None else tf.constant(seed, tf.int32))
-
-
-def _np(t):
-  return None if t is None else t.numpy()
-
-
-def both_ways(fn, value):
-  eager = tf.nest.map_structure(_np, fn(tf.constant(value)))
-  ds = tf.data.Dataset.from_tensors(tf.constant(value)).map(fn)
-  graph = tf.nest.map_structure(_np, ds.get_single_element())
-  for a, b in zip(tf.nest.flatten(eager), tf.nest.flatten(graph)):
-    np.testing.assert_array_equal(a, b)
-  return eager
+  return slot_context("t_dense", slot, attrs=attrs, options=options, training=training,
+                      seed=seed)
 
 
 def numbered_frames(t, h=6, w=8):
@@ -58,7 +44,7 @@ def png(frame):
 # ---------------------------------------------------------------------------
 def test_eval_sampling_takes_segment_middles_eager_and_in_tf_data():
   ctx = make_ctx(attrs={"n_frames": 4, "image_size": 8})
-  out = both_ways(lambda v: VIDEO.preprocess_input(v, ctx), numbered_frames(20))
+  out = same_eager_and_in_tf_data(lambda v: VIDEO.preprocess_input(v, ctx), numbered_frames(20))
   assert out.valid and out.values.shape == (4, 8, 8, 3)
   assert out.mask.tolist() == [1, 1, 1, 1]
   assert frame_ids(out.values, out.mask) == [2, 7, 12, 17]  # floor(5 i + 2.5)
@@ -66,7 +52,7 @@ def test_eval_sampling_takes_segment_middles_eager_and_in_tf_data():
 
 def test_short_clip_is_padded_not_invented():
   ctx = make_ctx(options={"video_n_frames": 5, "image_size": 8})
-  out = both_ways(lambda v: VIDEO.preprocess_input(v, ctx), numbered_frames(3))
+  out = same_eager_and_in_tf_data(lambda v: VIDEO.preprocess_input(v, ctx), numbered_frames(3))
   assert out.valid and out.mask.tolist() == [1, 1, 1, 0, 0]
   assert frame_ids(out.values, out.mask)[:3] == [0, 1, 2]
   np.testing.assert_array_equal(out.values[3:], 0.0)
@@ -98,15 +84,15 @@ def test_sample_frame_indices_bounds():
 def test_encoded_frames_match_uint8_frames_and_corrupt_frame_is_invalid():
   raw = numbered_frames(6)
   ctx = make_ctx(attrs={"n_frames": 3, "image_size": 8})
-  from_raw = both_ways(lambda v: VIDEO.preprocess_input(v, ctx), raw)
+  from_raw = same_eager_and_in_tf_data(lambda v: VIDEO.preprocess_input(v, ctx), raw)
   encoded = [png(f) for f in raw]
-  from_png = both_ways(lambda v: VIDEO.preprocess_input(v, ctx), encoded)
+  from_png = same_eager_and_in_tf_data(lambda v: VIDEO.preprocess_input(v, ctx), encoded)
   assert from_png.valid
   np.testing.assert_allclose(from_png.values, from_raw.values, atol=1e-5)
   sampled = video_lib.sample_frame_indices(tf.constant(6), 3)[0].numpy()
   broken = list(encoded)
   broken[int(sampled[1])] = encoded[0][:20]  # truncated PNG on a sampled frame
-  out = both_ways(lambda v: VIDEO.preprocess_input(v, ctx), broken)
+  out = same_eager_and_in_tf_data(lambda v: VIDEO.preprocess_input(v, ctx), broken)
   assert not out.valid and out.mask.tolist() == [0, 0, 0]
 
 
@@ -141,7 +127,7 @@ def test_normalization_padding_eager_and_in_tf_data():
   stats = {"mean": np.arange(4, dtype=np.float32), "std": np.full(4, 2.0, np.float32)}
   ctx = make_ctx(attrs={"min_length": 3, "max_length": 8},
                  options={"motion_stats": stats, "motion_length": 10})
-  out = both_ways(lambda v: MOTION.preprocess_input(v, ctx), clip)
+  out = same_eager_and_in_tf_data(lambda v: MOTION.preprocess_input(v, ctx), clip)
   assert out.valid and out.values.shape == (10, 4)
   assert out.mask.tolist() == [1] * 7 + [0] * 3
   np.testing.assert_allclose(out.values[:7], (clip - stats["mean"]) / 2.0, atol=1e-6)
@@ -153,11 +139,11 @@ def test_normalization_padding_eager_and_in_tf_data():
 def test_short_clip_invalid_long_clip_centre_cropped():
   ctx = make_ctx(attrs={"min_length": 5, "max_length": 6},
                  options={"motion_normalize": False})
-  short = both_ways(lambda v: MOTION.preprocess_input(v, ctx), motion_clip(4))
+  short = same_eager_and_in_tf_data(lambda v: MOTION.preprocess_input(v, ctx), motion_clip(4))
   assert not short.valid and short.mask.sum() == 0
   assert short.values.shape == (6, 4)
   clip = motion_clip(11)
-  out = both_ways(lambda v: MOTION.preprocess_input(v, ctx), clip)
+  out = same_eager_and_in_tf_data(lambda v: MOTION.preprocess_input(v, ctx), clip)
   assert out.valid and out.mask.tolist() == [1] * 6
   np.testing.assert_array_equal(out.values, clip[2:8])  # (11 - 6) // 2 = 2
 

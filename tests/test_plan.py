@@ -343,6 +343,7 @@ def _sentence(k: int, n: int = 30) -> str:
   return " ".join(_WORDS[(k * 7 + 3 * i) % len(_WORDS)] for i in range(n))
 
 
+@pytest.mark.slow
 def test_target_noise_ratio_noises_decoder_inputs_in_training_only(registered,
                                                                    vocab):
   summaries = [_sentence(k) for k in range(4)]

@@ -237,14 +237,17 @@ def table(result: dict[str, Any]) -> str:
           f"{r['name']} {100 * r['share']:.0f}%"
           for r in t["profile"]["by_category"][:8]))
   if "decode" in result:
-    lines.append("decode: kind length method cached  tokens/s  (compile s)")
+    lines.append("decode: preset kind length method cached  tokens/s "
+                 "(without encoder)  (compile s)")
     for r in result["decode"]["rows"]:
       lines.append(f"  {r['preset']:<6} {r['kind']:<11} {r['length']:>5} "
                    f"{r['method']:<6} {str(r['cached']):<5} "
-                   f"{r['tokens_per_s']:>9.1f}  ({r['compile_s']:.1f})")
+                   f"{r['tokens_per_s']:>9.1f} ({r['loop_tokens_per_s']:.1f})"
+                   f"  ({r['compile_s']:.1f})")
     for s in result["decode"]["speedups"]:
       lines.append(f"  cache speed-up {s['kind']} {s['length']} {s['method']}: "
-                   f"{s['cached_over_uncached']:.1f}x")
+                   f"{s['cached_over_uncached']:.1f}x "
+                   f"(without encoder {s['loop_cached_over_uncached']:.1f}x)")
   if "input" in result:
     i = result["input"]
     for p in i["pipelines"]:

@@ -38,6 +38,7 @@ import tensorflow as tf
 
 from ofa_jax import features
 from ofa_jax.modalities import image_ops
+from ofa_jax.modalities import options
 from ofa_jax.modalities.base import DenseSlotOutput, SlotContext
 
 DEFAULT_SAMPLE_RATE = 16000
@@ -143,7 +144,7 @@ class AudioProcessor:
   modality = features.Modality.AUDIO
 
   def _config(self, ctx: SlotContext) -> FbankConfig:
-    opt = lambda name, default, kind: image_ops.slot_option(  # noqa: E731
+    opt = lambda name, default, kind: options.slot_option(  # noqa: E731
         ctx, name, (f"audio_{name}",), default, kind)
     cfg = FbankConfig(
         sample_rate=int(image_ops.positive(
@@ -162,7 +163,7 @@ class AudioProcessor:
   def _features(self, value: tf.Tensor, ctx: SlotContext, max_frames: int
                 ) -> DenseSlotOutput:
     cfg = self._config(ctx)
-    cmvn = image_ops.slot_option(ctx, "cmvn", ("audio_cmvn",), True, bool)
+    cmvn = options.slot_option(ctx, "cmvn", ("audio_cmvn",), True, bool)
     value = tf.convert_to_tensor(value)
     scale = cfg.input_scale
     if value.dtype == tf.string:
@@ -216,14 +217,14 @@ class AudioProcessor:
 
   def preprocess_input(self, value: tf.Tensor, ctx: SlotContext) -> DenseSlotOutput:
     """Waveform or WAV bytes -> float32 [max_frames, 80], mask int32 [max_frames]."""
-    max_frames = image_ops.slot_option(ctx, "max_frames", ("audio_max_frames",),
+    max_frames = options.slot_option(ctx, "max_frames", ("audio_max_frames",),
                                        DEFAULT_MAX_FRAMES, int)
     return self._features(value, ctx,
                           int(image_ops.positive(ctx, "max_frames", max_frames)))
 
   def preprocess_target(self, value: tf.Tensor, ctx: SlotContext) -> DenseSlotOutput:
     """The same fbank frames as regression targets (TTS), with their mask."""
-    max_frames = image_ops.slot_option(
+    max_frames = options.slot_option(
         ctx, "max_frames", ("target_audio_max_frames", "audio_max_frames"),
         DEFAULT_MAX_FRAMES, int)
     return self._features(value, ctx,

@@ -28,7 +28,8 @@ import tensorflow as tf
 
 from ofa_jax import features
 from ofa_jax.modalities.base import SlotContext, TokenSlotOutput
-from ofa_jax.modalities.text import require_vocab, slot_option
+from ofa_jax.modalities.options import slot_option
+from ofa_jax.modalities.text import require_vocab
 
 DEFAULT_IMAGE_SIZE = 480  # the IMAGE modality's default resize target
 

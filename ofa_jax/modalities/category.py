@@ -16,9 +16,9 @@ import tensorflow as tf
 
 from ofa_jax import features
 from ofa_jax.modalities.base import SlotContext, TokenSlotOutput
+from ofa_jax.modalities.options import slot_option
 from ofa_jax.modalities.text import (TextProcessor, encode_text, max_length_option,
-                                     require_vocab, slot_option, token_kinds,
-                                     _normalize_label)
+                                     require_vocab, token_kinds, _normalize_label)
 
 
 class CategoryProcessor(TextProcessor):

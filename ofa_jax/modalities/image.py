@@ -36,6 +36,7 @@ import tensorflow as tf
 
 from ofa_jax import features
 from ofa_jax.modalities import image_ops
+from ofa_jax.modalities import options
 from ofa_jax.modalities.base import DenseSlotOutput, SlotContext
 
 DEFAULT_IMAGE_SIZE = 480
@@ -47,7 +48,7 @@ _SOURCES = ("auto", "bytes", "base64", "path")
 
 
 def image_source(ctx: SlotContext) -> str:
-  source = image_ops.slot_option(ctx, "source", ("image_source",), "auto", str)
+  source = options.slot_option(ctx, "source", ("image_source",), "auto", str)
   if source not in _SOURCES:
     raise ValueError(f"{ctx.where()}: image_source must be one of {_SOURCES}, "
                      f"got {source!r}")
@@ -56,7 +57,7 @@ def image_source(ctx: SlotContext) -> str:
 
 def input_image_size(ctx: SlotContext, keys: tuple[str, ...] = ("image_size",)
                      ) -> int:
-  size = image_ops.slot_option(ctx, "image_size", keys, DEFAULT_IMAGE_SIZE, int)
+  size = options.slot_option(ctx, "image_size", keys, DEFAULT_IMAGE_SIZE, int)
   return int(image_ops.positive(ctx, "image_size", size))
 
 
@@ -66,22 +67,22 @@ class ImageProcessor:
   modality = features.Modality.IMAGE
 
   def _input_settings(self, ctx: SlotContext) -> dict[str, Any]:
-    variant = image_ops.slot_option(ctx, "preprocess", (), "image", str)
+    variant = options.slot_option(ctx, "preprocess", (), "image", str)
     if variant not in _INPUT_VARIANTS:
       raise ValueError(f"{ctx.where()}: IMAGE input preprocess must be one of "
                        f"{_INPUT_VARIANTS}, got {variant!r}")
-    mask_ratio = image_ops.slot_option(ctx, "mask_ratio", (), 0.0, float)
+    mask_ratio = options.slot_option(ctx, "mask_ratio", (), 0.0, float)
     if not 0.0 <= mask_ratio < 1.0:
       raise ValueError(f"{ctx.where()}: mask_ratio must be in [0, 1), got "
                        f"{mask_ratio!r}")
     crop_pct = None
     if variant == "imagenet":
-      crop_pct = image_ops.slot_option(ctx, "crop_pct", ("image_crop_pct",),
+      crop_pct = options.slot_option(ctx, "crop_pct", ("image_crop_pct",),
                                        DEFAULT_CROP_PCT, float)
       if not 0.0 < crop_pct <= 1.0:
         raise ValueError(f"{ctx.where()}: crop_pct must be in (0, 1], got "
                          f"{crop_pct!r}")
-    augment = image_ops.slot_option(ctx, "augment", ("image_augment",), True, bool)
+    augment = options.slot_option(ctx, "augment", ("image_augment",), True, bool)
     return dict(
         size=input_image_size(ctx), variant=variant, mask_ratio=mask_ratio,
         crop_pct=crop_pct, source=image_source(ctx),
@@ -114,12 +115,12 @@ class ImageProcessor:
 
   def preprocess_target(self, value: tf.Tensor, ctx: SlotContext) -> DenseSlotOutput:
     """Pixels for VQ tokenization: float32 [St,St,3] in [-1, 1], mask int32 [1]."""
-    variant = image_ops.slot_option(ctx, "preprocess", (), "image_vqgan", str)
+    variant = options.slot_option(ctx, "preprocess", (), "image_vqgan", str)
     if variant not in _TARGET_VARIANTS:
       raise ValueError(f"{ctx.where()}: IMAGE target preprocess must be one of "
                        f"{_TARGET_VARIANTS}, got {variant!r}")
     # On a target slot the instruction's `image_size` attribute is the target size.
-    size = image_ops.slot_option(ctx, "image_size", ("target_image_size",),
+    size = options.slot_option(ctx, "image_size", ("target_image_size",),
                                  DEFAULT_TARGET_IMAGE_SIZE, int)
     size = int(image_ops.positive(ctx, "target_image_size", size))
     source = image_source(ctx)

@@ -2,10 +2,8 @@
 
 Three concerns live here because several modality files need them:
 
-* Reading options: a slot attribute (`[IMAGE:img,image_size=224]`) wins over a
-  task-level option (`register_task(..., image_size=224)`), which wins over the
-  default. Attribute values may arrive as strings from the instruction parser, so
-  every read casts and names the slot when the value is of the wrong kind.
+* Checking options and deriving seeds (reading them is `options.slot_option`,
+  shared with the token modalities).
 * A guarded path for decoding. In graph mode a corrupt JPEG makes
   `tf.io.decode_image` raise, and inside tf.data a raised op error ends the whole
   dataset. `guarded()` runs a function inside a one-element dataset with
@@ -22,7 +20,7 @@ Three concerns live here because several modality files need them:
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional
 
 import tensorflow as tf
 
@@ -40,53 +38,10 @@ _MAGICS = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
 # from a relative path).
 _B64_MAGICS = (b"/9j/", b"iVBORw0KGgo", b"R0lGODdh", b"R0lGODlh")
 
-_MISSING = object()
-_TRUE_STRINGS = frozenset({"1", "true", "yes", "on"})
-_FALSE_STRINGS = frozenset({"0", "false", "no", "off", ""})
-
 
 # ---------------------------------------------------------------------------
-# Options
+# Option checks (reading options is `options.slot_option`)
 # ---------------------------------------------------------------------------
-def slot_option(ctx: SlotContext, attr: Optional[str], option_keys: Sequence[str],
-                default: Any, kind: Callable[[Any], Any] | None = None) -> Any:
-  """The value of an option: slot attribute `attr`, else the first of `option_keys`
-  present in the task options, else `default`; cast with `kind` (int, float, bool,
-  str) with an error that names the slot and the key."""
-  value, source = _MISSING, None
-  if attr is not None and ctx.attrs and attr in ctx.attrs:
-    value, source = ctx.attrs[attr], f"attribute {attr!r}"
-  else:
-    for key in option_keys:
-      if ctx.options and key in ctx.options:
-        value, source = ctx.options[key], f"option {key!r}"
-        break
-  if value is _MISSING:
-    return default
-  if kind is None or value is None:
-    return value
-  try:
-    if kind is bool:
-      if isinstance(value, str):
-        low = value.strip().lower()
-        if low in _TRUE_STRINGS:
-          return True
-        if low in _FALSE_STRINGS:
-          return False
-        raise ValueError(value)
-      return bool(value)
-    if kind is int and isinstance(value, float) and not value.is_integer():
-      raise ValueError(value)
-    if kind is int and isinstance(value, str):
-      value = float(value) if "." in value else value
-      if isinstance(value, float) and not value.is_integer():
-        raise ValueError(value)
-    return kind(value)
-  except (TypeError, ValueError):
-    raise ValueError(
-        f"{ctx.where()}: {source} must be {kind.__name__}, got {value!r}") from None
-
-
 def positive(ctx: SlotContext, name: str, value: float | int, *,
              allow_zero: bool = False) -> float | int:
   """Checks that an option is > 0 (or >= 0), naming it in the error."""

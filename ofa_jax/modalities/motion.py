@@ -42,6 +42,7 @@ import tensorflow as tf
 
 from ofa_jax import features
 from ofa_jax.modalities import image_ops
+from ofa_jax.modalities import options
 from ofa_jax.modalities.base import DenseSlotOutput, SlotContext
 
 DEFAULT_MIN_LENGTH = 10
@@ -111,8 +112,8 @@ def choose_span(total: tf.Tensor, min_length: int, max_length: int,
 
 
 def _stats(ctx: SlotContext) -> tuple[np.ndarray, np.ndarray] | None:
-  normalize = image_ops.slot_option(ctx, None, ("motion_normalize",), True, bool)
-  stats = image_ops.slot_option(ctx, None, ("motion_stats",), None)
+  normalize = options.slot_option(ctx, None, ("motion_normalize",), True, bool)
+  stats = options.slot_option(ctx, None, ("motion_stats",), None)
   if not normalize:
     return None
   if stats is None:
@@ -141,7 +142,7 @@ class MotionProcessor:
 
   def _process(self, value: tf.Tensor, ctx: SlotContext, seed_slot: int
                ) -> DenseSlotOutput:
-    opt = lambda name, default: image_ops.slot_option(  # noqa: E731
+    opt = lambda name, default: options.slot_option(  # noqa: E731
         ctx, name, (f"motion_{name}",), default, int)
     min_length = int(image_ops.positive(ctx, "min_length",
                                         opt("min_length", DEFAULT_MIN_LENGTH)))
@@ -158,7 +159,7 @@ class MotionProcessor:
           f"{ctx.where()}: anchor_frame canonicalises BVH rotations; ofa_jax's "
           f"MOTION takes precomputed joint features, so canonicalise them when "
           f"the features are made")
-    soft_trim = image_ops.slot_option(ctx, "soft_trim", (), None, float)
+    soft_trim = options.slot_option(ctx, "soft_trim", (), None, float)
     if soft_trim is not None and not 0.0 < soft_trim < 1.0:
       raise ValueError(f"{ctx.where()}: soft_trim must be in (0, 1), got "
                        f"{soft_trim!r}")
@@ -171,7 +172,7 @@ class MotionProcessor:
       raise ValueError(f"{ctx.where()}: MOTION frames must be [T, D], got shape "
                        f"{value.shape}")
     dim = value.shape[1]
-    dim_option = image_ops.slot_option(ctx, None, ("motion_dim",), None, int)
+    dim_option = options.slot_option(ctx, None, ("motion_dim",), None, int)
     for name, d in (("motion_dim", dim_option),
                     ("motion_stats", None if stats is None else stats[0].shape[0])):
       if d is not None and dim is not None and d != dim:
@@ -199,7 +200,7 @@ class MotionProcessor:
     start, keep = choose_span(
         total, min_length, max_length, train_seed,
         soft_trim=soft_trim,
-        window=image_ops.slot_option(ctx, "window", (), False, bool))
+        window=options.slot_option(ctx, "window", (), False, bool))
     clip = frames[start:start + keep]
     if stats is not None:
       clip = (clip - tf.constant(stats[0])) / tf.constant(stats[1])

@@ -30,9 +30,10 @@ import tensorflow as tf
 
 from ofa_jax import features
 from ofa_jax.modalities.base import SlotContext, TokenSlotOutput
+from ofa_jax.modalities.options import slot_option
 from ofa_jax.modalities.text import (TextProcessor, encode_text, max_length_option,
-                                     normalize_text, require_vocab, slot_option,
-                                     string_scalar, token_kinds)
+                                     normalize_text, require_vocab, string_scalar,
+                                     token_kinds)
 
 
 def _cell(x: Any) -> str:

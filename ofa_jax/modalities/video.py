@@ -26,6 +26,7 @@ import tensorflow as tf
 from ofa_jax import features
 from ofa_jax.modalities import image as image_lib
 from ofa_jax.modalities import image_ops
+from ofa_jax.modalities import options
 from ofa_jax.modalities.base import DenseSlotOutput, SlotContext
 
 DEFAULT_N_FRAMES = 8
@@ -65,7 +66,7 @@ class VideoProcessor:
 
   def preprocess_input(self, value: tf.Tensor, ctx: SlotContext) -> DenseSlotOutput:
     """Frames -> float32 [F, S, S, 3] and mask int32 [F] (1 = a real frame)."""
-    n_frames = image_ops.slot_option(ctx, "n_frames", ("video_n_frames",),
+    n_frames = options.slot_option(ctx, "n_frames", ("video_n_frames",),
                                      DEFAULT_N_FRAMES, int)
     n_frames = int(image_ops.positive(ctx, "n_frames", n_frames))
     size = image_lib.input_image_size(ctx, ("video_image_size", "image_size"))
