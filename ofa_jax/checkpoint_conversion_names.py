@@ -22,32 +22,33 @@ import numpy as np
 HF = "hf"
 FAIRSEQ = "fairseq"
 
-# fairseq (OFA-Sys/OFA models/ofa/unify_transformer_layer.py) -> HF/modelscope.
-# Pairs of (pattern, replacement) applied to every key, in order.
-_FAIRSEQ_TO_HF = (
-    (r"^(encoder\.layers\.\d+)\.attn_ln\.", r"\1.self_attn_mid_layer_norm."),
-    (r"^(decoder\.layers\.\d+)\.self_attn_ln\.", r"\1.self_attn_mid_layer_norm."),
-    (r"^(decoder\.layers\.\d+)\.cross_attn_ln\.", r"\1.cross_attn_mid_layer_norm."),
-    (r"^((?:en|de)coder\.layers\.\d+)\.ffn_layernorm\.", r"\1.ffn_layer_norm."),
-    (r"^(decoder\.layers\.\d+)\.encoder_attn_layer_norm\.",
-     r"\1.cross_attn_layer_norm."),
-    (r"^(decoder\.layers\.\d+)\.encoder_attn\.", r"\1.cross_attn."),
+# The module names that differ between fairseq (OFA-Sys/OFA
+# models/ofa/unify_transformer_layer.py) and HF/modelscope: (layers, fairseq, hf).
+# One table gives both directions and the markers that tell the two apart, so a
+# name added here can never be renamed one way only.
+_RENAMED_MODULES = (
+    ("encoder", "attn_ln", "self_attn_mid_layer_norm"),
+    ("decoder", "self_attn_ln", "self_attn_mid_layer_norm"),
+    ("decoder", "cross_attn_ln", "cross_attn_mid_layer_norm"),
+    ("(?:en|de)coder", "ffn_layernorm", "ffn_layer_norm"),
+    ("decoder", "encoder_attn_layer_norm", "cross_attn_layer_norm"),
+    ("decoder", "encoder_attn", "cross_attn"),
 )
-_HF_TO_FAIRSEQ = (
-    (r"^(encoder\.layers\.\d+)\.self_attn_mid_layer_norm\.", r"\1.attn_ln."),
-    (r"^(decoder\.layers\.\d+)\.self_attn_mid_layer_norm\.", r"\1.self_attn_ln."),
-    (r"^(decoder\.layers\.\d+)\.cross_attn_mid_layer_norm\.", r"\1.cross_attn_ln."),
-    (r"^((?:en|de)coder\.layers\.\d+)\.ffn_layer_norm\.", r"\1.ffn_layernorm."),
-    (r"^(decoder\.layers\.\d+)\.cross_attn_layer_norm\.",
-     r"\1.encoder_attn_layer_norm."),
-    (r"^(decoder\.layers\.\d+)\.cross_attn\.", r"\1.encoder_attn."),
-)
+
+
+def _rename_rules(src: int, dst: int) -> tuple[tuple[str, str], ...]:
+  """(pattern, replacement) pairs from column `src` to column `dst` of the table."""
+  return tuple((rf"^({row[0]}\.layers\.\d+)\.{row[src]}\.", rf"\1.{row[dst]}.")
+               for row in _RENAMED_MODULES)
+
+
+_FAIRSEQ_TO_HF = _rename_rules(1, 2)
+_HF_TO_FAIRSEQ = _rename_rules(2, 1)
 _FAIRSEQ_MARKERS = re.compile(
-    r"\.(attn_ln|self_attn_ln|cross_attn_ln|ffn_layernorm|encoder_attn"
-    r"|encoder_attn_layer_norm)\.|^(en|de)coder\.version$")
+    r"\.(" + "|".join(sorted({row[1] for row in _RENAMED_MODULES})) + r")\."
+    r"|^(en|de)coder\.version$")
 _HF_MARKERS = re.compile(
-    r"\.(self_attn_mid_layer_norm|cross_attn_mid_layer_norm|ffn_layer_norm"
-    r"|cross_attn|cross_attn_layer_norm)\.")
+    r"\.(" + "|".join(sorted({row[2] for row in _RENAMED_MODULES})) + r")\.")
 
 # Entries of OFA state dicts that are not weights (canonical names), with why.
 IGNORED_BUFFERS: Mapping[str, str] = {
@@ -99,14 +100,17 @@ def _rename(key: str, rules) -> str:
 
 
 def fairseq_to_hf_name(key: str) -> str:
+  """A key in OFA-Sys/OFA's (fairseq) spelling -> modelscope/HF's; others unchanged."""
   return _rename(key, _FAIRSEQ_TO_HF)
 
 
 def hf_to_fairseq_name(key: str) -> str:
+  """The inverse of `fairseq_to_hf_name`."""
   return _rename(key, _HF_TO_FAIRSEQ)
 
 
 def is_ignored(key: str) -> bool:
+  """Whether a (canonical) key is a non-weight buffer of `IGNORED_BUFFERS`."""
   return any(p.search(key) for p in _IGNORED)
 
 

@@ -295,6 +295,7 @@ class TrieConstraint:
 # Combining constraints.
 # ---------------------------------------------------------------------------
 def init_states(constraints: Sequence[Constraint], num_rows: int) -> tuple:
+  """One state per constraint, in order (the decoding loop carries them as a tuple)."""
   return tuple(c.init_state(num_rows) for c in constraints)
 
 
@@ -312,5 +313,6 @@ def allowed_mask(constraints: Sequence[Constraint], states: tuple,
 
 def update_states(constraints: Sequence[Constraint], states: tuple,
                   tokens: jax.Array, free_step: jax.Array) -> tuple:
+  """Every constraint's state after the rows emitted `tokens` at `free_step`."""
   return tuple(c.update(s, tokens, free_step)
                for c, s in zip(constraints, states))

@@ -23,6 +23,7 @@ _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_GIN_SEARCH_PATHS = (os.path.join(_REPO_ROOT, "gin"), _REPO_ROOT)
 
 _REQUIRED_RE = re.compile(r"^(\S+)/macro\.value set to `%gin\.REQUIRED`")
+_UNDEFINED_RE = re.compile(r"No bindings specified for '(\S+)/gin\.macro'")
 _SHORTHAND_RE = re.compile(r"^--gin\.([^=]+)=(.*)$", re.DOTALL)
 
 
@@ -101,6 +102,11 @@ def parse_gin_flags(gin_files: Sequence[str],
             f"required gin macro {macro} is not set: set it in an experiment gin "
             f"file or pass --gin.{macro}=VALUE (gin files: {list(gin_files)})"
         ) from e
+      m = _UNDEFINED_RE.search(str(e))
+      if m:
+        raise GinConfigError(
+            f"gin macro {m.group(1)} is used but never set: set it in a gin file or "
+            f"pass --gin.{m.group(1)}=VALUE (gin files: {list(gin_files)})") from e
       raise GinConfigError(f"gin config is invalid: {e}") from e
 
 

@@ -166,10 +166,12 @@ class PlainText:
 
 
 @dataclasses.dataclass(frozen=True)
-class InterleavedGroup:
-  """`[[BOX:boxes][TEXT:labels]]*`: repeats its slots over list-valued fields.
+class SlotGroup:
+  """Several slots written inside one pair of outer brackets.
 
-  See `ofa_jax.instructions.expand_group` for how the repetitions are counted.
+  The fields and checks of the two bracketed forms; what the slots mean (repeat
+  them all, or pick one) is the subclass. Equality includes the class, so a group
+  never equals a choice over the same slots.
   """
 
   slots: tuple[Slot, ...]
@@ -179,24 +181,25 @@ class InterleavedGroup:
 
   def __post_init__(self):
     object.__setattr__(self, "slots", tuple(self.slots))
+    if not self.slots:
+      raise ValueError(f"{type(self).__name__} needs at least one slot")
     _check_side(self.side)
+
+
+@dataclasses.dataclass(frozen=True)
+class InterleavedGroup(SlotGroup):
+  """`[[BOX:boxes][TEXT:labels]]*`: repeats its slots over list-valued fields.
+
+  See `ofa_jax.instructions.expand_group` for how the repetitions are counted.
+  """
 
   def to_string(self) -> str:
     return "[" + "".join(s.to_string() for s in self.slots) + "]*"
 
 
 @dataclasses.dataclass(frozen=True)
-class ContrastiveChoice:
+class ContrastiveChoice(SlotGroup):
   """`[[TEXT:pos]|[TEXT:neg]]`: one of its slots is used per example."""
-
-  slots: tuple[Slot, ...]
-  side: str = SOURCE
-  position: int = 0
-  column: int = dataclasses.field(default=0, compare=False)
-
-  def __post_init__(self):
-    object.__setattr__(self, "slots", tuple(self.slots))
-    _check_side(self.side)
 
   def choose(self, seed: int) -> Slot:
     """The slot used for the example with this seed (deterministic)."""
@@ -214,7 +217,7 @@ def _flatten(elements: tuple[Element, ...]) -> tuple[Slot, ...]:
   for element in elements:
     if isinstance(element, Slot):
       out.append(element)
-    elif isinstance(element, (InterleavedGroup, ContrastiveChoice)):
+    elif isinstance(element, SlotGroup):
       out.extend(element.slots)
   return tuple(out)
 

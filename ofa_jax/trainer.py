@@ -316,16 +316,20 @@ def train(*, model: Any, model_dir: str, mixture_or_task_name: str,
       tokens += sum(float(p["num_tokens"].sum()) for s, p in per_ex if s > s_last)
     dt = max(time.time() - t_last, 1e-9)
     steps_per_s = max(s_now - s_last, 0) / dt
-    scalars["steps_per_sec"] = steps_per_s
+    if steps_per_s > 0:  # not when only the compiled first step is pending
+      scalars["steps_per_sec"] = steps_per_s
     if tokens:
       scalars["tokens_per_sec"] = tokens / dt
     writer.write_scalars(s_now, scalars)
     if leader:
-      left = (train_steps - s_now) / max(steps_per_s, 1e-9)
+      if steps_per_s > 0:
+        left_s = int((train_steps - s_now) / steps_per_s)
+        left = f"{left_s // 3600}:{left_s % 3600 // 60:02d}:{left_s % 60:02d}"
+      else:
+        left = "?"
       logging.info("step %d/%d loss %.4f | %.2f steps/s%s | %s left", s_now,
                    train_steps, scalars["loss"], steps_per_s,
-                   f", {tokens / dt:.0f} tokens/s" if tokens else "",
-                   time.strftime("%H:%M:%S", time.gmtime(left)))
+                   f", {tokens / dt:.0f} tokens/s" if tokens else "", left)
     t_last, s_last, tokens = time.time(), s_now, 0.0
 
   def save(force: bool) -> None:

@@ -120,6 +120,17 @@ def test_caption_single_dict_and_list(generalist, images):
 
 
 @pytest.mark.slow
+def test_sampling_is_deterministic_given_the_seed(generalist, images):
+  g, _, _ = generalist
+  kw = dict(sampling=True, beam_size=1, temperature=0.7, top_k=5, max_len=4,
+            batch_size=2, no_repeat_ngram_size=2)
+  a = g.inference(CAPTION, [{"img": p} for p in images[:2]], seed=3, **kw)
+  b = g.inference(CAPTION, [{"img": p} for p in images[:2]], seed=3, **kw)
+  assert [r.text for r in a] == [r.text for r in b]
+  assert all(np.isfinite(r.score) and len(r.text.split()) <= 4 for r in a)
+
+
+@pytest.mark.slow
 def test_closed_set_outputs_are_always_in_the_set(generalist, images):
   g, _, _ = generalist
   instruction = "[IMAGE:img] what shape is in the image? -> [TEXT:label]"

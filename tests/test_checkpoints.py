@@ -31,6 +31,7 @@ def _assert_trees_equal(a, b):
                                                           np.asarray(y)), a, b)
 
 
+@pytest.mark.slow
 def test_round_trip_keeps_values_and_sharding(tmp_path):
   part = partitioning.make_partitioner(num_partitions=2, fsdp=True)
   state, _ = _state(part)
@@ -49,6 +50,7 @@ def test_round_trip_keeps_values_and_sharding(tmp_path):
   _assert_trees_equal(restored.opt_state, state.opt_state)
 
 
+@pytest.mark.slow
 def test_keep_last_n_and_period(tmp_path):
   part = partitioning.make_partitioner()
   state, _ = _state(part)
@@ -62,6 +64,7 @@ def test_keep_last_n_and_period(tmp_path):
   assert checkpoints.CheckpointManager(str(tmp_path)).all_steps() == [6, 7]
 
 
+@pytest.mark.slow
 def test_restore_into_wrong_shapes_names_the_parameter(tmp_path):
   part = partitioning.make_partitioner()
   state, _ = _state(part)
@@ -75,6 +78,7 @@ def test_restore_into_wrong_shapes_names_the_parameter(tmp_path):
   mgr.close()
 
 
+@pytest.mark.slow
 def test_load_params_for_finetuning(tmp_path):
   part = partitioning.make_partitioner(num_partitions=2)
   state, shardings = _state(part)
@@ -96,6 +100,7 @@ def test_load_params_for_finetuning(tmp_path):
     checkpoints.load_params(str(tmp_path / "nope"), other.params)
 
 
+@pytest.mark.slow
 def test_load_params_from_converted_layout(tmp_path):
   """The output of tools/convert_ofa_checkpoint.py (`checkpoint/{params,...}`)."""
   import orbax.checkpoint as ocp
@@ -111,6 +116,7 @@ def test_load_params_from_converted_layout(tmp_path):
   _assert_trees_equal(params, state.params)
 
 
+@pytest.mark.slow
 def test_unfinished_save_is_invisible(tmp_path):
   """A step directory still being written (orbax tmp name) is never restored."""
   part = partitioning.make_partitioner()

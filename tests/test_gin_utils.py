@@ -112,3 +112,25 @@ def test_entry_point_fails_before_any_work(tmp_path):
   assert out.returncode == 2, out.stderr[-2000:]
   assert "required gin macro MODEL_DIR is not set" in out.stderr
   assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("run, out_macro", [("eval", "EVAL_OUTPUT_DIR"),
+                                             ("infer", "INFER_OUTPUT_DIR")])
+def test_experiment_then_eval_or_infer_run(run, out_macro):
+  """`--gin_file=experiments/demo.gin --gin_file=runs/eval.gin` (README order)."""
+  with pytest.raises(gin_utils.GinConfigError, match="CHECKPOINT_PATH"):
+    gin_utils.parse_gin_flags(["experiments/demo.gin", f"runs/{run}.gin"])
+  gin.clear_config()
+  gin_utils.parse_gin_flags(["experiments/demo.gin", f"runs/{run}.gin"],
+                            ["CHECKPOINT_PATH = '/c'", f"{out_macro} = '/o'"])
+  # The experiment's task macros survive the run file parsed after it.
+  assert gin.query_parameter("%MIXTURE_OR_TASK_NAME") == "demo_mixture"
+
+
+def test_undefined_macro_is_named(tmp_path):
+  (tmp_path / "u.gin").write_text(
+      "from __gin__ import dynamic_registration\nfrom ofa_jax import optimizers\n"
+      "optimizers.adamw.learning_rate = %NOT_DEFINED\n")
+  with pytest.raises(gin_utils.GinConfigError,
+                     match="gin macro NOT_DEFINED is used but never set"):
+    gin_utils.parse_gin_flags([str(tmp_path / "u.gin")])

@@ -16,7 +16,10 @@ from ofa_jax.model.transformer import OFATransformer
 @pytest.fixture(scope="module")
 def setup():
   cfg = testing.small_config()
-  batch = testing.random_batch(cfg, seed=5, batch_size=3, target_length=7)
+  # No encoder images: what is checked is the decoder's cache, and the ResNet
+  # would only add compile time (codes in the decoder do not need them).
+  batch = testing.random_batch(cfg, seed=5, batch_size=3, target_length=7,
+                               num_images=0)
   dec = batch[features.DECODER_INPUT_TOKENS]
   dec[1, 1:] = 40 + np.arange(6)  # stand-ins for code ids: sample 1 decodes codes
   dec[2, -2:] = cfg.pad_id  # a finished hypothesis keeps feeding pads

@@ -242,6 +242,7 @@ def test_describe_lists_logical_and_mesh_axes():
   assert "logical=('embed', 'mlp')" in line and "mesh=('data', 'model')" in line
 
 
+@pytest.mark.slow
 def test_indivisible_dimension_is_replicated_not_an_error():
   """A 61-id vocabulary cannot be split 2 ways: that dimension is replicated."""
   part = partitioning.make_partitioner(num_partitions=2)

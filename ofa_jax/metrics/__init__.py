@@ -32,6 +32,7 @@ _METRICS = types.MappingProxyType({
 
 
 def metric_names() -> tuple[str, ...]:
+  """Every registered metric name, sorted (what `metrics=` in a task may name)."""
   return tuple(sorted(_METRICS))
 
 

@@ -48,6 +48,7 @@ _SOURCES = ("auto", "bytes", "base64", "path")
 
 
 def image_source(ctx: SlotContext) -> str:
+  """How a string value is read: "auto" tells bytes, base64 and paths apart."""
   source = options.slot_option(ctx, "source", ("image_source",), "auto", str)
   if source not in _SOURCES:
     raise ValueError(f"{ctx.where()}: image_source must be one of {_SOURCES}, "
@@ -57,6 +58,7 @@ def image_source(ctx: SlotContext) -> str:
 
 def input_image_size(ctx: SlotContext, keys: tuple[str, ...] = ("image_size",)
                      ) -> int:
+  """The resize side of an input image (also the frame size of VIDEO slots)."""
   size = options.slot_option(ctx, "image_size", keys, DEFAULT_IMAGE_SIZE, int)
   return int(image_ops.positive(ctx, "image_size", size))
 
