@@ -52,6 +52,7 @@ def _incremental(cfg, variables, batch, max_len, explicit_step=False):
   return run(variables, batch)
 
 
+@pytest.mark.slow
 def test_cached_decoding_matches_full_forward(setup):
   cfg, batch, variables = setup
   forward = testing.apply_fn(cfg)
