@@ -170,6 +170,18 @@ def _task_names(mixture_or_task_name: str) -> dict[int, str]:
   return {task_id_of(t.name): t.name for t in tasks}
 
 
+def _image_options(mixture_or_task_name: str) -> dict[str, Any]:
+  """The image size the tasks were registered with (for `Generalist.load`)."""
+  try:
+    provider = seqio.get_mixture_or_task(mixture_or_task_name)
+  except ValueError:
+    return {}
+  tasks = getattr(provider, "tasks", None) or [provider]
+  sizes = {t.plan.options["image_size"] for t in tasks
+           if "image_size" in getattr(getattr(t, "plan", None), "options", {})}
+  return {"image_size": sizes.pop()} if len(sizes) == 1 else {}
+
+
 def _input_shapes(spec: Mapping[str, Any], batch_size: int):
   shapes = {k: (batch_size,) + tuple(v.shape[1:]) for k, v in spec.items()}
   types = {k: v.dtype.as_numpy_dtype for k, v in spec.items()}
@@ -190,13 +202,19 @@ def train(*, model: Any, model_dir: str, mixture_or_task_name: str,
           async_checkpoints: bool = True, log_period: int = 10,
           initial_checkpoint_path: Optional[str] = None,
           register_fns: Sequence[Callable[[], Any]] = (),
+          eval_period: int = 0,
+          eval_kwargs: Optional[Mapping[str, Any]] = None,
           handle_signals: bool = True) -> TrainResult:
   """Trains `model` on a SeqIO mixture until `train_steps`; resumes from `model_dir`.
 
   `register_fns` are called first (e.g. `tasks.demo.register_demo_tasks`), so a
   gin file can register the tasks it trains on without import-time side effects.
   Returns when done or stopped by a signal (after saving); raises
-  `NonFiniteLossError` on a NaN or infinite loss.
+  `NonFiniteLossError` on a NaN or infinite loss. With `eval_period > 0`, every
+  task of the mixture is decoded and scored (`ofa_jax.evaluation.Evaluator`,
+  built with `eval_kwargs`) every `eval_period` steps and at the end; the metrics
+  go to the writer under `eval/<task>/<metric>` and the predictions to
+  `MODEL_DIR/eval/<step>/`.
   """
   # ---- set-up ---------------------------------------------------------------
   for fn in register_fns:
@@ -241,6 +259,24 @@ def train(*, model: Any, model_dir: str, mixture_or_task_name: str,
       f.write("\n".join(partitioning.describe(abstract.params, partitioner)))
       sizes = [x.size for x in jax.tree.leaves(nn.meta.unbox(abstract.params))]
       f.write(f"\ntotal parameters: {sum(sizes):,} in {len(sizes)} arrays\n")
+
+  evaluator = None
+  if eval_period > 0 and jax.process_count() > 1:
+    logging.warning("in-training evaluation runs on one host only; it is off for "
+                    "this %d-process run (use ofa_jax.evaluate on the "
+                    "checkpoints)", jax.process_count())
+    eval_period = 0
+  if eval_period > 0:
+    from ofa_jax import evaluation  # pylint: disable=g-import-not-at-top
+    evaluator = evaluation.Evaluator(
+        model, mixture_or_task_name, dict(task_feature_lengths),
+        partitioner=partitioner, feature_converter=feature_converter,
+        **dict(eval_kwargs or {}))
+  if leader and hasattr(model, "config"):
+    from ofa_jax import api  # pylint: disable=g-import-not-at-top
+    api.save_model_config(model_dir, model.config,
+                          vocabulary=getattr(model, "vocabulary", None),
+                          task_options=_image_options(mixture_or_task_name))
 
   # ---- shard and compile --------------------------------------------------------
   kwargs = dict(loss_kwargs or {})
@@ -332,6 +368,20 @@ def train(*, model: Any, model_dir: str, mixture_or_task_name: str,
                    f", {tokens / dt:.0f} tokens/s" if tokens else "", left)
     t_last, s_last, tokens = time.time(), s_now, 0.0
 
+  def run_eval() -> None:
+    """Decodes every task with the current state (single host: see evaluation)."""
+    if evaluator is None:
+      return
+    flush()
+    t0 = time.time()
+    results = evaluator.evaluate({"params": state.params, **state.model_state},
+                                 step=step,
+                                 output_dir=os.path.join(model_dir, "eval", str(step)))
+    from ofa_jax import evaluation  # pylint: disable=g-import-not-at-top
+    scalars = {f"eval/{k}": v for k, v in evaluation.flatten_metrics(results).items()}
+    writer.write_scalars(step, scalars)
+    logging.info("evaluation at step %d took %.1fs", step, time.time() - t0)
+
   def save(force: bool) -> None:
     nonlocal last_good
     if force or step % checkpoint_period == 0:
@@ -358,7 +408,11 @@ def train(*, model: Any, model_dir: str, mixture_or_task_name: str,
       if step % log_period == 0 or step == train_steps:
         flush()
       save(force=False)
+      if eval_period > 0 and step % eval_period == 0 and step < train_steps:
+        run_eval()
     save(force=True)
+    if eval_period > 0 and status == "done":
+      run_eval()
     ckpts.wait()
   except NonFiniteLossError:
     ckpts.wait()

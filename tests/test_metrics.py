@@ -34,6 +34,14 @@ def test_length_mismatch_and_empty_input_are_errors(fn):
     fn([], [])
 
 
+@pytest.mark.parametrize("fn,name", [
+    (text.exact_match, "exact_match"), (text.rouge_l, "rouge_l"), (text.bleu, "bleu"),
+    (caption.cider, "cider")])
+def test_a_target_without_references_is_named(fn, name):
+  with pytest.raises(ValueError, match=rf"{name}: target 1 has no reference"):
+    fn(["a cat", []], ["a cat", "a dog"])
+
+
 def test_accuracy_and_baselines():
   result = classification.accuracy(["a", "b", "c", " d "], ["a", "x", "c", "d"])
   assert result == {"accuracy": 75.0}

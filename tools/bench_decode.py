@@ -18,6 +18,7 @@ code-only ids); the config's code grid is sized to hold them.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from typing import Any, Optional, Sequence
 
@@ -101,6 +102,10 @@ def run_lengths(*, preset: str, lengths: Sequence[int], kind: str,
         rows.append({"preset": preset, "kind": kind, "length": length,
                      "method": method, "beam_size": beams,
                      "cached": use_cache, "batch_size": batch_size, **res})
+        # Progress on stderr: long runs on a shared host should not be silent.
+        print(f"decode {preset} {kind} {length} {method} cached={use_cache}: "
+              f"{res['tokens_per_s']:.1f} tokens/s", file=sys.stderr,
+              flush=True)
   return rows
 
 

@@ -24,7 +24,7 @@ def cider(targets: Sequence[Any], predictions: Sequence[Any]
     predictions: per example, the predicted caption.
   """
   targets, predictions = check_pairs(targets, predictions, "cider")
-  refs = {i: [" ".join(words(r)) for r in as_references(t)]
+  refs = {i: [" ".join(words(r)) for r in as_references(t, f"cider: target {i}")]
           for i, t in enumerate(targets)}
   hyps = {i: [" ".join(words(as_text(p)))] for i, p in enumerate(predictions)}
   score, _ = Cider().compute_score(refs, hyps)

@@ -44,12 +44,15 @@ def normalize_answer(text: Any) -> str:
   return text[:-1].rstrip() if text.endswith(".") else text
 
 
-def as_references(target: Any) -> list[str]:
-  """One reference string or a list of them -> a non-empty list of strings."""
+def as_references(target: Any, where: str = "an example") -> list[str]:
+  """One reference string or a list of them -> a non-empty list of strings.
+
+  `where` names the metric and example in the error (e.g. "bleu: target 3").
+  """
   refs = [target] if isinstance(target, (str, bytes)) else list(target)
   refs = [r.decode("utf-8") if isinstance(r, bytes) else str(r) for r in refs]
   if not refs:
-    raise ValueError("an example has no reference")
+    raise ValueError(f"{where} has no reference (got {target!r})")
   return refs
 
 

@@ -28,8 +28,9 @@ def exact_match(targets: Sequence[Any], predictions: Sequence[Any]
   case and punctuation count, as they do in SQL or in a sudoku grid.
   """
   targets, predictions = check_pairs(targets, predictions, "exact_match")
-  hits = sum(_squash(p) in {_squash(r) for r in as_references(t)}
-             for t, p in zip(targets, predictions))
+  hits = sum(_squash(p) in {_squash(r)
+                            for r in as_references(t, f"exact_match: target {i}")}
+             for i, (t, p) in enumerate(zip(targets, predictions)))
   return {"exact_match": 100.0 * hits / len(targets)}
 
 
@@ -58,9 +59,9 @@ def rouge_l(targets: Sequence[Any], predictions: Sequence[Any]
   targets, predictions = check_pairs(targets, predictions, "rouge_l")
   scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
   total = 0.0
-  for target, prediction in zip(targets, predictions):
+  for i, (target, prediction) in enumerate(zip(targets, predictions)):
     total += max(scorer.score(ref, as_text(prediction))["rougeL"].fmeasure
-                 for ref in as_references(target))
+                 for ref in as_references(target, f"rouge_l: target {i}"))
   return {"rouge_l": 100.0 * total / len(targets)}
 
 
@@ -72,7 +73,7 @@ def bleu(targets: Sequence[Any], predictions: Sequence[Any]
   them (missing ones are passed to sacrebleu as None).
   """
   targets, predictions = check_pairs(targets, predictions, "bleu")
-  refs = [as_references(t) for t in targets]
+  refs = [as_references(t, f"bleu: target {i}") for i, t in enumerate(targets)]
   width = max(len(r) for r in refs)
   streams = [[r[k] if k < len(r) else None for r in refs]
              for k in range(width)]

@@ -111,5 +111,5 @@ class StructProcessor(TextProcessor):
   def preprocess_input(self, value: tf.Tensor, ctx: SlotContext) -> TokenSlotOutput:
     return self._tokens(value, ctx)
 
-  def preprocess_target(self, value: tf.Tensor, ctx: SlotContext) -> TokenSlotOutput:
-    return self._tokens(value, ctx)
+  # The same tokens on either side: no masking or noise applies to this modality.
+  preprocess_target = preprocess_input
