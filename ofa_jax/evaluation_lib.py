@@ -84,6 +84,9 @@ def prompt_length(rows: Iterable[Mapping[str, np.ndarray]]) -> int:
   """Longest forced decoder prompt (leading no-loss target tokens) of the rows."""
   longest = 0
   for row in rows:
+    if F.DECODER_PROMPT_MASK in row:  # explicit (a sample weight of 0 is no prompt)
+      longest = max(longest, int(np.asarray(row[F.DECODER_PROMPT_MASK]).sum()))
+      continue
     targets = np.asarray(row[F.DECODER_TARGET_TOKENS]).reshape(-1)
     weights = np.asarray(row[F.DECODER_LOSS_WEIGHTS]).reshape(-1)
     is_prompt = (targets != F.PAD_ID) & (weights == 0)
