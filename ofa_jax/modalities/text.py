@@ -35,50 +35,14 @@ import tensorflow as tf
 from ofa_jax import features
 from ofa_jax import trie as trie_lib
 from ofa_jax.modalities.base import SlotContext, TokenSlotOutput
+from ofa_jax.modalities.options import slot_option
 
 POISSON_LAMBDA = 3.0
-_MISSING = object()
-_TRUE = ("1", "true", "yes", "on", "")
-_FALSE = ("0", "false", "no", "off")
 
 
 # ---------------------------------------------------------------------------
 # Shared helpers of the token modalities
 # ---------------------------------------------------------------------------
-def slot_option(ctx: SlotContext, attr: Optional[str], option_keys: Sequence[str],
-                default: Any, kind: Callable[[Any], Any] | None = None) -> Any:
-  """Slot attribute `attr`, else the first task option in `option_keys`, else default.
-
-  The value is cast with `kind`; a value that does not cast is an error naming the
-  task, the slot and the key. A bare flag attribute (value True or None) is True.
-  """
-  value, source = _MISSING, None
-  if attr is not None and ctx.attrs and attr in ctx.attrs:
-    value, source = ctx.attrs[attr], f"attribute {attr!r}"
-  else:
-    for key in option_keys:
-      if ctx.options and key in ctx.options:
-        value, source = ctx.options[key], f"option {key!r}"
-        break
-  if value is _MISSING:
-    return default
-  if kind is bool:
-    if value is None or isinstance(value, bool):
-      return True if value is None else value
-    if str(value).strip().lower() in _TRUE:
-      return True
-    if str(value).strip().lower() in _FALSE:
-      return False
-    raise ValueError(f"{ctx.where()}: {source} must be a boolean, got {value!r}")
-  if kind is None:
-    return value
-  try:
-    return kind(value)
-  except (TypeError, ValueError) as e:
-    raise ValueError(f"{ctx.where()}: {source} must be {kind.__name__}, "
-                     f"got {value!r}") from e
-
-
 def ratio_option(ctx: SlotContext, attr: str) -> float:
   p = slot_option(ctx, attr, (), 0.0, float)
   if not 0.0 <= p <= 1.0:
