@@ -82,7 +82,9 @@ def standard_logical_axis_rules(*, fsdp: bool = False,
   rules += [("vocab", MODEL_AXIS), ("mlp", MODEL_AXIS), ("heads", MODEL_AXIS),
             ("joined_kv", MODEL_AXIS)]
   if fsdp:
-    rules += [("embed", DATA_AXIS)]
+    # The ResNet's conv kernels (~16% of base) carry no `embed` axis; sharding
+    # their output channels brings FSDP's per-device state to ~1/8 (BENCHMARKS.md).
+    rules += [("embed", DATA_AXIS), ("conv_out", DATA_AXIS)]
   rules += [("embed", None), ("mlp_activations", None)]
   rules += [(name, None) for name in _REPLICATED_AXES]
   return tuple(rules)
