@@ -89,14 +89,21 @@ def token_losses(logits: Array, targets: Array, kinds: Optional[Array], *,
   else:
     allowed = None
     num_allowed = jnp.full(targets.shape, vocab, jnp.int32)
-  lp = jax.nn.log_softmax(logits, axis=-1)
-  nll = -jnp.take_along_axis(lp, targets[..., None], axis=-1)[..., 0]
-  finite_lp = lp if allowed is None else jnp.where(allowed, lp, 0.0)
-  smooth = -jnp.sum(finite_lp, axis=-1)
+  # One pass over the vocabulary in logsumexp form (no [B, L, V] log-probs kept
+  # for the backward pass): -log p_i = lse - logit_i for every allowed i, so
+  #   nll = lse - logit_target,  sum_allowed(-log p) = |allowed|*lse - sum_allowed(logit).
+  lse = jax.nn.logsumexp(logits, axis=-1)
+  raw = logits if allowed is None else jnp.where(allowed, logits, 0.0)
+  target_logit = jnp.take_along_axis(raw, targets[..., None], axis=-1)[..., 0]
+  nll = lse - target_logit
   eps = float(label_smoothing)
-  eps_i = eps / jnp.maximum(num_allowed - 1, 1).astype(jnp.float32)
-  loss = (1.0 - eps - eps_i) * nll + eps_i * smooth if eps else nll
-  correct = jnp.argmax(logits, axis=-1) == targets
+  if eps:
+    smooth = num_allowed.astype(jnp.float32) * lse - jnp.sum(raw, axis=-1)
+    eps_i = eps / jnp.maximum(num_allowed - 1, 1).astype(jnp.float32)
+    loss = (1.0 - eps - eps_i) * nll + eps_i * smooth
+  else:
+    loss = nll
+  correct = jnp.argmax(jax.lax.stop_gradient(logits), axis=-1) == targets
   return {"loss": loss, "nll": nll, "correct": correct}
 
 
