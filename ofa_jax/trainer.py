@@ -161,23 +161,22 @@ class _StopRequest:
       signal.signal(sig, handler)
 
 
-def _task_names(mixture_or_task_name: str) -> dict[int, str]:
+def _tasks_of(mixture_or_task_name: str) -> list[Any]:
+  """The tasks of a registered mixture or task ([] when it is not registered)."""
   try:
     provider = seqio.get_mixture_or_task(mixture_or_task_name)
   except ValueError:
-    return {}
-  tasks = getattr(provider, "tasks", None) or [provider]
-  return {task_id_of(t.name): t.name for t in tasks}
+    return []
+  return list(getattr(provider, "tasks", None) or [provider])
+
+
+def _task_names(mixture_or_task_name: str) -> dict[int, str]:
+  return {task_id_of(t.name): t.name for t in _tasks_of(mixture_or_task_name)}
 
 
 def _image_options(mixture_or_task_name: str) -> dict[str, Any]:
   """The image size the tasks were registered with (for `Generalist.load`)."""
-  try:
-    provider = seqio.get_mixture_or_task(mixture_or_task_name)
-  except ValueError:
-    return {}
-  tasks = getattr(provider, "tasks", None) or [provider]
-  sizes = {t.plan.options["image_size"] for t in tasks
+  sizes = {t.plan.options["image_size"] for t in _tasks_of(mixture_or_task_name)
            if "image_size" in getattr(getattr(t, "plan", None), "options", {})}
   return {"image_size": sizes.pop()} if len(sizes) == 1 else {}
 
