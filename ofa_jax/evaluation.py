@@ -33,6 +33,7 @@ import seqio
 import tensorflow as tf
 from seqio.metrics import ModelOutputType
 
+from ofa_jax import feature_converter as fc_lib
 from ofa_jax import evaluation_lib as lib
 from ofa_jax import features as F
 
@@ -75,11 +76,7 @@ class Evaluator:
                score_candidates: Optional[bool] = None, eval_loss: bool = True,
                require_metrics: bool = True, seed: int = 42):
     if feature_converter is None:
-      cls = getattr(model, "FEATURE_CONVERTER_CLS", None)
-      if cls is None:
-        raise ValueError("Evaluator: pass feature_converter= or give the model a "
-                         "FEATURE_CONVERTER_CLS")
-      feature_converter = cls(pack=False)
+      feature_converter = fc_lib.for_model(model, "Evaluator")
     self.model = model
     self.mixture_or_task_name = mixture_or_task_name
     self.split = split

@@ -300,3 +300,12 @@ class OFAFeatureConverter(seqio.FeatureConverter):
       }
 
     return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def for_model(model, caller: str) -> seqio.FeatureConverter:
+  """The unpacked converter a t5x-style model names in `FEATURE_CONVERTER_CLS`."""
+  cls = getattr(model, "FEATURE_CONVERTER_CLS", None)
+  if cls is None:
+    raise ValueError(f"{caller}: pass feature_converter= or give the model a "
+                     "FEATURE_CONVERTER_CLS")
+  return cls(pack=False)

@@ -32,6 +32,7 @@ import seqio
 
 from ofa_jax import checkpoints as ckpt_lib
 from ofa_jax import data_iterator as data_lib
+from ofa_jax import feature_converter as fc_lib
 from ofa_jax import gin_utils
 from ofa_jax import multihost
 from ofa_jax import partitioning
@@ -231,11 +232,7 @@ def train(*, model: Any, model_dir: str, mixture_or_task_name: str,
 
   # ---- input ----------------------------------------------------------------
   if feature_converter is None:
-    cls = getattr(model, "FEATURE_CONVERTER_CLS", None)
-    if cls is None:
-      raise ValueError("train: pass feature_converter= or give the model a "
-                       "FEATURE_CONVERTER_CLS")
-    feature_converter = cls(pack=False)
+    feature_converter = fc_lib.for_model(model, "train")
   data_config = data_lib.DataConfig(
       mixture_or_task_name=mixture_or_task_name,
       task_feature_lengths=dict(task_feature_lengths), batch_size=batch_size,

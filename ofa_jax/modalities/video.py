@@ -138,5 +138,5 @@ class VideoProcessor:
                      f"video generation is not supported")
 
   def postprocess(self, tokens: Any, ctx: Mapping[str, Any]) -> Any:
-    raise NotImplementedError("VIDEO is an input-only modality: nothing to "
-                              "postprocess")
+    raise ValueError("VIDEO is an input-only modality (the plan refuses VIDEO "
+                     "targets at registration): there is nothing to postprocess")
