@@ -208,12 +208,18 @@ def has_collection(path: str, collection: str) -> bool:
 
 
 def load_params(path: str, abstract_params: Any, *,
-                collection: str = "params") -> Any:
+                collection: str = "params", scratch: Any = None) -> Any:
   """Parameters (or another collection) for fine-tuning from `path`, sharded.
 
   `abstract_params` gives the wanted structure, shapes, dtypes and shardings. Any
   missing, extra or differently shaped entry raises `CheckpointError` naming
   the path and the shapes, before anything is loaded.
+
+  With `scratch` (initialized values of the same structure: t5x's
+  `fallback_to_scratch`), the checkpoint may hold a part of the model only, e.g.
+  a pretrained image backbone: its entries are loaded, every model entry it
+  lacks keeps its `scratch` value and is logged by name. Extra entries and shape
+  mismatches still raise.
   """
   directory, key = _resolve_checkpoint(path, collection)
   target = jax.tree.map(_abstract_leaf, abstract_params)
@@ -232,8 +238,15 @@ def load_params(path: str, abstract_params: Any, *,
             f"checkpoint {directory} has no {'/'.join(key)!r} entry (it has "
             f"{sorted(tree) if isinstance(tree, Mapping) else type(tree)})")
       tree = tree[k]
-    _check_shapes(tree, target_dict, directory)
-    wanted = target_dict
+    if scratch is None:
+      _check_shapes(tree, target_dict, directory)
+      wanted = target_dict
+    else:
+      wanted, left = _present_part(tree, target_dict, directory)
+      logging.info("initial checkpoint %s: %d %s entries loaded, %d left at "
+                   "their initialization: %s", directory,
+                   len(_flat_shapes(wanted)), collection, len(left),
+                   ", ".join(left[:20]) + (" ..." if len(left) > 20 else ""))
     for k in reversed(key or ()):
       wanted = {k: wanted}
     # Only this collection is read (e.g. the optimizer moments of a training
@@ -246,4 +259,44 @@ def load_params(path: str, abstract_params: Any, *,
     ckptr.close()
   for k in key or ():
     restored = restored[k]
+  if scratch is not None:
+    restored = _overlay(flax.serialization.to_state_dict(scratch), restored)
   return flax.serialization.from_state_dict(target, restored)
+
+
+def _present_part(saved: Any, target: Mapping[str, Any], where: str
+                  ) -> tuple[dict[str, Any], list[str]]:
+  """(the sub-tree of `target` that `saved` holds, the paths it lacks).
+
+  Raises like `_check_shapes` on entries of `saved` the model lacks or has with
+  another shape; a checkpoint that shares no entry with the model is an error.
+  """
+  have, want = _flat_shapes(saved), _flat_shapes(target)
+  problems = [f"  not in model: {k} (checkpoint has {have[k]})"
+              for k in sorted(set(have) - set(want))]
+  problems += [f"  shape mismatch: {k}: checkpoint {have[k]} vs model {want[k]}"
+               for k in sorted(set(have) & set(want))
+               if have[k] is not None and want[k] is not None
+               and have[k] != want[k]]
+  if not set(have) & set(want):
+    problems.append("  no entry of the checkpoint is in the model")
+  if problems:
+    raise CheckpointError(f"checkpoint {where} does not fit the model:\n"
+                          + "\n".join(problems[:30]))
+
+  def prune(saved_node: Any, target_node: Any) -> Any:
+    if not isinstance(target_node, Mapping):
+      return target_node
+    out = {k: prune(saved_node[k], v) for k, v in target_node.items()
+           if isinstance(saved_node, Mapping) and k in saved_node}
+    return {k: v for k, v in out.items() if not (isinstance(v, Mapping) and not v)}
+
+  return prune(saved, target), sorted(set(want) - set(have))
+
+
+def _overlay(base: Any, top: Any) -> Any:
+  """`base` with every leaf that `top` holds replaced by top's."""
+  if not isinstance(base, Mapping):
+    return top
+  return {k: _overlay(v, top[k]) if isinstance(top, Mapping) and k in top else v
+          for k, v in base.items()}

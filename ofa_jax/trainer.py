@@ -201,11 +201,16 @@ def train(*, model: Any, model_dir: str, mixture_or_task_name: str,
           checkpoint_period: int = 1000, keep_checkpoints: Optional[int] = 3,
           async_checkpoints: bool = True, log_period: int = 10,
           initial_checkpoint_path: Optional[str] = None,
+          initial_checkpoint_fallback_to_scratch: bool = False,
           register_fns: Sequence[Callable[[], Any]] = (),
           eval_period: int = 0,
           eval_kwargs: Optional[Mapping[str, Any]] = None,
           handle_signals: bool = True) -> TrainResult:
   """Trains `model` on a SeqIO mixture until `train_steps`; resumes from `model_dir`.
+
+  `initial_checkpoint_path` starts a new run from another checkpoint (fine-tuning);
+  with `initial_checkpoint_fallback_to_scratch` it may hold part of the model
+  only (e.g. a pretrained image backbone), the rest starting from scratch.
 
   `register_fns` are called first (e.g. `tasks.demo.register_demo_tasks`), so a
   gin file can register the tasks it trains on without import-time side effects.
@@ -307,12 +312,15 @@ def train(*, model: Any, model_dir: str, mixture_or_task_name: str,
     state = partitioner.jit(init_fn, in_shardings=None,
                             out_shardings=shardings)(jax.random.fold_in(rng, 1))
     if initial_checkpoint_path:
-      params = ckpt_lib.load_params(initial_checkpoint_path, state.params)
+      partial = initial_checkpoint_fallback_to_scratch
+      params = ckpt_lib.load_params(initial_checkpoint_path, state.params,
+                                    scratch=state.params if partial else None)
       model_state = dict(state.model_state)
       for name in model_state:  # e.g. BatchNorm statistics, when present
         if ckpt_lib.has_collection(initial_checkpoint_path, name):
           model_state[name] = ckpt_lib.load_params(
-              initial_checkpoint_path, model_state[name], collection=name)
+              initial_checkpoint_path, model_state[name], collection=name,
+              scratch=model_state[name] if partial else None)
       state = state.replace(params=params, model_state=model_state)
       logging.info("initialized parameters from %s", initial_checkpoint_path)
   step = int(jax.device_get(state.step))

@@ -130,7 +130,7 @@ def register_demo_tasks(image_size: int = 64, *, replace: bool = False,
   """
   counts = dict(num_examples or DEFAULT_NUM_EXAMPLES)
   signature = (image_size, tuple(sorted(counts.items())), seed, canvas,
-               tuple(sorted((rates or {}).items())))
+               tuple(sorted((rates or {}).items())), repr(vocabulary))
   names = task_names()
   existing = [n for n in names if n in seqio.TaskRegistry.names()]
   if existing and not replace:
