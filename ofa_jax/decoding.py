@@ -97,6 +97,36 @@ class DecodingRules:
 # ---------------------------------------------------------------------------
 # Helpers shared with sampling and the model interface.
 # ---------------------------------------------------------------------------
+def top_k(x: jax.Array, k: int, block: int = 1024) -> jax.Array:
+  """`jax.lax.top_k` over the last axis, by blocks: fast inside a decoding loop.
+
+  Why: inside a `while_loop` body, XLA:CPU lowers `lax.top_k` over the K x V
+  beam candidates to a full stable sort (measured: 65 ms of a 104 ms beam step,
+  base preset, 59457 ids), where outside a loop it is a 0.4 ms TopK call. The k
+  best entries all lie in the k blocks with the largest maxima, so one max
+  per block, a top-k over the block maxima and a top-k over the k chosen
+  blocks (k x block entries) give the same values and indices for every entry
+  above the k-th value; ties at -inf (dead or banned candidates) may pick
+  other -inf indices than `lax.top_k`.
+
+  Returns (values, indices) like `jax.lax.top_k`.
+  """
+  n = x.shape[-1]
+  if n <= 4 * block or k >= n // block:
+    return jax.lax.top_k(x, k)
+  lead = x.shape[:-1]
+  pad = (-n) % block
+  if pad:  # padded entries carry the highest indices: never chosen before real ones
+    x = jnp.concatenate([x, jnp.full(lead + (pad,), NEG_INF, x.dtype)], axis=-1)
+  blocks = x.reshape(lead + ((n + pad) // block, block))
+  _, chosen = jax.lax.top_k(jnp.max(blocks, axis=-1), k)
+  chosen = jnp.sort(chosen, axis=-1)  # ascending: ties keep the lowest index first
+  cand = jnp.take_along_axis(blocks, chosen[..., None], axis=-2)
+  values, pos = jax.lax.top_k(cand.reshape(lead + (k * block,)), k)
+  index = jnp.take_along_axis(chosen, pos // block, axis=-1) * block + pos % block
+  return values, index.astype(jnp.int32)
+
+
 def expand_rows(tree: PyTree, n: int) -> PyTree:
   """Repeats every leaf's leading (batch) axis n times: [B, ...] -> [B*n, ...].
 
@@ -273,7 +303,7 @@ def beam_search(tokens_to_logits: TokensToLogits, init_cache: PyTree, *,
     vocab = lp.shape[-1]
     cand = c.alive_scores[:, :, None] + lp.reshape(b, k, vocab)
     cand = cand.reshape(b, k * vocab)
-    top_scores, top_idx = jax.lax.top_k(cand, 2 * k)
+    top_scores, top_idx = top_k(cand, 2 * k)
     src_beam, tok = top_idx // vocab, (top_idx % vocab).astype(jnp.int32)
     ex_free = free_step.reshape(b, k)[:, 0]  # same for every beam of an example
     cand_seqs = jax.vmap(lambda s, i: s[i])(c.alive_seqs, src_beam)

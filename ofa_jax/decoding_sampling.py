@@ -28,7 +28,7 @@ def filter_top_k(lp: jax.Array, top_k: int) -> jax.Array:
   """Keeps the `top_k` best ids per row (ties at the threshold are kept)."""
   if top_k <= 0 or top_k >= lp.shape[-1]:
     return lp
-  kth = jax.lax.top_k(lp, top_k)[0][:, -1:]
+  kth = decoding.top_k(lp, top_k)[0][:, -1:]
   return jnp.where(lp < kth, NEG_INF, lp)
 
 

@@ -288,8 +288,38 @@ def world_args(split: str = "validation"):
     return demo_report.WorldArgs(split=split)
 
 
-def pretrain_backbone(args: argparse.Namespace, out_dir: str
-                      ) -> Optional[dict[str, Any]]:
+def _configured_backbone(gin_args: Sequence[str]) -> dict[str, Any]:
+  """The network config and image geometry the training gin will use.
+
+  Parses the same gin files and bindings as the training call (then clears
+  them), so the pretrained ResNet has exactly the trained model's shape and
+  sees images of the trained resolution.
+  """
+  import inspect  # pylint: disable=g-import-not-at-top
+  import gin  # pylint: disable=g-import-not-at-top
+  from ofa_jax import gin_utils  # pylint: disable=g-import-not-at-top
+  from ofa_jax import models  # pylint: disable=g-import-not-at-top
+  from tasks import demo  # pylint: disable=g-import-not-at-top
+  files, bindings, paths, _ = gin_utils.parse_argv(
+      list(gin_args) + ["--gin.MODEL_DIR='unused'"])
+  gin.clear_config()
+  gin_utils.parse_gin_flags(files, bindings, paths, finalize=False)
+  try:
+    config = gin.get_configurable(models.OFAModel)().config
+    defaults = inspect.signature(demo.register_demo_tasks).parameters
+    geometry = {}
+    for name in ("image_size", "canvas", "seed"):
+      try:
+        geometry[name] = gin.query_parameter(f"demo.register_demo_tasks.{name}")
+      except ValueError:
+        geometry[name] = defaults[name].default
+  finally:
+    gin.clear_config()
+  return {"config": config, **geometry}
+
+
+def pretrain_backbone(args: argparse.Namespace, gin_args: Sequence[str],
+                      out_dir: str) -> Optional[dict[str, Any]]:
   """Pretrains the demo ResNet (`tasks.demo_backbone`) into out_dir/backbone.
 
   None with --backbone_steps=0. With --resume an existing backbone is reused.
@@ -297,15 +327,16 @@ def pretrain_backbone(args: argparse.Namespace, out_dir: str
   if args.backbone_steps <= 0:
     return None
   from ofa_jax import checkpoint_conversion  # pylint: disable=g-import-not-at-top
-  from ofa_jax.model import config as config_lib  # pylint: disable=g-import-not-at-top
   from tasks import demo_backbone  # pylint: disable=g-import-not-at-top
   path = os.path.join(out_dir, "backbone")
   if args.resume and os.path.isdir(os.path.join(path, "checkpoint")):
     return {"path": path, **checkpoint_conversion.load_metadata(path)}
   shutil.rmtree(path, ignore_errors=True)
+  target = _configured_backbone(gin_args)
   figures = demo_backbone.pretrain_backbone(
-      config_lib.get_config(args.backbone_preset), path,
-      steps=args.backbone_steps)
+      target["config"], path, steps=args.backbone_steps,
+      batch_size=args.backbone_batch_size, seed=int(target["seed"]),
+      canvas=int(target["canvas"]), image_size=int(target["image_size"]))
   return {"path": path, **figures}
 
 
@@ -339,8 +370,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
   p.add_argument("--backbone_steps", type=int, default=300,
                  help="steps of ResNet pretraining before training (OFA starts "
                  "from a pretrained ResNet; 0: train the backbone from scratch)")
-  p.add_argument("--backbone_preset", default="demo",
-                 help="OFA preset whose ResNet is pretrained (= MODEL_SIZE)")
+  p.add_argument("--backbone_batch_size", type=int, default=64)
   p.add_argument("--resume", action="store_true",
                  help="continue the run in out_dir/model instead of starting over")
   args, rest = p.parse_known_args(list(argv))
@@ -391,7 +421,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
   # The watchdog stops training with SIGTERM; one that lands outside the
   # trainer's own handler (start-up, compilation) must not kill the demo.
-  backbone = pretrain_backbone(args, out_dir)
+  backbone = pretrain_backbone(args, gin_args, out_dir)
   if backbone is not None:
     gin_args = list(gin_args) + [
         f"--gin.INITIAL_CHECKPOINT_PATH={backbone['path']!r}",

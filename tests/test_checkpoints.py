@@ -130,3 +130,42 @@ def test_unfinished_save_is_invisible(tmp_path):
   _, data, _ = mgr.restore(state)
   assert data == {"batches": 1}
   mgr.close()
+
+
+@pytest.mark.slow
+def test_partial_checkpoint_falls_back_to_scratch(tmp_path):
+  """t5x's fallback_to_scratch: a checkpoint with part of the model (e.g. a
+  pretrained backbone) loads that part; the rest keeps its initialization."""
+  part = partitioning.make_partitioner(num_partitions=2)
+  state, _ = _state(part)
+  saved = jax.device_get(state.params)
+  part_name = sorted(saved)[0]
+  checkpoint_conversion_dir = tmp_path / "partial"
+  from ofa_jax import checkpoint_conversion
+  checkpoint_conversion.save_converted(
+      {"params": {part_name: saved[part_name]}}, str(checkpoint_conversion_dir),
+      metadata={})
+  fresh, _ = _state(part, seed=5)
+  with pytest.raises(checkpoints.CheckpointError, match="missing in checkpoint"):
+    checkpoints.load_params(str(checkpoint_conversion_dir), fresh.params)
+  params = checkpoints.load_params(str(checkpoint_conversion_dir), fresh.params,
+                                   scratch=fresh.params)
+  for name in saved:
+    want = saved[name] if name == part_name else jax.device_get(fresh.params[name])
+    _assert_trees_equal(params[name], want)
+    jax.tree.map(lambda a, b: a.sharding.spec == b.sharding.spec or pytest.fail(
+        f"{name}: sharding {a.sharding.spec} != {b.sharding.spec}"),
+                 params[name], fresh.params[name])
+  assert not np.array_equal(np.asarray(jax.tree.leaves(saved[part_name])[0]),
+                            np.asarray(jax.tree.leaves(fresh.params[part_name])[0]))
+
+  other, _ = _state(part, ToyModel(embed=8, heads=2))
+  with pytest.raises(checkpoints.CheckpointError, match="shape mismatch"):
+    checkpoints.load_params(str(checkpoint_conversion_dir), other.params,
+                            scratch=other.params)
+  checkpoint_conversion.save_converted(
+      {"params": {"not_a_layer": {"kernel": np.zeros((2, 2), np.float32)}}},
+      str(tmp_path / "foreign"), metadata={})
+  with pytest.raises(checkpoints.CheckpointError, match="not in model: .*not_a_layer"):
+    checkpoints.load_params(str(tmp_path / "foreign"), fresh.params,
+                            scratch=fresh.params)

@@ -177,3 +177,21 @@ def test_forced_prompt_is_emitted_then_free_decoding():
   pt, pl = decoding.forced_prompt_from_targets(
       jnp.array([[6, 7, 4, 2, 1]]), jnp.array([[0., 0., 1., 1., 0.]]))
   assert int(pl[0]) == 2 and pt.shape == (1, 5)
+
+
+@pytest.mark.parametrize("shape,k", [((3, 5 * 5097), 10), ((2, 297285), 10),
+                                     ((4, 9000), 1), ((2, 3000), 10)])
+def test_blocked_top_k_equals_lax_top_k(shape, k):
+  """The blocked top-k used inside the decoding loops (XLA:CPU sorts a plain
+  `lax.top_k` there) returns lax.top_k's values and indices."""
+  x = jax.random.normal(jax.random.key(shape[1]), shape)
+  # Banned ids (-inf) everywhere but a few survivors in one row.
+  x = x.at[0].set(jnp.where(jnp.arange(shape[1]) % 997 == 5, x[0], -jnp.inf))
+  want_v, want_i = jax.lax.top_k(x, k)
+  got_v, got_i = jax.jit(lambda a: decoding.top_k(a, k))(x)
+  np.testing.assert_array_equal(np.asarray(got_v), np.asarray(want_v))
+  finite = np.isfinite(np.asarray(want_v))
+  np.testing.assert_array_equal(np.asarray(got_i)[finite], np.asarray(want_i)[finite])
+  # Every returned index points at its value (also for -inf ties).
+  np.testing.assert_array_equal(
+      np.take_along_axis(np.asarray(x), np.asarray(got_i), axis=1), np.asarray(got_v))

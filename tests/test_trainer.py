@@ -205,3 +205,27 @@ def test_finetune_starts_from_initial_checkpoint(tmp_path):
   with pytest.raises(checkpoints.CheckpointError, match="shape mismatch"):
     _train(tmp_path / "ft2", steps=1, model=ToyModel(mlp=48),
            initial_checkpoint_path=str(tmp_path / "pre"))
+
+
+@pytest.mark.slow
+def test_partial_initial_checkpoint_falls_back_to_scratch(tmp_path):
+  """INITIAL_CHECKPOINT_FALLBACK_TO_SCRATCH: a backbone-only checkpoint loads its
+  part; every other parameter is what a run from scratch starts with."""
+  from ofa_jax import checkpoint_conversion
+  still = lambda: optimizers.adamw(learning_rate=0.0, total_steps=1)  # noqa: E731
+  donor = jax.device_get(_train(tmp_path / "donor", steps=2).state.params)
+  scratch = jax.device_get(_train(tmp_path / "scratch", steps=1,
+                                  optimizer=still()).state.params)
+  part = sorted(donor)[0]
+  checkpoint_conversion.save_converted({"params": {part: donor[part]}},
+                                       str(tmp_path / "backbone"), metadata={})
+  with pytest.raises(checkpoints.CheckpointError, match="missing in checkpoint"):
+    _train(tmp_path / "strict", steps=1, optimizer=still(),
+           initial_checkpoint_path=str(tmp_path / "backbone"))
+  got = jax.device_get(_train(
+      tmp_path / "partial", steps=1, optimizer=still(),
+      initial_checkpoint_path=str(tmp_path / "backbone"),
+      initial_checkpoint_fallback_to_scratch=True).state.params)
+  for name in donor:
+    jax.tree.map(np.testing.assert_array_equal, got[name],
+                 donor[name] if name == part else scratch[name])

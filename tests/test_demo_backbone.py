@@ -1,0 +1,66 @@
+"""The demo's backbone pretraining: tags, its checkpoint, and loading it."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from ofa_jax import checkpoint_conversion
+from ofa_jax import checkpoints
+from ofa_jax import models
+from ofa_jax.model import config as config_lib
+from tasks import demo_backbone
+from tasks import demo_world
+
+
+def test_scene_batch_tags_every_object_and_normalizes_like_the_image_slot():
+  rng = np.random.default_rng(0)
+  images, tags = demo_backbone.scene_batch(rng, 8, canvas=64, image_size=32)
+  assert images.shape == (8, 32, 32, 3) and tags.shape == (8, len(demo_backbone.TAGS))
+  assert -1.0 <= images.min() and images.max() <= 1.0
+  again = np.random.default_rng(0)
+  for row in tags:
+    scene = demo_world.make_scene(again, 64)
+    demo_world.render(scene)
+    want = {a for o in scene.objects for a in (o.shape, o.colour, o.size)}
+    assert {demo_backbone.TAGS[i] for i in np.flatnonzero(row)} == want
+
+
+@pytest.mark.slow
+def test_pretrained_backbone_loads_into_the_generalist(tmp_path):
+  cfg = config_lib.get_config("demo", vocab_size=300, num_codes=0, num_bins=100,
+                              resnet_width=4)
+  figures = demo_backbone.pretrain_backbone(cfg, str(tmp_path / "bb"), steps=3,
+                                            batch_size=4, canvas=32,
+                                            image_size=32, eval_examples=8)
+  assert 0.0 <= figures["tag_accuracy"] <= 1.0
+  meta = checkpoint_conversion.load_metadata(str(tmp_path / "bb"))
+  assert meta["source"] == "tasks.demo_backbone" and meta["steps"] == 3
+  saved = checkpoint_conversion.load_converted(str(tmp_path / "bb"))
+  assert set(saved) == {"params", "batch_stats"}
+  for tree in saved.values():  # only the ResNet, at its place in the generalist
+    assert list(tree) == ["encoder"] and list(tree["encoder"]) == ["images"]
+    assert list(tree["encoder"]["images"]) == ["embed_images"]
+
+  model = models.OFAModel(cfg)
+  shapes = {"encoder_input_tokens": (1, 8), "decoder_input_tokens": (1, 4),
+            "images": (1, 1, 32, 32, 3)}
+  init = model.get_initial_variables(jax.random.key(0), shapes)
+  params = checkpoints.load_params(str(tmp_path / "bb"), init["params"],
+                                   scratch=init["params"])
+  stats = checkpoints.load_params(str(tmp_path / "bb"), init["batch_stats"],
+                                  collection="batch_stats",
+                                  scratch=init["batch_stats"])
+  got = jax.device_get(params["encoder"]["images"]["embed_images"])
+  jax.tree.map(np.testing.assert_array_equal, got,
+               saved["params"]["encoder"]["images"]["embed_images"])
+  jax.tree.map(np.testing.assert_array_equal,
+               jax.device_get(stats["encoder"]["images"]["embed_images"]),
+               saved["batch_stats"]["encoder"]["images"]["embed_images"])
+  jax.tree.map(np.testing.assert_array_equal,
+               jax.device_get(params["decoder"]),
+               jax.device_get(init["params"]["decoder"]))
