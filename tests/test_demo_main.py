@@ -175,7 +175,8 @@ def test_demo_main_end_to_end(tmp_path):
   out = tmp_path / "demo_out"
   cmd = [sys.executable, "-m", "tasks.demo_main", f"--out_dir={out}",
          "--train_steps=2", "--log_period=1", "--eval_examples=2",
-         "--eval_batch_size=2", "--eval_tasks=classify,grounding"]
+         "--eval_batch_size=2", "--eval_tasks=classify,grounding",
+         "--backbone_steps=2", "--backbone_batch_size=2"]
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
                         timeout=1500, env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert proc.returncode == 0, proc.stderr[-4000:]
@@ -188,5 +189,9 @@ def test_demo_main_end_to_end(tmp_path):
   assert Image.open(out / "training_curves.png").size[0] > 0
   summary = json.loads((out / "summary.json").read_text())
   assert summary["training"]["final_step"] == 2
+  # The pretrained ResNet was written and loaded into the generalist.
+  assert summary["backbone"]["steps"] == 2
+  assert (out / "backbone" / "checkpoint").is_dir()
+  assert "entries loaded" in proc.stderr and "initialized parameters from" in proc.stderr
   assert set(summary["metrics"]) == {"demo_classify", "demo_grounding"}
   assert "classify" in proc.stdout and "chance" in proc.stdout
