@@ -180,13 +180,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     common_kw = dict(batch_size=args.decode_batch_size, dtype=args.dtype,
                      vocab_size=args.vocab_size, beam_size=args.beam_size,
                      repeats=args.repeats, image_size=args.image_size)
-    rows = bench_decode.run_lengths(
-        preset=args.decode_preset or args.preset, lengths=args.caption_lengths,
-        kind="text", text_length=text_length, **common_kw)
-    rows += bench_decode.run_lengths(
-        preset=args.image_preset, lengths=args.image_codes, kind="image_codes",
-        text_length=min(text_length, 32),
-        uncached_max_length=args.image_uncached_max, **common_kw)
+    rows = []
+    if args.caption_lengths:  # an empty list skips captions
+      rows += bench_decode.run_lengths(
+          preset=args.decode_preset or args.preset, lengths=args.caption_lengths,
+          kind="text", text_length=text_length, **common_kw)
+    if args.image_codes:  # an empty list skips image generation
+      rows += bench_decode.run_lengths(
+          preset=args.image_preset, lengths=args.image_codes, kind="image_codes",
+          text_length=min(text_length, 32),
+          uncached_max_length=args.image_uncached_max, **common_kw)
     result["decode"] = {"rows": rows, "speedups": bench_decode.speedups(rows)}
   if "input" in sections:
     from tools import bench_input  # pylint: disable=g-import-not-at-top
