@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -49,7 +50,7 @@ def test_pretrained_backbone_loads_into_the_generalist(tmp_path):
   model = models.OFAModel(cfg)
   shapes = {"encoder_input_tokens": (1, 8), "decoder_input_tokens": (1, 4),
             "images": (1, 1, 32, 32, 3)}
-  init = model.get_initial_variables(jax.random.key(0), shapes)
+  init = nn.meta.unbox(model.get_initial_variables(jax.random.key(0), shapes))
   params = checkpoints.load_params(str(tmp_path / "bb"), init["params"],
                                    scratch=init["params"])
   stats = checkpoints.load_params(str(tmp_path / "bb"), init["batch_stats"],
