@@ -14,7 +14,9 @@ measures the real step rate from the trainer's progress lines, and when the
 guess is off by more than a tolerance stops the run (SIGTERM: the trainer saves
 and returns) and resumes it with the step count that ends in time, paying one
 more start-up. A watchdog stops training at the last moment that leaves time for
-the evaluation, whatever happens. Everything lands in `--out_dir`: `model/`
+the evaluation, whatever happens. Before training, the demo's ResNet is
+pretrained (`tasks/demo_backbone.py`, ~45 s, inside the budget) and the training
+call starts from it. Everything lands in `--out_dir`: `backbone/`, `model/`
 (checkpoints, config.gin, event files), `eval/` (metrics.json, predictions),
 `report.md` with its PNGs, and `summary.json`.
 """

@@ -62,8 +62,11 @@ def test_every_model_layer_parses_with_the_run_layer(size):
   from ofa_jax.model import config
   cfg = gin.get_configurable(config.get_config)()
   assert cfg.d_model == config.get_config(size).d_model
-  # The embedding is sized from the vocabulary, not from a copied number.
-  assert cfg.vocab_size == vocab.default_vocabulary().vocab_size
+  # The embedding is sized from the configured vocabulary (the demo's has no
+  # VQ codes), not from a copied number.
+  configured = gin.get_configurable(vocab.default_vocabulary)()
+  assert cfg.vocab_size == configured.vocab_size
+  assert configured.num_codes == (0 if size == "demo" else 8192)
   assert gin.get_configurable(optimizers.adamw)() is not None
 
 
