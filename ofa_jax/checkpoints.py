@@ -144,25 +144,34 @@ def _flat_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
   return out
 
 
-def _check_shapes(saved: Any, target: Any, where: str) -> None:
-  """Raises naming every differing path and shape (missing, extra, mismatched)."""
-  if saved is None:
-    return
-  have, want = _flat_shapes(saved), _flat_shapes(target)
-  problems = []
-  for k in sorted(set(want) - set(have)):
-    problems.append(f"  missing in checkpoint: {k} (model wants {want[k]})")
-  for k in sorted(set(have) - set(want)):
-    problems.append(f"  not in model: {k} (checkpoint has {have[k]})")
-  for k in sorted(set(have) & set(want)):
-    if have[k] is not None and want[k] is not None and have[k] != want[k]:
-      problems.append(f"  shape mismatch: {k}: checkpoint {have[k]} vs model "
-                      f"{want[k]}")
+def _shape_problems(have: Mapping[str, Any], want: Mapping[str, Any], *,
+                    missing_ok: bool = False) -> list[str]:
+  """One line per path that differs: missing, extra, or of another shape."""
+  problems = [] if missing_ok else [
+      f"  missing in checkpoint: {k} (model wants {want[k]})"
+      for k in sorted(set(want) - set(have))]
+  problems += [f"  not in model: {k} (checkpoint has {have[k]})"
+               for k in sorted(set(have) - set(want))]
+  problems += [f"  shape mismatch: {k}: checkpoint {have[k]} vs model {want[k]}"
+               for k in sorted(set(have) & set(want))
+               if have[k] is not None and want[k] is not None
+               and have[k] != want[k]]
+  return problems
+
+
+def _raise_problems(problems: list[str], where: str) -> None:
   if problems:
     shown = problems[:30] + ([f"  ... and {len(problems) - 30} more"]
                              if len(problems) > 30 else [])
     raise CheckpointError(f"checkpoint {where} does not fit the model:\n"
                           + "\n".join(shown))
+
+
+def _check_shapes(saved: Any, target: Any, where: str) -> None:
+  """Raises naming every differing path and shape (missing, extra, mismatched)."""
+  if saved is not None:
+    _raise_problems(_shape_problems(_flat_shapes(saved), _flat_shapes(target)),
+                    where)
 
 
 def _resolve_checkpoint(path: str, collection: str
@@ -272,17 +281,10 @@ def _present_part(saved: Any, target: Mapping[str, Any], where: str
   another shape; a checkpoint that shares no entry with the model is an error.
   """
   have, want = _flat_shapes(saved), _flat_shapes(target)
-  problems = [f"  not in model: {k} (checkpoint has {have[k]})"
-              for k in sorted(set(have) - set(want))]
-  problems += [f"  shape mismatch: {k}: checkpoint {have[k]} vs model {want[k]}"
-               for k in sorted(set(have) & set(want))
-               if have[k] is not None and want[k] is not None
-               and have[k] != want[k]]
+  problems = _shape_problems(have, want, missing_ok=True)
   if not set(have) & set(want):
     problems.append("  no entry of the checkpoint is in the model")
-  if problems:
-    raise CheckpointError(f"checkpoint {where} does not fit the model:\n"
-                          + "\n".join(problems[:30]))
+  _raise_problems(problems, where)
 
   def prune(saved_node: Any, target_node: Any) -> Any:
     if not isinstance(target_node, Mapping):

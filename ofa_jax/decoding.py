@@ -97,7 +97,8 @@ class DecodingRules:
 # ---------------------------------------------------------------------------
 # Helpers shared with sampling and the model interface.
 # ---------------------------------------------------------------------------
-def top_k(x: jax.Array, k: int, block: int = 1024) -> jax.Array:
+def top_k(x: jax.Array, k: int, block: int = 1024
+          ) -> tuple[jax.Array, jax.Array]:
   """`jax.lax.top_k` over the last axis, by blocks: fast inside a decoding loop.
 
   Why: inside a `while_loop` body, XLA:CPU lowers `lax.top_k` over the K x V

@@ -421,13 +421,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   shutil.rmtree(eval_dir, ignore_errors=True)
   os.makedirs(out_dir, exist_ok=True)
 
-  # The watchdog stops training with SIGTERM; one that lands outside the
-  # trainer's own handler (start-up, compilation) must not kill the demo.
   backbone = pretrain_backbone(args, gin_args, out_dir)
   if backbone is not None:
     gin_args = list(gin_args) + [
         f"--gin.INITIAL_CHECKPOINT_PATH={backbone['path']!r}",
         "--gin.INITIAL_CHECKPOINT_FALLBACK_TO_SCRATCH=True"]
+  # The watchdog stops training with SIGTERM; one that lands outside the
+  # trainer's own handler (start-up, compilation) must not kill the demo.
   guard = _SigtermGuard()
   previous = signal.signal(signal.SIGTERM, guard)
   try:
