@@ -134,18 +134,29 @@ class IdLayout:
   def text_range(self) -> tuple[int, int]:
     return 0, self.code_offset
 
-  def kind_range(self, kind: int) -> tuple[int, int]:
-    """Ids [lo, hi) a target token of `TokenKind` `kind` may take (loss, decoding)."""
+  def kind_ranges(self, kind: int) -> tuple[tuple[int, int], ...]:
+    """The id ranges [lo, hi) a target token of `TokenKind` `kind` may take."""
     kind = features.TokenKind(int(kind))
     if kind == features.TokenKind.BIN:
-      return self.bin_range
+      return (self.bin_range,)
     if kind == features.TokenKind.CODE:
-      return self.code_range
-    return self.text_range  # TEXT (PAD positions carry no loss)
+      return (self.code_range,)
+    if kind == features.TokenKind.TEXT_OR_BIN:
+      return (self.text_range, self.bin_range)
+    return (self.text_range,)  # TEXT (PAD positions carry no loss)
+
+  def kind_range(self, kind: int) -> tuple[int, int]:
+    """The one id range of a single-range kind (TEXT, BIN, CODE, PAD)."""
+    ranges = self.kind_ranges(kind)
+    if len(ranges) != 1:
+      raise ValueError(f"TokenKind {features.TokenKind(int(kind)).name} spans "
+                       f"{len(ranges)} id ranges; use kind_ranges")
+    return ranges[0]
 
   def kind_ranges_table(self) -> np.ndarray:
-    """int32 [len(TokenKind), 2]: `kind_range` for every kind, for use in jit."""
-    return np.array([self.kind_range(k) for k in features.TokenKind], np.int32)
+    """int32 [len(TokenKind), R, 2]: `kind_ranges` of every kind, padded with
+    empty [0, 0) ranges to R = the most ranges of any kind, for use in jit."""
+    return _ranges_table([self.kind_ranges(k) for k in features.TokenKind])
 
 
 def text_constraint(layout: IdLayout) -> IdRangeConstraint:
@@ -160,6 +171,36 @@ def box_constraint(layout: IdLayout, num_boxes: int = 1) -> IdRangeConstraint:
   eos = (layout.eos_id, layout.eos_id + 1)
   return IdRangeConstraint(_ranges_table(
       [[layout.bin_range]] * (4 * num_boxes) + [[eos]]))
+
+
+@flax.struct.dataclass
+class BoxRunConstraint:
+  """Text and boxes: bins come in runs of exactly 4 (one box each).
+
+  State: the bins emitted in the current run, mod 4. Inside a box only bins are
+  allowed; between boxes, text (`</s>` included) or the first bin of a box. So
+  a detection answer always parses into whole boxes and labels.
+  """
+
+  layout: IdLayout = flax.struct.field(pytree_node=False)
+
+  def init_state(self, num_rows: int) -> PyTree:
+    return jnp.zeros((num_rows,), jnp.int32)
+
+  def allowed(self, state, free_step, vocab_size):
+    del free_step
+    ids = jnp.arange(vocab_size, dtype=jnp.int32)[None, :]
+    lo, hi = self.layout.bin_range
+    is_bin = (ids >= lo) & (ids < hi)
+    tlo, thi = self.layout.text_range
+    is_text = (ids >= tlo) & (ids < thi)
+    return is_bin | ((state[:, None] == 0) & is_text)
+
+  def update(self, state, tokens, free_step):
+    del free_step
+    lo, hi = self.layout.bin_range
+    is_bin = (tokens >= lo) & (tokens < hi)
+    return jnp.where(is_bin, (state + 1) % 4, 0).astype(jnp.int32)
 
 
 def image_constraint(layout: IdLayout, num_codes: int) -> IdRangeConstraint:

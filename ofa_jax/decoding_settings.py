@@ -18,7 +18,8 @@ from ofa_jax import decoding_constraints as dc
 class DecodeSettings:
   """Resolved decoding settings (from a task's `plan.DecodingSpec` + overrides).
 
-  kind: "text", "box", "closed_set" or "image_codes"; method: "beam", "greedy"
+  kind: "text", "box", "text_and_boxes", "closed_set" or "image_codes"; method:
+  "beam", "greedy"
   or "sample". `max_len` bounds the free tokens, `</s>` included (None: the
   batch's target length bounds everything). The decode buffer is
   `max_prompt_len + max_len` long; `max_prompt_len` defaults to the batch's
@@ -44,7 +45,7 @@ class DecodeSettings:
   use_cache: bool = True
   return_all: bool = False
 
-  KINDS = ("text", "box", "closed_set", "image_codes")
+  KINDS = ("text", "box", "text_and_boxes", "closed_set", "image_codes")
   METHODS = ("beam", "greedy", "sample")
 
   def __post_init__(self):
@@ -103,4 +104,6 @@ class DecodeSettings:
       return (dc.image_constraint(layout, self.max_len - 1),)
     if self.kind == "closed_set":
       return (dc.TrieConstraint(self.trie, eos_id=layout.eos_id),)
+    if self.kind == "text_and_boxes":
+      return (dc.BoxRunConstraint(layout),)
     return (dc.text_constraint(layout),)

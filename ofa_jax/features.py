@@ -35,6 +35,11 @@ class TokenKind(enum.IntEnum):
   TEXT = 1  # text pieces, specials (<s>, </s>, <unk>, <mask>) and phone pieces
   BIN = 2  # <bin_k> location tokens (boxes)
   CODE = 3  # <code_k> image codes (VQ)
+  # A token of a target that mixes boxes with text (detection's interleaved
+  # `[BOX][TEXT]` groups): where a box starts, a label goes on or the answer
+  # ends is the model's own choice, so its softmax spans text AND bins (OFA
+  # trains detection over the whole vocabulary).
+  TEXT_OR_BIN = 4
 
 
 class Modality(str, enum.Enum):

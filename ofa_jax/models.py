@@ -61,9 +61,10 @@ def token_losses(logits: Array, targets: Array, kinds: Optional[Array], *,
                  constrain_by_kind: bool) -> dict[str, Array]:
   """Per-token label-smoothed cross entropy over the allowed ids (OFA's loss).
 
-  The allowed set of a target token is the id range of its `TokenKind`
-  (`kind_ranges[kind]`, plus the target itself so that a mislabelled kind cannot
-  make the loss infinite), or the whole vocabulary without `constrain_by_kind`.
+  The allowed set of a target token is the union of the id ranges of its
+  `TokenKind` (`kind_ranges[kind]`, int [K, R, 2]; plus the target itself so that
+  a mislabelled kind cannot make the loss infinite), or the whole vocabulary
+  without `constrain_by_kind`.
   Disallowed logits are -inf before the log-softmax; the smoothing mass is
   spread over the allowed set only:
     loss = (1 - eps - eps_i) * nll + eps_i * sum_{allowed} -log p,
@@ -80,11 +81,18 @@ def token_losses(logits: Array, targets: Array, kinds: Optional[Array], *,
     if kinds is None:
       raise ValueError(f"loss_fn(constrain_by_kind=True) needs the "
                        f"{F.DECODER_TARGET_KINDS!r} feature")
-    rng = jnp.asarray(kind_ranges)[jnp.clip(kinds, 0, len(kind_ranges) - 1)]
-    lo, hi = rng[..., 0:1], rng[..., 1:2]
-    allowed = ((ids >= lo) & (ids < hi)) | (ids == targets[..., None])
-    num_allowed = (jnp.minimum(hi, vocab) - lo)[..., 0] + (
-        (targets < lo[..., 0]) | (targets >= hi[..., 0])).astype(jnp.int32)
+    table = jnp.asarray(kind_ranges, jnp.int32)
+    rng = table[jnp.clip(kinds, 0, table.shape[0] - 1)]  # [B, L, R, 2]
+    lo, hi = rng[..., 0], rng[..., 1]  # [B, L, R]
+    in_range = jnp.zeros(logits.shape, jnp.bool_)
+    for r in range(table.shape[1]):  # R is 1 or 2: no [B, L, R, V] temporary
+      in_range |= (ids >= lo[..., r:r + 1]) & (ids < hi[..., r:r + 1])
+    allowed = in_range | (ids == targets[..., None])
+    # The ranges of a kind are disjoint, so their sizes add up.
+    target_inside = jnp.any((targets[..., None] >= lo) & (targets[..., None] < hi),
+                            axis=-1)
+    num_allowed = (jnp.sum(jnp.maximum(jnp.minimum(hi, vocab) - lo, 0), axis=-1)
+                   + (~target_inside).astype(jnp.int32))
     logits = jnp.where(allowed, logits, -jnp.inf)
   else:
     allowed = None
@@ -146,6 +154,16 @@ class OFAModel:
       self.layout = dc.IdLayout(code_offset=code, num_codes=config.num_codes,
                                 bin_offset=code + config.num_codes,
                                 num_bins=config.num_bins)
+    if config.ordered_init and (
+        self.layout.num_bins != config.num_bins
+        or self.layout.bin_offset + self.layout.num_bins != config.vocab_size):
+      raise ValueError(
+          f"config.ordered_init initializes the last num_bins={config.num_bins} "
+          f"embedding rows (of vocab_size={config.vocab_size}) as the bins, but "
+          f"the vocabulary's {self.layout.num_bins} bins are ids "
+          f"[{self.layout.bin_offset}, "
+          f"{self.layout.bin_offset + self.layout.num_bins}); set the config's "
+          "num_bins and vocab_size to the vocabulary's")
     self.kind_ranges = self.layout.kind_ranges_table()
 
   # ---- variables ---------------------------------------------------------

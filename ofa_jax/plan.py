@@ -38,7 +38,8 @@ DEFAULT_IMAGE_SIZE = 480  # the IMAGE processor's default
 class DecodingSpec:
   """How `predict_batch` decodes this task (defaults; callers may override).
 
-  kind: "text" (free text), "box" (exactly 4 bins), "closed_set" (a label trie),
+  kind: "text" (free text), "box" (exactly 4 bins), "text_and_boxes" (text with
+  boxes of 4 bins in it, e.g. detection), "closed_set" (a label trie),
   "image_codes" (only <code_k>), "audio_frames" / "motion_frames" (dense heads).
   `max_len` / `min_len` count the tokens before `</s>` (OFA's max_len_b), so a
   box is min_len = max_len = 4. `trie` is an `ofa_jax.trie.Trie` over
@@ -277,6 +278,8 @@ def _decoding(name: str, template: instructions.Template, vocab,
                         **{"max_len": longest, **overrides})
   if len(trained) == 1 and trained[0].modality == M.BOX:
     return DecodingSpec(kind="box", **{"max_len": 4, "min_len": 4, **overrides})
+  if plan_build.mixes_boxes_and_text(alt):
+    return DecodingSpec(kind="text_and_boxes", **overrides)
   return DecodingSpec(kind="text", **overrides)
 
 

@@ -53,6 +53,15 @@ class BuildConfig:
       default_factory=dict)
 
 
+def mixes_boxes_and_text(alt) -> bool:
+  """True when the trained target of an alternative has box slots and other token
+  slots (detection's `[BOX][TEXT]` groups): its tokens are then TEXT_OR_BIN."""
+  trained = [s for s in alt.target_slots()
+             if s.is_token_based and not s.has("no_loss")]
+  boxes = [s for s in trained if s.modality == F.Modality.BOX]
+  return bool(boxes) and len(boxes) < len(trained)
+
+
 def plain_text_tokens(vocab, template) -> dict[str, tuple[int, ...]]:
   """Ids of every plain-text element of every alternative (stripped text)."""
   out: dict[str, tuple[int, ...]] = {}
@@ -349,6 +358,10 @@ def build_alternative(cfg: BuildConfig, alt: Instruction, alt_index: int,
     loss.append(tf.constant([0 if dense_target else 1], tf.int32))
   cat = lambda xs: tf.concat(xs, 0) if xs else tf.zeros([0], tf.int32)  # noqa: E731
   out[F.TARGETS], out[F.TARGET_KINDS] = cat(tokens), cat(kinds)
+  if mixes_boxes_and_text(alt):
+    kinds = out[F.TARGET_KINDS]
+    out[F.TARGET_KINDS] = tf.where(kinds == int(F.TokenKind.PAD), kinds,
+                                   int(F.TokenKind.TEXT_OR_BIN))
   out[F.TARGET_LOSS_MASK] = cat(loss)
   out[F.TARGET_INPUTS] = cat(dec_inputs)
 

@@ -157,6 +157,23 @@ def _vqa(scene: Scene, rng: np.random.Generator) -> tuple[str, str]:
       return f"is there a {colour} {shape}?", "no"
 
 
+def _negative_caption(scene: Scene, rng: np.random.Generator) -> str:
+  """A caption that is false for the scene, drawn as OFA's image-text matching does.
+
+  OFA's pretraining (unify_dataset `get_negative_caption`) takes, with probability
+  0.6, the caption of another image, and otherwise replaces one object of the true
+  caption by another object; here the other image is a fresh scene and the
+  replacement changes one object's colour or shape.
+  """
+  if rng.uniform() < 0.6:
+    true = caption_of(scene)
+    while True:
+      other = caption_of(make_scene(rng, scene.canvas))
+      if other != true:
+        return other
+  return _perturbed_caption(scene, rng)
+
+
 def _perturbed_caption(scene: Scene, rng: np.random.Generator) -> str:
   """A caption that is false for the scene: one object's colour or shape changed."""
   objs = list(scene.objects)
@@ -205,19 +222,25 @@ def sudoku_is_solution(puzzle: str, answer: str) -> bool:
           and bool(np.all((p == 0) | (p == g))))
 
 
-_SUBJECTS = ("the cat", "a small dog", "the old man", "my sister", "the teacher",
-             "a young girl", "the farmer", "our neighbour")
-_VERBS = ("paints", "finds", "carries", "draws", "likes", "sells", "hides", "cleans")
-_OBJECTS = tuple(f"the {c} {s}" for c in ("red", "blue", "green", "yellow")
-                 for s in ("box", "ball", "cup", "kite"))
-_PLACES = ("in the garden", "at the market", "near the river", "after school",
-           "before dinner", "on the table")
+# Infilling text: runs of consecutive items of ordered lists, so that a masked
+# span can be inferred from the words around it (a span of random words could
+# not: BART-style masking replaces a whole span by ONE <mask>).
+SEQUENCES = (
+    ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday",
+     "sunday"),
+    ("january", "february", "march", "april", "may", "june", "july", "august",
+     "september", "october", "november", "december"),
+    ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+     "ten", "eleven", "twelve"),
+)
+SENTENCE_WORDS = 6
 
 
 def sentence(rng: np.random.Generator) -> str:
-  parts = (_SUBJECTS[rng.integers(len(_SUBJECTS))], _VERBS[rng.integers(len(_VERBS))],
-           _OBJECTS[rng.integers(len(_OBJECTS))], _PLACES[rng.integers(len(_PLACES))])
-  return " ".join(parts)
+  """SENTENCE_WORDS consecutive items of one list, wrapping around its end."""
+  items = SEQUENCES[rng.integers(len(SEQUENCES))]
+  start = int(rng.integers(len(items)))
+  return " ".join(items[(start + k) % len(items)] for k in range(SENTENCE_WORDS))
 
 
 # ---------------------------------------------------------------------------
@@ -264,7 +287,7 @@ def example(kind: str, index: int, *, seed: int = 0, split: str = "train",
     out["label"] = objs[0].shape
   elif kind == "matching":
     match = bool(rng.uniform() < 0.5)
-    out["cap"] = caption_of(scene) if match else _perturbed_caption(scene, rng)
+    out["cap"] = caption_of(scene) if match else _negative_caption(scene, rng)
     out["label"] = "yes" if match else "no"
   elif kind == "detection":
     out["boxes"] = np.array([o.box for o in objs], np.float32).reshape(-1, 4)

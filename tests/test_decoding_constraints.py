@@ -41,6 +41,32 @@ def test_box_constraint_gives_exactly_four_bins_then_eos():
   assert np.isfinite(np.asarray(scores)).all()
 
 
+def test_box_run_constraint_keeps_bins_in_runs_of_four():
+  emb, pos = prefix_model(LAYOUT_VOCAB, 14, seed=5, eos_bias=-2.0)
+  fn = make_tokens_to_logits(emb, pos)
+  rules = decoding.DecodingRules(constraints=(dc.BoxRunConstraint(LAYOUT),))
+  toks, _ = jax.jit(lambda r: decoding_sampling.temperature_sample(
+      fn, (), r, batch_size=4, max_decode_len=14, num_samples=8,
+      temperature=3.0, rules=rules))(jax.random.PRNGKey(3))
+  lo, hi = LAYOUT.bin_range
+  seen_box = False
+  for seq in np.asarray(toks).reshape(-1, 14):
+    run = 0
+    for t in seq[:-1]:  # the last position is a forced </s> at the length limit
+      if lo <= t < hi:
+        run += 1
+        continue
+      assert run % 4 == 0, seq  # text, </s> or pad only between whole boxes
+      seen_box |= run > 0
+      run = 0
+      assert t < LAYOUT.code_offset, seq  # never a code
+  assert seen_box  # the sampler did emit boxes (the check above could fail)
+  state = dc.BoxRunConstraint(LAYOUT).init_state(2)
+  for token in (lo, lo, 4, lo):  # a text token resets a run
+    state = dc.BoxRunConstraint(LAYOUT).update(state, jnp.full((2,), token), 0)
+  np.testing.assert_array_equal(state, [1, 1])
+
+
 def test_image_and_text_constraints_sampling():
   emb, pos = prefix_model(LAYOUT_VOCAB, 8, seed=12)
   fn = make_tokens_to_logits(emb, pos)

@@ -68,6 +68,16 @@ def test_cached_decoding_matches_full_forward(setup):
 
 
 @pytest.mark.slow
+def test_entangled_positions_change_logits_and_keep_the_cache_exact(setup):
+  cfg, batch, variables = setup
+  entangled = cfg.replace(entangle_position_embedding=True)
+  full = testing.apply_fn(entangled)(variables, batch)  # same parameters
+  assert not np.allclose(full, testing.apply_fn(cfg)(variables, batch), atol=1e-3)
+  steps, _ = _incremental(entangled, variables, batch, max_len=10)
+  np.testing.assert_allclose(steps, full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
 def test_cached_decoding_with_fused_attention_and_explicit_steps(setup):
   cfg, batch, variables = setup
   cfg = cfg.replace(use_dot_product_attention=True)

@@ -129,3 +129,39 @@ def test_get_config_rejects_bad_values():
     config_lib.get_config("tiny", dtype="float16")
   cfg = config_lib.get_config("base", dtype="bfloat16", resnet_layers=[1, 1, 1])
   assert cfg.resnet_layers == (1, 1, 1) and hash(cfg)
+
+
+def test_ordered_init_makes_bins_and_patch_positions_smooth():
+  cfg = config_lib.get_config("demo", vocab_size=300, num_bins=64, d_model=64,
+                              ffn_dim=128, encoder_layers=1, decoder_layers=1,
+                              ordered_init=True)
+  batch = transformer.dummy_batch(cfg, 1, 8, 8, 1, 32)
+  params = nn.meta.unbox(transformer.init_variables(
+      cfg, jax.random.key(0), batch))["params"]
+  emb = np.asarray(params["embed_tokens"])
+  bins = emb[-64:]
+  cos = lambda a, b: float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))  # noqa: E731
+  near = np.mean([cos(bins[k], bins[k + 1]) for k in range(63)])
+  far = np.mean([cos(bins[k], bins[k + 32]) for k in range(32)])
+  assert near > 0.95 and far < 0.5, (near, far)
+  np.testing.assert_allclose(np.sqrt(np.mean(bins ** 2)), cfg.init_std, rtol=0.2)
+  text = emb[4:200]  # the text rows stay i.i.d. normal, the pad row zero
+  assert abs(np.mean([cos(text[k], text[k + 1]) for k in range(100)])) < 0.1
+  assert not emb[cfg.pad_id].any()
+  grid = cfg.image_bucket_size
+  for table in (params["encoder"]["images"]["embed_image_positions"],
+                params["decoder"]["embed_image_positions"]):
+    table = np.asarray(table)
+    at = lambda r, c: table[1 + c + r * grid]  # noqa: E731
+    # Each feature follows the row or the column: neighbours share about half
+    # of it exactly and the rest nearly (i.i.d. rows would give cos ~ 0).
+    right = np.mean([cos(at(r, c), at(r, c + 1)) for r in range(4) for c in range(4)])
+    down = np.mean([cos(at(r, c), at(r + 1, c)) for r in range(4) for c in range(4)])
+    far = np.mean([cos(at(r, c), at(r + 6, c + 6)) for r in range(4) for c in range(4)])
+    assert right > 0.45 and down > 0.45 and far < min(right, down) - 0.2, (
+        right, down, far)
+  # The text position table is OFA's normal init either way.
+  pos = np.asarray(params["decoder"]["embed_positions"])
+  assert abs(np.mean([cos(pos[k], pos[k + 1]) for k in range(50)])) < 0.1
+  with pytest.raises(ValueError, match="ordered_init needs"):
+    config_lib.get_config("demo", vocab_size=300, num_bins=0, ordered_init=True)

@@ -20,8 +20,9 @@ from ofa_jax import features as F
 from ofa_jax import models
 from ofa_jax.model import config as config_lib
 
-TEXT, BIN, CODE = (int(F.TokenKind.TEXT), int(F.TokenKind.BIN),
-                   int(F.TokenKind.CODE))
+TEXT, BIN, CODE, TEXT_OR_BIN = (int(F.TokenKind.TEXT), int(F.TokenKind.BIN),
+                                int(F.TokenKind.CODE),
+                                int(F.TokenKind.TEXT_OR_BIN))
 EOS, PAD, BOS = F.EOS_ID, F.PAD_ID, F.BOS_ID
 
 
@@ -94,12 +95,13 @@ def tiny_text():
 # ---------------------------------------------------------------------------
 # The loss, against NumPy.
 # ---------------------------------------------------------------------------
-def _np_token_loss(logits, target, lo, hi, eps, constrain):
+def _np_token_loss(logits, target, ranges, eps, constrain):
   v = logits.shape[-1]
   allowed = np.ones(v, bool)
   if constrain:
     allowed = np.zeros(v, bool)
-    allowed[lo:hi] = True
+    for lo, hi in ranges:
+      allowed[lo:hi] = True
     allowed[target] = True
   z = np.where(allowed, logits.astype(np.float64), -np.inf)
   lp = z - z.max() - np.log(np.sum(np.exp(z - z.max())))
@@ -116,10 +118,12 @@ def test_label_smoothing_over_allowed_tokens_matches_numpy(constrain, eps):
   layout = dc.IdLayout(code_offset=30, num_codes=8, bin_offset=38, num_bins=10)
   rs = np.random.RandomState(0)
   logits = rs.normal(size=(3, 5, 48)).astype(np.float32) * 3
-  kinds = rs.choice([TEXT, BIN, CODE], size=(3, 5)).astype(np.int32)
+  kinds = rs.choice([TEXT, BIN, CODE, TEXT_OR_BIN], size=(3, 5)).astype(np.int32)
+  kinds[1, :2] = TEXT_OR_BIN  # one of each of its two ranges
   targets = np.zeros((3, 5), np.int32)
   for (i, j), k in np.ndenumerate(kinds):
-    lo, hi = layout.kind_range(k)
+    ranges = layout.kind_ranges(k)
+    lo, hi = ranges[(i + j) % len(ranges)]
     targets[i, j] = rs.randint(lo, hi)
   targets[0, 0] = 40  # a bin labelled TEXT: still finite (the target is allowed)
   kinds[0, 0] = TEXT
@@ -128,8 +132,8 @@ def test_label_smoothing_over_allowed_tokens_matches_numpy(constrain, eps):
                             label_smoothing=eps, constrain_by_kind=constrain)
   want = np.zeros((3, 5))
   for (i, j), k in np.ndenumerate(kinds):
-    lo, hi = layout.kind_range(k)
-    want[i, j] = _np_token_loss(logits[i, j], targets[i, j], lo, hi, eps, constrain)
+    want[i, j] = _np_token_loss(logits[i, j], targets[i, j],
+                                layout.kind_ranges(k), eps, constrain)
   np.testing.assert_allclose(np.asarray(got["loss"]), want, rtol=1e-5, atol=1e-5)
   if eps:  # smoothing changes the loss: the comparison can fail
     assert not np.allclose(np.asarray(got["loss"]), np.asarray(got["nll"]))

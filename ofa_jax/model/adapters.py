@@ -115,17 +115,19 @@ class ImageAdapter(nn.Module):
         images.reshape(b * ni, height, width, 3), train)
     _, h, w, c = feats.shape
     feats = feats.reshape(b, ni, h * w, c)
+    ids = position.image_position_ids(h, w, cfg.image_bucket_size)
+    table = layers.position_table(
+        cfg, position.num_image_positions(cfg.image_bucket_size),
+        "embed_image_positions", self, image_grid=cfg.image_bucket_size)
     x = layers.dense(cfg, cfg.d_model, ("conv_out", "embed"),
                      name="image_proj")(feats)
     x = x + type_embedding[self.type_id].astype(x.dtype)
+    if cfg.entangle_position_embedding:
+      x = x + table[ids].astype(x.dtype)
     x = layers.apply_ln(layers.layer_norm(cfg, name="patch_layernorm_embedding"),
                         x, cfg.compute_dtype)
     x = nn.Dropout(cfg.dropout)(x, deterministic=not train)
 
-    ids = position.image_position_ids(h, w, cfg.image_bucket_size)
-    table = layers.position_table(
-        cfg, position.num_image_positions(cfg.image_bucket_size),
-        "embed_image_positions", self)
     pos = layers.apply_ln(layers.layer_norm(cfg, name="image_pos_ln"),
                           table[ids], cfg.compute_dtype)
 

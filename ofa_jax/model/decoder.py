@@ -56,7 +56,7 @@ class OFADecoder(nn.Module):
         cfg, cfg.max_target_positions + 2, "embed_positions", self)
     self.embed_image_positions = layers.position_table(
         cfg, position.num_image_positions(cfg.image_bucket_size),
-        "embed_image_positions", self)
+        "embed_image_positions", self, image_grid=cfg.image_bucket_size)
     self.pos_ln = layers.layer_norm(cfg)
     self.image_pos_ln = layers.layer_norm(cfg)
     axes = ("embed", "joined_kv")
@@ -81,16 +81,24 @@ class OFADecoder(nn.Module):
                                  self.cross_pos_k_linear(encoder_positions))
     return kv, pos_key
 
-  def _target_positions(self, q_pos: Array, code_mask: Array) -> Array:
-    """Normalized position embeddings [B, Lq, d] of decoder positions q_pos [B, Lq]."""
+  def _target_positions(self, q_pos: Array, code_mask: Array
+                        ) -> tuple[Array, Array]:
+    """(normalized, raw) position embeddings [B, Lq, d] of positions q_pos [B, Lq].
+
+    The normalized ones feed the position biases; the raw ones are what
+    `entangle_position_embedding` adds to the token stream (as OFA does).
+    """
     cfg = self.config
     dtype = cfg.compute_dtype
     code_ids = jnp.asarray(position.code_position_ids(
         cfg.code_grid_size, cfg.max_target_positions, cfg.image_bucket_size))
-    text = layers.apply_ln(self.pos_ln, self.embed_positions[q_pos], dtype)
-    image = layers.apply_ln(self.image_pos_ln,
-                            self.embed_image_positions[code_ids[q_pos]], dtype)
-    return jnp.where(code_mask[:, None, None], image, text)
+    raw_text = self.embed_positions[q_pos]
+    raw_image = self.embed_image_positions[code_ids[q_pos]]
+    text = layers.apply_ln(self.pos_ln, raw_text, dtype)
+    image = layers.apply_ln(self.image_pos_ln, raw_image, dtype)
+    is_code = code_mask[:, None, None]
+    return (jnp.where(is_code, image, text),
+            jnp.where(is_code, raw_image, raw_text).astype(dtype))
 
   def _rel_index(self, q_pos: Array, k_pos: Array, code_mask: Array) -> Array:
     cfg = self.config
@@ -170,7 +178,7 @@ class OFADecoder(nn.Module):
     else:
       q_pos = jnp.broadcast_to(q_order, (b,) + q_order.shape)
       k_pos = jnp.broadcast_to(k_order, (b,) + k_order.shape)
-    tgt_pos = self._target_positions(q_pos, code_mask)
+    tgt_pos, raw_tgt_pos = self._target_positions(q_pos, code_mask)
     pos_q = layers.split_heads(cfg, self.self_pos_q_linear(tgt_pos))
     pos_k = layers.split_heads(cfg, self.self_pos_k_linear(tgt_pos))
     new_valid = tokens != cfg.pad_id
@@ -202,6 +210,8 @@ class OFADecoder(nn.Module):
           seg[:, None, :, None] == encoded.segment_ids[:, None, None, :])
 
     x = jnp.take(embedding, tokens, axis=0).astype(dtype)
+    if cfg.entangle_position_embedding:
+      x = x + raw_tgt_pos
     x = jnp.where(code_mask[:, None, None],
                   layers.apply_ln(self.code_layernorm_embedding, x, dtype),
                   layers.apply_ln(self.layernorm_embedding, x, dtype))

@@ -99,14 +99,16 @@ class OFAEncoder(nn.Module):
         layers.partitioned(nn.initializers.normal(cfg.init_std),
                            ("type_vocab", "embed")),
         (cfg.num_type_embeddings, cfg.d_model), jnp.float32)
-    x = jnp.take(embedding, tokens, axis=0).astype(dtype) + type_table[0].astype(
-        dtype)
-    x = layers.apply_ln(layers.layer_norm(cfg, name="layernorm_embedding"), x,
-                        dtype)
-    x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
     segments, text_index = _packing(batch, b, li)
     pos_table = layers.position_table(cfg, cfg.max_source_positions + 2,
                                       "embed_positions", self)
+    x = jnp.take(embedding, tokens, axis=0).astype(dtype) + type_table[0].astype(
+        dtype)
+    if cfg.entangle_position_embedding:
+      x = x + pos_table[text_index].astype(dtype)
+    x = layers.apply_ln(layers.layer_norm(cfg, name="layernorm_embedding"), x,
+                        dtype)
+    x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
     pos = layers.apply_ln(layers.layer_norm(cfg, name="pos_ln"),
                           pos_table[text_index], dtype)
 

@@ -69,12 +69,52 @@ def apply_ln(ln: nn.LayerNorm, x: Array, dtype: Any) -> Array:
 
 
 def position_table(config: OFAConfig, num: int, name: str,
-                   module: nn.Module) -> Array:
-  """An absolute position table [num, d] (axes abspos_buckets, embed)."""
-  return module.param(
-      name, partitioned(nn.initializers.normal(config.init_std),
-                        ("abspos_buckets", "embed")),
-      (num, config.d_model), jnp.float32)
+                   module: nn.Module, image_grid: int = 0) -> Array:
+  """An absolute position table [num, d] (axes abspos_buckets, embed).
+
+  image_grid > 0: the table of image positions (row 0 reserved, then
+  `1 + col + row * image_grid`), which `config.ordered_init` makes smooth in
+  the patch row and column.
+  """
+  init = nn.initializers.normal(config.init_std)
+  if image_grid and config.ordered_init:
+    init = ordered_grid_init(config.init_std, image_grid)
+  return module.param(name, partitioned(init, ("abspos_buckets", "embed")),
+                      (num, config.d_model), jnp.float32)
+
+
+# Sinusoid frequencies of `ordered_init`: a bin table spans at most 1.5 cycles
+# end to end; an image table turns at most 2.4 rad from one patch to the next.
+_MAX_BIN_CYCLES = 1.5
+_MAX_PATCH_RADIANS = 2.4
+
+
+def ordered_rows(key: Array, num: int, dim: int, std: float) -> Array:
+  """[num, dim] rows that change smoothly with the row index (rms ≈ std)."""
+  k_freq, k_phase = jax.random.split(key)
+  cycles = jax.random.uniform(k_freq, (dim,), minval=0.0, maxval=_MAX_BIN_CYCLES)
+  phase = jax.random.uniform(k_phase, (dim,), minval=0.0, maxval=2 * jnp.pi)
+  t = jnp.arange(num, dtype=jnp.float32)[:, None] / max(num - 1, 1)
+  return std * jnp.sqrt(2.0) * jnp.cos(2 * jnp.pi * cycles * t + phase)
+
+
+def ordered_grid_init(std: float, grid: int):
+  """Initializer of an image position table: each feature is a sinusoid of the
+  patch column or of its row (picked at random); row 0 stays normal."""
+  def init(key, shape, dtype=jnp.float32):
+    num, dim = shape
+    k_normal, k_freq, k_phase, k_axis = jax.random.split(key, 4)
+    table = std * jax.random.normal(k_normal, shape, dtype)
+    index = jnp.arange(1, num) - 1
+    col = (index % grid).astype(jnp.float32)[:, None]
+    row = (index // grid).astype(jnp.float32)[:, None]
+    freq = jax.random.uniform(k_freq, (dim,), minval=0.0,
+                              maxval=_MAX_PATCH_RADIANS)
+    phase = jax.random.uniform(k_phase, (dim,), minval=0.0, maxval=2 * jnp.pi)
+    coord = jnp.where(jax.random.bernoulli(k_axis, 0.5, (dim,)), col, row)
+    smooth = std * jnp.sqrt(2.0) * jnp.cos(freq * coord + phase)
+    return table.at[1:].set(smooth.astype(dtype))
+  return init
 
 
 def split_heads(config: OFAConfig, x: Array) -> Array:

@@ -39,9 +39,15 @@ Array = jax.Array
 DECODER_CODE_MASK = "decoder_code_mask"
 
 
-def _embed_init(pad_id: int, std: float):
+def _embed_init(pad_id: int, std: float, ordered_bins: int = 0):
+  """Normal rows, the pad row zeroed (as OFA); with ordered_bins > 0 the last
+  `ordered_bins` rows (the <bin_k>) are smooth in k (`OFAConfig.ordered_init`)."""
   def init(key, shape, dtype=jnp.float32):
-    table = std * jax.random.normal(key, shape, dtype)
+    k_normal, k_bins = jax.random.split(key)
+    table = std * jax.random.normal(k_normal, shape, dtype)
+    if ordered_bins:
+      bins = layers.ordered_rows(k_bins, ordered_bins, shape[1], std)
+      table = table.at[shape[0] - ordered_bins:].set(bins.astype(dtype))
     return table.at[pad_id].set(0.0)  # OFA zeroes the pad row
   return init
 
@@ -69,7 +75,8 @@ class OFATransformer(nn.Module):
     cfg = self.config
     self.embed_tokens = self.param(
         "embed_tokens",
-        layers.partitioned(_embed_init(cfg.pad_id, cfg.init_std),
+        layers.partitioned(_embed_init(cfg.pad_id, cfg.init_std,
+                                       cfg.num_bins if cfg.ordered_init else 0),
                            ("vocab", "embed")),
         (cfg.vocab_size, cfg.d_model), jnp.float32)
     self.encoder = OFAEncoder(cfg)
