@@ -170,11 +170,13 @@ def pretrain_backbone(config: OFAConfig, out_dir: str, *, steps: int = 300,
                       batch_size: int = 64, learning_rate: float = 1e-3,
                       seed: int = 0, canvas: int = 64, image_size: int = 64,
                       eval_examples: int = 256) -> dict[str, Any]:
-  """Trains the tagging net, writes the backbone checkpoint; returns its figures.
+  """Trains the scene net, writes the backbone checkpoint; returns its figures.
 
   The figures (`tag_accuracy`: per-tag accuracy, `exact_set_accuracy`: all tags
-  of a scene right) are measured on held-out scenes with running BatchNorm
-  statistics, as the generalist will first use them.
+  of a scene right, `object_cell_accuracy`: cells of an object centre with its
+  colour, shape and size right, `box_error_px`: mean error of their box edges)
+  are measured on held-out scenes with running BatchNorm statistics, as the
+  generalist will first use them.
   """
   if steps <= 0 or batch_size <= 0:
     raise ValueError(f"pretrain_backbone: steps ({steps}) and batch_size "

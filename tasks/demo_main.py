@@ -458,9 +458,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       + (f", stopped: {p['stopped']}" if p["stopped"] else "")
                       for p in phases),
       "backbone": "not pretrained (--backbone_steps=0)" if backbone is None else
-                  f"ResNet pretrained on scene tagging (tasks/demo_backbone.py): "
-                  f"{backbone.get('steps')} steps, {backbone.get('seconds')} s, "
-                  f"held-out tag accuracy {backbone.get('tag_accuracy', 0):.3f}",
+                  f"ResNet pretrained on scene tags and per-patch objects and "
+                  f"boxes (tasks/demo_backbone.py): {backbone.get('steps')} steps, "
+                  f"{backbone.get('seconds')} s; held out: tag accuracy "
+                  f"{backbone.get('tag_accuracy', 0):.3f}, object cells "
+                  f"{backbone.get('object_cell_accuracy', 0):.3f}, box edges off by "
+                  f"{backbone.get('box_error_px', 0):.1f} px",
       "evaluation": f"{eval_s:.0f} s ({n} validation examples per task)",
       "wall clock before the report": f"{elapsed:.0f} s of a {args.budget_s:.0f} s "
                                       "budget",

@@ -38,9 +38,13 @@ def run(*, preset: str, batch_size: int, text_length: int, decoder_length: int,
         image_size: int, num_images: int = 1, dtype: str = "float32",
         vocab_size: Optional[int] = None, repeats: int = 3, warmup: int = 1,
         peak: Optional[dict] = None, breakdown: bool = False,
-        profile_dir: Optional[str] = None, config_overrides: Optional[dict] = None
-        ) -> dict[str, Any]:
-  """Times the train step; returns a JSON-able dict of figures."""
+        profile_dir: Optional[str] = None, config_overrides: Optional[dict] = None,
+        prng_impl: Optional[str] = None) -> dict[str, Any]:
+  """Times the train step; returns a JSON-able dict of figures.
+
+  prng_impl: the PRNG of the dropout masks (jax.random.key's `impl`: None is
+  JAX's default threefry; "rbg" uses XLA's RngBitGenerator).
+  """
   cfg = common.make_config(preset, dtype=dtype, vocab_size=vocab_size,
                            **(config_overrides or {}))
   shape = flops_lib.StepShape(batch_size, text_length, decoder_length,
@@ -55,7 +59,7 @@ def run(*, preset: str, batch_size: int, text_length: int, decoder_length: int,
       variables["params"], tx, {"batch_stats": variables["batch_stats"]})
   step = jax.jit(train_state_lib.make_train_step(model, tx),
                  donate_argnums=(0,))
-  rng = jax.random.key(0)
+  rng = jax.random.key(0, impl=prng_impl)
   batch = jax.device_put(batch)
   compiled, compile_s = _compile(step, state, batch, rng)
 
@@ -75,6 +79,7 @@ def run(*, preset: str, batch_size: int, text_length: int, decoder_length: int,
   step_s = t["median_s"]
   out: dict[str, Any] = {
       "preset": preset, "dtype": dtype, "batch_size": batch_size,
+      "prng_impl": prng_impl or "default", "dropout": cfg.dropout,
       "encoder_length": enc_len, "text_length": text_length,
       "num_images": num_images, "image_size": image_size,
       "decoder_length": decoder_length, "vocab_size": cfg.vocab_size,

@@ -68,7 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
   ap.add_argument("--vocab_size", type=int, default=None,
                   help="default: the preset's (OFA's 59457)")
   ap.add_argument("--sections", default=",".join(SECTIONS))
+  ap.add_argument("--config_overrides", type=json.loads, default=None,
+                  help='OFAConfig fields for the train section, as JSON, e.g. '
+                  '\'{"num_codes": 0, "num_bins": 64}\' (the demo vocabulary)')
   ap.add_argument("--repeats", type=int, default=3)
+  ap.add_argument("--prng_impl", default=None, choices=(None, "threefry2x32",
+                                                        "rbg", "unsafe_rbg"),
+                  help="PRNG of the train step's dropout masks (default: JAX's)")
   ap.add_argument("--peak_n", type=int, default=2048,
                   help="side of the peak-measuring matmul")
   ap.add_argument("--breakdown", action="store_true",
@@ -174,7 +180,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         decoder_length=args.decoder_length, image_size=args.image_size,
         num_images=args.num_images, dtype=args.dtype,
         vocab_size=args.vocab_size, repeats=args.repeats, peak=peak,
-        breakdown=args.breakdown, profile_dir=args.profile_dir)
+        breakdown=args.breakdown, profile_dir=args.profile_dir,
+        prng_impl=args.prng_impl, config_overrides=args.config_overrides)
   if "decode" in sections:
     from tools import bench_decode  # pylint: disable=g-import-not-at-top
     common_kw = dict(batch_size=args.decode_batch_size, dtype=args.dtype,
