@@ -205,7 +205,8 @@ def train(*, model: Any, model_dir: str, mixture_or_task_name: str,
           register_fns: Sequence[Callable[[], Any]] = (),
           eval_period: int = 0,
           eval_kwargs: Optional[Mapping[str, Any]] = None,
-          handle_signals: bool = True) -> TrainResult:
+          handle_signals: bool = True,
+          prng_impl: Optional[str] = None) -> TrainResult:
   """Trains `model` on a SeqIO mixture until `train_steps`; resumes from `model_dir`.
 
   `initial_checkpoint_path` starts a new run from another checkpoint (fine-tuning);
@@ -220,6 +221,11 @@ def train(*, model: Any, model_dir: str, mixture_or_task_name: str,
   built with `eval_kwargs`) every `eval_period` steps and at the end; the metrics
   go to the writer under `eval/<task>/<metric>` and the predictions to
   `MODEL_DIR/eval/<step>/`.
+
+  `prng_impl` is the PRNG of the dropout masks (`jax.random.key`'s impl; None:
+  JAX's default threefry). "rbg" / "unsafe_rbg" (XLA's RngBitGenerator, as
+  MaxText trains) are cheaper to draw; initialization always uses threefry, so
+  the choice changes the dropout masks only.
   """
   # ---- set-up ---------------------------------------------------------------
   for fn in register_fns:
@@ -291,6 +297,7 @@ def train(*, model: Any, model_dir: str, mixture_or_task_name: str,
       out_shardings=(shardings, partitioner.replicated, partitioner.replicated),
       donate_argnums=(0,))
   rng = jax.random.key(seed)
+  dropout_rng = rng if prng_impl is None else jax.random.key(seed, impl=prng_impl)
 
   # ---- restore: own checkpoint -> initial checkpoint -> scratch ----------------
   ckpts = ckpt_lib.CheckpointManager(model_dir, save_period=checkpoint_period,
@@ -401,7 +408,7 @@ def train(*, model: Any, model_dir: str, mixture_or_task_name: str,
         break
       batch = next(data)
       state, metrics, per_example = train_step(
-          state, partitioner.shard_batch(batch), rng)
+          state, partitioner.shard_batch(batch), dropout_rng)
       step += 1
       if step == first_step + 1:  # compilation: keep it out of the throughput
         jax.block_until_ready(metrics)
