@@ -237,3 +237,17 @@ def test_load_reads_the_config_gin_of_a_run(tmp_path):
 def test_load_without_any_config_is_a_clear_error(tmp_path):
   with pytest.raises(ValueError, match="pass config="):
     api_config.resolve(str(tmp_path))
+
+
+def test_length_overrides_reach_free_length_targets_only():
+  from types import SimpleNamespace  # pylint: disable=g-import-not-at-top
+  from ofa_jax import plan as plan_lib  # pylint: disable=g-import-not-at-top
+
+  def settings(kind, **spec):
+    fake_plan = SimpleNamespace(decoding=plan_lib.DecodingSpec(kind=kind, **spec))
+    return api._decoding(fake_plan, None, {"max_len": 7, "min_len": None},  # pylint: disable=protected-access
+                         {}).settings
+
+  detection = settings("text_and_boxes")
+  assert detection.kind == "text_and_boxes" and detection.max_len == 8  # + </s>
+  assert settings("box", max_len=4, min_len=4).max_len == 5  # a box stays 4 bins
