@@ -145,14 +145,6 @@ class IdLayout:
       return (self.text_range, self.bin_range)
     return (self.text_range,)  # TEXT (PAD positions carry no loss)
 
-  def kind_range(self, kind: int) -> tuple[int, int]:
-    """The one id range of a single-range kind (TEXT, BIN, CODE, PAD)."""
-    ranges = self.kind_ranges(kind)
-    if len(ranges) != 1:
-      raise ValueError(f"TokenKind {features.TokenKind(int(kind)).name} spans "
-                       f"{len(ranges)} id ranges; use kind_ranges")
-    return ranges[0]
-
   def kind_ranges_table(self) -> np.ndarray:
     """int32 [len(TokenKind), R, 2]: `kind_ranges` of every kind, padded with
     empty [0, 0) ranges to R = the most ranges of any kind, for use in jit."""

@@ -120,14 +120,17 @@ def scene_targets(scene: world.Scene, pixels: np.ndarray, grid: int
     box[row, col] = (x0 / cell - col, y0 / cell - row, x1 / cell - col,
                      y1 / cell - row)
     has_box[row, col] = 1.0
-  cover = np.zeros((grid, grid, len(COLOURS)), np.float32)
+  # Pixels of each colour, summed per cell (one pass: this runs for every
+  # pretraining scene).
+  rgb = np.array([65536, 256, 1], np.uint32)  # one integer per RGB colour
+  palette = np.array([world.COLOURS[c] for c in COLOURS], np.uint32) @ rgb
+  hit = ((pixels.astype(np.uint32) @ rgb)[:, :, None] == palette).astype(np.int64)
   edges = np.linspace(0, canvas, grid + 1).round().astype(int)
-  for k, colour in enumerate(COLOURS):
-    hit = np.all(pixels == np.array(world.COLOURS[colour], np.uint8), axis=-1)
-    for r in range(grid):
-      for c in range(grid):
-        share = hit[edges[r]:edges[r + 1], edges[c]:edges[c + 1]].mean()
-        cover[r, c, k] = float(share >= COVER_SHARE)
+  counts = np.add.reduceat(np.add.reduceat(hit, edges[:-1], axis=0),
+                           edges[:-1], axis=1)  # [grid, grid, colours]
+  sides = np.diff(edges)
+  share = counts / (sides[:, None, None] * sides[None, :, None])
+  cover = (share >= COVER_SHARE).astype(np.float32)
   return {"tags": tags, **out, "box": box, "has_box": has_box, "cover": cover}
 
 

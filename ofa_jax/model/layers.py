@@ -89,13 +89,19 @@ _MAX_BIN_CYCLES = 1.5
 _MAX_PATCH_RADIANS = 2.4
 
 
+def _random_sinusoids(key: Array, coord: Array, dim: int, max_freq: float,
+                      std: float) -> Array:
+  """std·√2·cos(f·coord + φ) with f ~ U(0, max_freq), φ ~ U(0, 2π) per feature."""
+  k_freq, k_phase = jax.random.split(key)
+  freq = jax.random.uniform(k_freq, (dim,), minval=0.0, maxval=max_freq)
+  phase = jax.random.uniform(k_phase, (dim,), minval=0.0, maxval=2 * jnp.pi)
+  return std * jnp.sqrt(2.0) * jnp.cos(freq * coord + phase)
+
+
 def ordered_rows(key: Array, num: int, dim: int, std: float) -> Array:
   """[num, dim] rows that change smoothly with the row index (rms ≈ std)."""
-  k_freq, k_phase = jax.random.split(key)
-  cycles = jax.random.uniform(k_freq, (dim,), minval=0.0, maxval=_MAX_BIN_CYCLES)
-  phase = jax.random.uniform(k_phase, (dim,), minval=0.0, maxval=2 * jnp.pi)
-  t = jnp.arange(num, dtype=jnp.float32)[:, None] / max(num - 1, 1)
-  return std * jnp.sqrt(2.0) * jnp.cos(2 * jnp.pi * cycles * t + phase)
+  turns = 2 * jnp.pi * jnp.arange(num, dtype=jnp.float32)[:, None] / max(num - 1, 1)
+  return _random_sinusoids(key, turns, dim, _MAX_BIN_CYCLES, std)
 
 
 def ordered_grid_init(std: float, grid: int):
@@ -103,16 +109,13 @@ def ordered_grid_init(std: float, grid: int):
   patch column or of its row (picked at random); row 0 stays normal."""
   def init(key, shape, dtype=jnp.float32):
     num, dim = shape
-    k_normal, k_freq, k_phase, k_axis = jax.random.split(key, 4)
+    k_normal, k_waves, k_axis = jax.random.split(key, 3)
     table = std * jax.random.normal(k_normal, shape, dtype)
-    index = jnp.arange(1, num) - 1
+    index = jnp.arange(num - 1)
     col = (index % grid).astype(jnp.float32)[:, None]
     row = (index // grid).astype(jnp.float32)[:, None]
-    freq = jax.random.uniform(k_freq, (dim,), minval=0.0,
-                              maxval=_MAX_PATCH_RADIANS)
-    phase = jax.random.uniform(k_phase, (dim,), minval=0.0, maxval=2 * jnp.pi)
     coord = jnp.where(jax.random.bernoulli(k_axis, 0.5, (dim,)), col, row)
-    smooth = std * jnp.sqrt(2.0) * jnp.cos(freq * coord + phase)
+    smooth = _random_sinusoids(k_waves, coord, dim, _MAX_PATCH_RADIANS, std)
     return table.at[1:].set(smooth.astype(dtype))
   return init
 
