@@ -170,7 +170,7 @@ def scene_losses(tag_logits: jax.Array, cells: dict[str, jax.Array],
 
 
 def pretrain_backbone(config: OFAConfig, out_dir: str, *, steps: int = 300,
-                      batch_size: int = 64, learning_rate: float = 1e-3,
+                      batch_size: int = 64, learning_rate: float = 1e-2,
                       seed: int = 0, canvas: int = 64, image_size: int = 64,
                       eval_examples: int = 256) -> dict[str, Any]:
   """Trains the scene net, writes the backbone checkpoint; returns its figures.
@@ -262,7 +262,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   p.add_argument("--preset", default="demo", help="OFA preset of the ResNet")
   p.add_argument("--steps", type=int, default=300)
   p.add_argument("--batch_size", type=int, default=64)
-  p.add_argument("--learning_rate", type=float, default=1e-3)
+  p.add_argument("--learning_rate", type=float, default=1e-2)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--canvas", type=int, default=64)
   p.add_argument("--image_size", type=int, default=64)

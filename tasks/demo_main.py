@@ -360,7 +360,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
   p.add_argument("--eval_tasks", default="",
                  help="comma-separated short task names (default: all)")
   p.add_argument("--log_period", type=int, default=10)
-  p.add_argument("--assumed_step_s", type=float, default=1.5,
+  p.add_argument("--assumed_step_s", type=float, default=0.45,
                  help="first guess of one step's seconds (re-planned when off)")
   p.add_argument("--assumed_startup_s", type=float, default=45.0)
   p.add_argument("--eval_cost_steps", type=float, default=120.0,
