@@ -35,7 +35,8 @@ PREFIX = "demo_"
 INSTRUCTIONS: tuple[tuple[str, str, str], ...] = (
     ("caption", "[IMAGE:img] what does the image describe? -> [TEXT:cap]",
      "caption"),
-    ("vqa", "[IMAGE:img] [TEXT:question] -> [TEXT:answer,closed_set]", "vqa"),
+    ("vqa", "[IMAGE:img] [TEXT:question] -> [TEXT:question,no_loss] "
+     "[TEXT:answer,closed_set]", "vqa"),
     ("grounding", '[IMAGE:img] which region does the text " [TEXT:cap] " '
      "describe? -> [BOX:region]", "grounding"),
     ("grounded_caption", "[IMAGE:img] what does the region describe? region: "
@@ -43,7 +44,8 @@ INSTRUCTIONS: tuple[tuple[str, str, str], ...] = (
     ("classify", "[IMAGE:img] what shape is in the image? -> "
      "[TEXT:label,closed_set]", "classify"),
     ("matching", '[IMAGE:img] does the image describe " [TEXT:cap] "? -> '
-     "[TEXT:label,closed_set]", "matching"),
+     'does the image describe " [TEXT:cap,no_loss] "? [TEXT:label,closed_set]',
+     "matching"),
     ("detection", "[IMAGE:img] what are the objects in the image? -> "
      "( [BOX:boxes] [TEXT:labels] )*", "detection"),
     ("sudoku", 'solve the sudoku puzzle " [TEXT:puzzle] " -> [TEXT:solution]',

@@ -158,37 +158,13 @@ def _vqa(scene: Scene, rng: np.random.Generator) -> tuple[str, str]:
 
 
 def _negative_caption(scene: Scene, rng: np.random.Generator) -> str:
-  """A caption that is false for the scene, drawn as OFA's image-text matching does.
-
-  OFA's pretraining (unify_dataset `get_negative_caption`) takes, with probability
-  0.6, the caption of another image, and otherwise replaces one object of the true
-  caption by another object; here the other image is a fresh scene and the
-  replacement changes one object's colour or shape.
-  """
-  if rng.uniform() < 0.6:
-    true = caption_of(scene)
-    while True:
-      other = caption_of(make_scene(rng, scene.canvas))
-      if other != true:
-        return other
-  return _perturbed_caption(scene, rng)
-
-
-def _perturbed_caption(scene: Scene, rng: np.random.Generator) -> str:
-  """A caption that is false for the scene: one object's colour or shape changed."""
-  objs = list(scene.objects)
-  i = int(rng.integers(len(objs)))
-  o = objs[i]
-  present = {(p.colour, p.shape) for p in objs}
+  """A caption that is false for the scene, drawn as OFASys's image_text_matching
+  task draws it: the caption of another image (here a fresh scene)."""
+  true = caption_of(scene)
   while True:
-    if rng.uniform() < 0.5:
-      colour, shape = list(COLOURS)[rng.integers(len(COLOURS))], o.shape
-    else:
-      colour, shape = o.colour, SHAPES[rng.integers(len(SHAPES))]
-    if (colour, shape) not in present:
-      break
-  objs[i] = dataclasses.replace(o, colour=colour, shape=shape)
-  return caption_of(Scene(tuple(objs), scene.canvas))
+    other = caption_of(make_scene(rng, scene.canvas))
+    if other != true:
+      return other
 
 
 def sudoku_4x4(rng: np.random.Generator, blanks: int) -> tuple[str, str]:
