@@ -94,6 +94,7 @@ class Evaluator:
     self._converter = feature_converter
     self._num_examples = num_examples
     self._task_ds: dict[str, tf.data.Dataset] = {}
+    self._counts: dict[str, int] = {}  # examples per task, from the first pass
     self._model_ds: dict[str, tf.data.Dataset] = {}
     self._decodings: dict[str, lib.TaskDecoding] = {}
     skipped = []
@@ -131,6 +132,11 @@ class Evaluator:
       if self._num_examples:
         ds = ds.take(self._num_examples)
       ds = ds.cache()
+      # One complete pass fills the cache now. A first reader that stops early
+      # (`example_batch` reads one row) leaves tf.data's cache half written, and
+      # a reader running beside it can then see a truncated split: measured, a
+      # demo evaluation scored 5 of its 100 caption examples.
+      self._counts[name] = sum(1 for _ in ds)
       self._task_ds[name] = ds
       self._model_ds[name] = self._converter(ds, self._lengths).enumerate()
     return self._task_ds[name], self._model_ds[name]
@@ -138,6 +144,13 @@ class Evaluator:
   def _rows(self, task_name: str):
     ds = self._datasets(task_name)[1]
     return ((int(i), ex) for i, ex in ds.as_numpy_iterator())
+
+  def _check_count(self, name: str, seen: int) -> None:
+    """Every pass over a task's examples must see all of them."""
+    if seen != self._counts[name]:
+      raise RuntimeError(
+          f"Evaluator: task {name!r} ({self.split!r} split) gave {seen} examples "
+          f"in this pass but {self._counts[name]} when it was first read")
 
   def example_batch(self) -> dict[str, np.ndarray]:
     """One padded batch of model features (shapes and dtypes for init/restore)."""
@@ -170,6 +183,7 @@ class Evaluator:
                                             jax.random.fold_in(rng, k))
       for j in range(n):
         out[int(indices[j])] = (tokens[j], float(scores[j]))
+    self._check_count(name, len(out))
     return out
 
   def _score_task(self, name: str, variables: dict) -> dict[int, float]:

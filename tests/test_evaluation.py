@@ -226,3 +226,19 @@ def test_training_evaluates_every_task_during_the_run(setup, tmp_path):
   scalars = trainer.read_scalars(os.path.join(model_dir, "train"))
   assert [s for s, _ in scalars["eval/demo_classify/accuracy"]] == [1, 2]
   assert os.path.exists(os.path.join(model_dir, "model_config.json"))
+
+
+def test_every_pass_sees_every_example_after_a_reader_stopped_early(setup):
+  """A reader that stops after one row (as `example_batch` does) must not leave
+  a half-written cache that truncates later passes (seen once as 5 of 100)."""
+  model, _ = setup
+  ev = evaluation.Evaluator(model, "demo_classify", LENGTHS, batch_size=4,
+                            num_examples=4)
+  early = ev._rows("demo_classify")  # pylint: disable=protected-access
+  next(early)  # kept alive while the full passes below run
+  for _ in range(2):
+    rows = list(ev._rows("demo_classify"))  # pylint: disable=protected-access
+    assert [i for i, _ in rows] == [0, 1, 2, 3]
+  with pytest.raises(RuntimeError, match="gave 3 examples in this pass but 4"):
+    ev._check_count("demo_classify", 3)  # pylint: disable=protected-access
+  del early
