@@ -171,8 +171,9 @@ def _decoding(plan: Any, labels: Optional[tuple[str, ...]],
     spec = dataclasses.replace(spec, kind="closed_set", labels=labels, trie=trie,
                                max_len=longest)
   changes = {k: v for k, v in overrides.items() if v is not None}
-  if spec.kind not in ("text", "text_and_boxes"):  # box / closed set / codes
-    # have fixed lengths
+  # Only free-length targets take length overrides: a box, a closed-set label
+  # and an image's codes have fixed lengths.
+  if spec.kind not in ("text", "text_and_boxes"):
     for k in ("max_len", "min_len"):
       changes.pop(k, None)
   if changes:
