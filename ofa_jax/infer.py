@@ -54,7 +54,7 @@ def infer_task(*, model: Any, checkpoint_path: str, mixture_or_task_name: str,
                seed: int = 42) -> dict[str, int]:
   """Decodes every task of `mixture_or_task_name` on `split`; {task: examples}."""
   from ofa_jax import evaluation  # pylint: disable=g-import-not-at-top
-  from ofa_jax import evaluation_lib as lib  # pylint: disable=g-import-not-at-top
+  from ofa_jax.evaluation import runner as lib  # pylint: disable=g-import-not-at-top
   for fn in register_fns:
     fn()
   evaluator = evaluation.Evaluator(
@@ -124,7 +124,7 @@ def infer_files(generalist: Any, instruction: str, input_path: str,
                 fields: Optional[Mapping[str, Any]] = None, batch_size: int = 8,
                 **decode_kwargs: Any) -> int:
   """Runs `instruction` over the inputs; writes one JSON line per example."""
-  from ofa_jax import evaluation_lib as lib  # pylint: disable=g-import-not-at-top
+  from ofa_jax.evaluation import runner as lib  # pylint: disable=g-import-not-at-top
   if image_field is None:
     image_field = image_field_of(instruction)
   rows = read_inputs(input_path, image_field=image_field, fields=fields)

@@ -22,10 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ofa_jax import decoding as decoding_lib
-from ofa_jax import decoding_constraints as dc
-from ofa_jax import decoding_sampling
-from ofa_jax import decoding_scoring
-from ofa_jax.decoding_settings import DecodeSettings  # re-exported
+from ofa_jax.decoding import constraints as dc
+from ofa_jax.decoding import sampling as decoding_sampling
+from ofa_jax.decoding import scoring as decoding_scoring
+from ofa_jax.decoding.settings import DecodeSettings  # re-exported
 from ofa_jax import features as F
 from ofa_jax.model import transformer as transformer_lib
 from ofa_jax.model.config import OFAConfig

@@ -138,7 +138,7 @@ class Result:
 
   def to_json(self) -> dict[str, Any]:
     """A JSON-able dict (what `python -m ofa_jax.infer` writes per line)."""
-    from ofa_jax import evaluation_lib  # pylint: disable=g-import-not-at-top
+    from ofa_jax.evaluation import runner as evaluation_lib  # pylint: disable=g-import-not-at-top
     out: dict[str, Any] = {"text": self.text, "value": self.value,
                            "score": self.score, "kind": self.kind}
     if self.box is not None:

@@ -18,7 +18,7 @@ from typing import Any, Mapping, Optional, Sequence
 import seqio
 
 from ofa_jax import plan as plan_lib
-from ofa_jax import plan_pipeline
+from ofa_jax.plan import pipeline as plan_pipeline
 from ofa_jax.metrics import caption as caption_metrics
 from ofa_jax.metrics import classification as cls_metrics
 from ofa_jax.metrics import detection as det_metrics

@@ -18,10 +18,10 @@ import seqio
 from PIL import Image
 
 from ofa_jax import api
-from ofa_jax import api_config
-from ofa_jax import api_data
+from ofa_jax.api import model_spec as api_config
+from ofa_jax.api import data as api_data
 from ofa_jax import checkpoints
-from ofa_jax import evaluation_lib
+from ofa_jax.evaluation import runner as evaluation_lib
 from ofa_jax import models
 from ofa_jax import vocab as vocab_lib
 from ofa_jax.model import config as config_lib
@@ -245,7 +245,7 @@ def test_length_overrides_reach_free_length_targets_only():
 
   def settings(kind, **spec):
     fake_plan = SimpleNamespace(decoding=plan_lib.DecodingSpec(kind=kind, **spec))
-    return api._decoding(fake_plan, None, {"max_len": 7, "min_len": None},  # pylint: disable=protected-access
+    return api.generalist._decoding(fake_plan, None, {"max_len": 7, "min_len": None},  # pylint: disable=protected-access
                          {}).settings
 
   detection = settings("text_and_boxes")

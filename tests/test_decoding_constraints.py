@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from ofa_jax import decoding
-from ofa_jax import decoding_constraints as dc
-from ofa_jax import decoding_sampling
+from ofa_jax.decoding import constraints as dc
+from ofa_jax.decoding import sampling as decoding_sampling
 from tests.decoding_toys import (BOS, EOS, PAD, free_tokens, make_tokens_to_logits,
                                  prefix_model, ref_log_probs, run_beam)
 

@@ -21,7 +21,7 @@ import pytest
 
 from ofa_jax import evaluate
 from ofa_jax import evaluation
-from ofa_jax import evaluation_lib
+from ofa_jax.evaluation import runner as evaluation_lib
 from ofa_jax import models
 from ofa_jax import plan as plan_lib
 from ofa_jax import vocab as vocab_lib

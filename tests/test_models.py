@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ofa_jax import decoding_constraints as dc
-from ofa_jax import decoding_scoring
+from ofa_jax.decoding import constraints as dc
+from ofa_jax.decoding import scoring as decoding_scoring
 from ofa_jax import features as F
 from ofa_jax import models
 from ofa_jax.model import config as config_lib

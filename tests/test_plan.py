@@ -16,8 +16,8 @@ from ofa_jax import features as F
 from ofa_jax import instructions
 from ofa_jax import models
 from ofa_jax import plan
-from ofa_jax import plan_build
-from ofa_jax import plan_pipeline
+from ofa_jax.plan import build as plan_build
+from ofa_jax.plan import pipeline as plan_pipeline
 from ofa_jax import vocab as vocab_lib
 from ofa_jax.feature_converter import OFAFeatureConverter
 from ofa_jax.modalities import base
@@ -400,9 +400,9 @@ def test_token_only_iterator_can_be_saved_and_restored(registered, vocab,
 
 def test_dense_dims_motion_from_stats_and_target_image_size(registered, vocab):
   stats = {"mean": [0.0] * 7, "std": [1.0] * 7}
-  dims = plan._dense_dims({"motion_stats": stats})  # pylint: disable=protected-access
+  dims = plan.registry._dense_dims({"motion_stats": stats})  # pylint: disable=protected-access
   assert dims[F.MOTION] == (7,) and dims[F.TARGET_MOTION] == (7,)
-  assert plan._dense_dims({"motion_dim": 5, "motion_stats": stats})[F.MOTION] == (5,)  # pylint: disable=protected-access
+  assert plan.registry._dense_dims({"motion_dim": 5, "motion_stats": stats})[F.MOTION] == (5,)  # pylint: disable=protected-access
   src = _source({"t": ["a cat"], "img": [_png()]})
   task = _register(registered, "t_t2i", "[TEXT:t] -> [IMAGE:img,image_size=64]",
                    src, vocab, target_image_size=128)
@@ -425,8 +425,8 @@ class _ClippingMotion:
 
 def test_dense_num_clipped_is_counted_per_modality(registered, vocab,
                                                    monkeypatch):
-  real = plan.get_processor
-  monkeypatch.setattr(plan, "get_processor",
+  real = plan.registry.get_processor
+  monkeypatch.setattr(plan.registry, "get_processor",
                       lambda m: _ClippingMotion() if m == F.Modality.MOTION
                       else real(m))
   src = _source({"m": [[0.0], [1.0], [2.0]], "t": ["a", "b", "c"]})

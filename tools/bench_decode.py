@@ -25,7 +25,7 @@ from typing import Any, Optional, Sequence
 import jax
 
 from ofa_jax import features as F
-from ofa_jax.decoding_settings import DecodeSettings
+from ofa_jax.decoding.settings import DecodeSettings
 from ofa_jax.models import OFAModel
 from tools import bench_common as common
 

@@ -22,9 +22,9 @@ import tensorflow as tf
 
 from ofa_jax import data_stats
 from ofa_jax import features as F
-from ofa_jax import plan_build as B
+from ofa_jax.plan import build as B
 from ofa_jax.instructions import InterleavedGroup
-from ofa_jax.plan_source import EVAL_KEY, TRAIN_KEY, is_training_dataset
+from ofa_jax.plan.source import EVAL_KEY, TRAIN_KEY, is_training_dataset
 
 M = F.Modality
 

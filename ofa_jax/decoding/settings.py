@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional
 
-from ofa_jax import decoding_constraints as dc
+from ofa_jax.decoding import constraints as dc
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

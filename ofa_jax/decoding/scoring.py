@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ofa_jax import decoding
-from ofa_jax import decoding_constraints as dc
+from ofa_jax.decoding import search as decoding
+from ofa_jax.decoding import constraints as dc
 from ofa_jax import features as F
 
 Array = jax.Array

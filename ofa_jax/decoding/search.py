@@ -20,7 +20,7 @@ are banned, and the last position only admits `</s>`. Forced prompt tokens
 contribute nothing to scores, lengths or `min_len`. Beam scores are fairseq's:
 summed log-probs over free tokens (including `</s>`) / free_len ** length_penalty.
 
-Sampling and greedy decoding live in `ofa_jax/decoding_sampling.py`.
+Sampling and greedy decoding live in `ofa_jax/decoding/sampling.py`.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ofa_jax import features
-from ofa_jax import decoding_constraints as dc
+from ofa_jax.decoding import constraints as dc
 
 PyTree = Any
 NEG_INF = float("-inf")

@@ -24,11 +24,11 @@ import tensorflow as tf
 from ofa_jax import data_stats
 from ofa_jax import features as F
 from ofa_jax import instructions
-from ofa_jax import plan_build
-from ofa_jax import plan_pipeline
+from ofa_jax.plan import build as plan_build
+from ofa_jax.plan import pipeline as plan_pipeline
 from ofa_jax.modalities import get_processor
 from ofa_jax.modalities.base import SlotContext
-from ofa_jax.plan_source import SplitTaggedSource
+from ofa_jax.plan.source import SplitTaggedSource
 
 M = F.Modality
 DEFAULT_IMAGE_SIZE = 480  # the IMAGE processor's default

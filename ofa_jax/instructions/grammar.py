@@ -33,9 +33,9 @@ import warnings
 from typing import Any, Mapping, Optional, Sequence
 
 from ofa_jax import features
-from ofa_jax.instructions_parser import parse_alternative
-from ofa_jax.instructions_schema import ATTRIBUTES, AttrSpec
-from ofa_jax.instructions_types import (SOURCE, TARGET, Attrs,
+from ofa_jax.instructions.parser import parse_alternative
+from ofa_jax.instructions.schema import ATTRIBUTES, AttrSpec
+from ofa_jax.instructions.elements import (SOURCE, TARGET, Attrs,
                                         ContrastiveChoice, Element,
                                         Instruction, InstructionError,
                                         InterleavedGroup, PlainText, Slot,
@@ -215,6 +215,3 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   print(json.dumps(results, indent=2))
   return 0
 
-
-if __name__ == "__main__":
-  sys.exit(main())

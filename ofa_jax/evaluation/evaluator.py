@@ -34,7 +34,7 @@ import tensorflow as tf
 from seqio.metrics import ModelOutputType
 
 from ofa_jax import feature_converter as fc_lib
-from ofa_jax import evaluation_lib as lib
+from ofa_jax.evaluation import runner as lib
 from ofa_jax import features as F
 
 PyTree = Any

@@ -18,7 +18,7 @@ import warnings
 from typing import Callable, Optional
 
 from ofa_jax import features
-from ofa_jax.instructions_types import (SOURCE, TARGET, AttrValue,
+from ofa_jax.instructions.elements import (SOURCE, TARGET, AttrValue,
                                         InstructionError)
 
 M = features.Modality

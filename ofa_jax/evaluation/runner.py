@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from ofa_jax import decoding_constraints as dc
+from ofa_jax.decoding import constraints as dc
 from ofa_jax import features as F
 
 PyTree = Any

@@ -14,8 +14,8 @@ import string
 from typing import NoReturn, Optional, Union
 
 from ofa_jax import features
-from ofa_jax.instructions_schema import RawAttr, validate_attrs
-from ofa_jax.instructions_types import (SOURCE, TARGET, ContrastiveChoice,
+from ofa_jax.instructions.schema import RawAttr, validate_attrs
+from ofa_jax.instructions.elements import (SOURCE, TARGET, ContrastiveChoice,
                                         Element, Instruction,
                                         InstructionError, InterleavedGroup,
                                         PlainText, Slot)

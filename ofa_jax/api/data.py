@@ -214,7 +214,7 @@ def prepare(instruction: str, rows: Sequence[Mapping[str, Any]], *,
 def to_result(prepared: Prepared, i: int, tokens: np.ndarray, score: float,
               kind: str) -> Result:
   """The typed result of example `i` from its decoded tokens."""
-  from ofa_jax import plan_pipeline  # pylint: disable=g-import-not-at-top
+  from ofa_jax.plan import pipeline as plan_pipeline  # pylint: disable=g-import-not-at-top
   vocab = prepared.plan.vocab
   ex = prepared.examples[i]
   decoded = vocab.decode([int(t) for t in np.asarray(tokens).reshape(-1)])

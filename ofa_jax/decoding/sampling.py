@@ -17,8 +17,8 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from ofa_jax import decoding
-from ofa_jax import decoding_constraints as dc
+from ofa_jax.decoding import search as decoding
+from ofa_jax.decoding import constraints as dc
 
 PyTree = Any
 NEG_INF = decoding.NEG_INF

@@ -25,8 +25,8 @@ from typing import Any, Mapping, Optional, Sequence
 import jax
 import numpy as np
 
-from ofa_jax import api_data
-from ofa_jax import evaluation_lib as lib
+from ofa_jax.api import data as api_data
+from ofa_jax.evaluation import runner as lib
 from ofa_jax import features as F
 from ofa_jax.results import Result
 
@@ -73,7 +73,7 @@ class Generalist:
     likewise (default: the bundled one). Task options (image size, ...) come
     from `task_options` or model_config.json.
     """
-    from ofa_jax import api_config  # pylint: disable=g-import-not-at-top
+    from ofa_jax.api import model_spec as api_config  # pylint: disable=g-import-not-at-top
     from ofa_jax import models  # pylint: disable=g-import-not-at-top
     spec = api_config.resolve(model_dir, config=config, vocabulary=vocabulary)
     model = models.OFAModel(spec.config, spec.vocabulary)
@@ -187,7 +187,7 @@ def _decoding(plan: Any, labels: Optional[tuple[str, ...]],
 def save_model_config(model_dir: str, config: Any, *, vocabulary: Any = None,
                       task_options: Optional[Mapping[str, Any]] = None) -> str:
   """Writes `<model_dir>/model_config.json`, what `Generalist.load` reads first."""
-  from ofa_jax import api_config  # pylint: disable=g-import-not-at-top
+  from ofa_jax.api import model_spec as api_config  # pylint: disable=g-import-not-at-top
   return api_config.save(model_dir, config, vocabulary=vocabulary,
                          task_options=task_options)
 
