@@ -24,7 +24,6 @@ name, overrides, source file, naming). ``load_converted`` reads it back.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import Any, Iterable, Mapping, Optional
@@ -32,10 +31,11 @@ from typing import Any, Iterable, Mapping, Optional
 import numpy as np
 
 from ofa_jax import checkpoint_conversion_names as names
+from ofa_jax import run_dir
 from ofa_jax.checkpoint_conversion_names import ConversionError
 
-CHECKPOINT_SUBDIR = "checkpoint"
-METADATA_FILE = "conversion.json"
+CHECKPOINT_SUBDIR = run_dir.CONVERTED_CHECKPOINT
+METADATA_FILE = run_dir.CONVERSION
 PARAMS = "params"
 BATCH_STATS = "batch_stats"
 COLLECTIONS = (PARAMS, BATCH_STATS)
@@ -273,14 +273,13 @@ def save_converted(variables: Mapping[str, Any], out_dir: str,
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   out_dir = os.path.abspath(out_dir)
   os.makedirs(out_dir, exist_ok=True)
-  ckpt_dir = os.path.join(out_dir, CHECKPOINT_SUBDIR)
+  ckpt_dir = run_dir.converted_checkpoint(out_dir)
   state = {c: dict(variables[c]) for c in COLLECTIONS if c in variables}
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(ckpt_dir, state, force=force)
   checkpointer.wait_until_finished()
   checkpointer.close()
-  with open(os.path.join(out_dir, METADATA_FILE), "w") as f:
-    json.dump(dict(metadata), f, indent=2, sort_keys=True)
+  run_dir.write_json(run_dir.conversion_file(out_dir), dict(metadata))
   return ckpt_dir
 
 
@@ -294,8 +293,8 @@ def load_converted(path: str, target: Optional[Any] = None) -> dict[str, Any]:
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   path = os.path.abspath(path)
-  if os.path.isdir(os.path.join(path, CHECKPOINT_SUBDIR)):
-    path = os.path.join(path, CHECKPOINT_SUBDIR)
+  if run_dir.holds_converted_checkpoint(path):
+    path = run_dir.converted_checkpoint(path)
   if not os.path.isdir(path):
     raise FileNotFoundError(f"load_converted: no converted checkpoint at {path}")
   checkpointer = ocp.StandardCheckpointer()
@@ -311,5 +310,8 @@ def load_converted(path: str, target: Optional[Any] = None) -> dict[str, Any]:
 
 def load_metadata(out_dir: str) -> dict[str, Any]:
   """The ``conversion.json`` next to a converted checkpoint."""
-  with open(os.path.join(os.path.abspath(out_dir), METADATA_FILE)) as f:
-    return json.load(f)
+  path = run_dir.conversion_file(os.path.abspath(out_dir))
+  metadata = run_dir.read_json(path)
+  if metadata is None:
+    raise FileNotFoundError(f"no {METADATA_FILE} at {path}")
+  return metadata

@@ -19,12 +19,15 @@ import logging
 import os
 from typing import Any, Mapping, Optional
 
+import flax.linen as nn
 import flax.serialization
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-STATE, DATA, META = "state", "data", "meta"
+from ofa_jax import run_dir
+
+STATE, DATA, META = run_dir.STATE, run_dir.DATA, run_dir.META
 
 
 class CheckpointError(ValueError):
@@ -176,25 +179,11 @@ def _check_shapes(saved: Any, target: Any, where: str) -> None:
 
 def _resolve_checkpoint(path: str, collection: str
                         ) -> tuple[str, Optional[tuple[str, ...]]]:
-  """(orbax directory, key path of `collection` inside it) for a fine-tuning source.
-
-  Accepts: a training `MODEL_DIR` (latest step), one step directory of it, or the
-  output of `tools/convert_ofa_checkpoint.py` (a `checkpoint/` sub-folder with
-  `{"params": ..., "batch_stats": ...}`).
-  """
-  path = os.path.abspath(path)
-  if not os.path.isdir(path):
-    raise CheckpointError(f"initial checkpoint {path} does not exist")
-  in_state = (collection,) if collection == "params" else ("model_state",
-                                                           collection)
-  if os.path.isdir(os.path.join(path, "checkpoint")):
-    return os.path.join(path, "checkpoint"), (collection,)
-  if os.path.isdir(os.path.join(path, STATE)):
-    return os.path.join(path, STATE), in_state
-  steps = [int(d) for d in os.listdir(path) if d.isdigit()]
-  if steps:
-    return os.path.join(path, str(max(steps)), STATE), in_state
-  return path, None
+  """`run_dir.resolve_checkpoint`, with a missing path as a `CheckpointError`."""
+  try:
+    return run_dir.resolve_checkpoint(path, collection)
+  except FileNotFoundError as e:
+    raise CheckpointError(str(e)) from None
 
 
 def has_collection(path: str, collection: str) -> bool:
@@ -302,3 +291,45 @@ def _overlay(base: Any, top: Any) -> Any:
     return top
   return {k: _overlay(v, top[k]) if isinstance(top, Mapping) and k in top else v
           for k, v in base.items()}
+
+
+# ---- whole variable sets (evaluation, inference, the API) -------------------------
+def abstract_variables(model: Any, example_batch: Mapping[str, np.ndarray],
+                       partitioner: Any = None) -> dict[str, Any]:
+  """Shapes, dtypes and shardings of every variable collection (for restoring)."""
+  shapes = {k: np.asarray(v).shape for k, v in example_batch.items()}
+  types = {k: np.asarray(v).dtype for k, v in example_batch.items()}
+  boxed = jax.eval_shape(
+      lambda rng: model.get_initial_variables(rng, shapes, types),
+      jax.random.key(0))
+  out = {}
+  for name, tree in boxed.items():
+    if partitioner is not None:
+      shardings = partitioner.logical_to_mesh_shardings(tree)
+    else:
+      device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      shardings = jax.tree.map(lambda _: device, nn.meta.unbox(tree))
+    out[name] = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        nn.meta.unbox(tree), shardings)
+  return out
+
+
+def load_variables(path: str, model: Any,
+                   example_batch: Mapping[str, np.ndarray],
+                   partitioner: Any = None) -> dict[str, Any]:
+  """`{"params"[, "batch_stats"]}` of a checkpoint (MODEL_DIR, step, converted).
+
+  BatchNorm statistics are loaded when the checkpoint has them; otherwise the
+  model's initial ones are used later (`evaluation.runner.complete_variables`).
+  """
+  if not run_dir.looks_like_checkpoint(path):
+    raise CheckpointError(
+        f"{path} holds no checkpoint: expected a training MODEL_DIR (step "
+        "folders), one step folder, or a converted checkpoint")
+  abstract = abstract_variables(model, example_batch, partitioner)
+  variables = {"params": load_params(path, abstract["params"])}
+  for name in abstract:
+    if name != "params" and has_collection(path, name):
+      variables[name] = load_params(path, abstract[name], collection=name)
+  return variables

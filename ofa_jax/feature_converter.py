@@ -7,10 +7,12 @@ loss), restricts each target token to an id range (`target_kinds`), and carries
 dense streams (pixels, fbank, frames) next to the tokens. Every stream leaves this
 converter with a static shape, so one jitted step serves the whole mixture.
 
-Length keys (`features.LENGTH_KEYS`): `inputs`/`targets` are token lengths; the
-dense keys count images / frames (their leading axis); `target_image` is the side
-of the square target image (0 = the mixture has none). A mixture without audio
-sets `"audio": 0` and its batches carry `[B, 0, 80]` audio at no cost.
+Length keys (`modalities.length_keys()`): `inputs`/`targets` are token lengths;
+each dense modality's primary streams (declared by its object, `spec.Stream`)
+are padded along their leading axes to their own key (a count of images or
+frames, or the side of a square target image). A key missing from the lengths
+means the stream is absent: its batches carry a zero-length axis at no cost, so
+a mixture names only the streams it uses.
 
 Packing (`pack=True`) concatenates several token-only examples into one row, as
 seqio does, and is refused when any dense length is non-zero: a dense stream
@@ -25,35 +27,25 @@ import seqio
 import tensorflow as tf
 
 from ofa_jax import features as F
+from ofa_jax import modalities
 
 _Spec = seqio.FeatureConverter.FeatureSpec
 
-# Dense stream -> (rank, length key of its leading axis). The per-example trailing
-# dims (image side, fbank bins, motion dims) come from the task dataset's spec.
-_DENSE_RANKS: Mapping[str, int] = {
-    F.IMAGES: 4, F.AUDIO: 2, F.VIDEO: 4, F.MOTION: 2,
-    F.TARGET_IMAGE: 3, F.TARGET_AUDIO: 2, F.TARGET_MOTION: 2,
-}
 
-# Companion features: name -> (dtype, rank, the length key of axis 0 or an int).
-_COMPANIONS: Mapping[str, tuple[tf.DType, int, str | int]] = {
-    F.IMAGE_MASK: (tf.int32, 1, F.IMAGES),
-    F.IMAGE_TEXT_OFFSET: (tf.int32, 1, F.IMAGES),
-    F.IMAGE_SLOT_RANK: (tf.int32, 1, F.IMAGES),
-    F.IMAGE_GEOMETRY: (tf.float32, 2, F.IMAGES),
-    F.AUDIO_MASK: (tf.int32, 1, F.AUDIO),
-    F.AUDIO_TEXT_OFFSET: (tf.int32, 1, 1),
-    F.AUDIO_SLOT_RANK: (tf.int32, 1, 1),
-    F.VIDEO_MASK: (tf.int32, 1, F.VIDEO),
-    F.VIDEO_TEXT_OFFSET: (tf.int32, 1, 1),
-    F.VIDEO_SLOT_RANK: (tf.int32, 1, 1),
-    F.MOTION_MASK: (tf.int32, 1, F.MOTION),
-    F.MOTION_TEXT_OFFSET: (tf.int32, 1, 1),
-    F.MOTION_SLOT_RANK: (tf.int32, 1, 1),
-    F.TARGET_IMAGE_MASK: (tf.int32, 1, 1),
-    F.TARGET_AUDIO_MASK: (tf.int32, 1, F.TARGET_AUDIO),
-    F.TARGET_MOTION_MASK: (tf.int32, 1, F.TARGET_MOTION),
-}
+def _dtype(stream) -> tf.DType:
+  return tf.float32 if stream.is_float else tf.int32
+
+
+def _primary(stream) -> bool:
+  """A stream padded to a length key of its own (not a companion)."""
+  return stream.length == stream.name
+
+
+def _length(stream, lengths: Mapping[str, int]) -> int:
+  """The padded size of a stream's leading axes (0 when its key is missing)."""
+  if isinstance(stream.length, int):
+    return stream.length
+  return int(lengths.get(stream.length, 0))
 
 _TOKEN_MODEL_FEATURES = {
     F.ENCODER_INPUT_TOKENS: _Spec(dtype=tf.int32),
@@ -88,6 +80,14 @@ def _decoder_inputs_source(ex) -> tf.Tensor:
   return ex[F.TARGET_INPUTS] if F.TARGET_INPUTS in ex else ex[F.TARGETS]
 
 
+def _pad_leading(x: tf.Tensor, axes: int, length: int) -> tf.Tensor:
+  """Pads (never trims) the first `axes` axes of x to `length` with zeros."""
+  shape = tf.shape(x)
+  paddings = ([[0, length - shape[i]] for i in range(axes)]
+              + [[0, 0]] * (x.shape.rank - axes))
+  return tf.pad(x, paddings)
+
+
 def _pad_axis0(x: tf.Tensor, length: int, value) -> tf.Tensor:
   """Pads (never trims: the length check already ran) axis 0 to `length`."""
   pad = length - tf.shape(x)[0]
@@ -104,8 +104,9 @@ class OFAFeatureConverter(seqio.FeatureConverter):
     <s>=0 first), decoder_loss_weights float32 [B, Lo] (target_loss_mask x
     sample_weight, 0 on pad), decoder_target_kinds [B, Lo] (TokenKind, PAD=0 on
     pad), decoder_prompt_mask [B, Lo] (see `prompt_mask`), task_id [B],
-    and every dense stream and companion of `features.DENSE_STREAMS` under its
-    task-feature name with a leading batch axis.
+    and every stream of every registered dense modality
+    (`ofa_jax.modalities.streams()`) under its task-feature name with a leading
+    batch axis.
   With `pack=True` only the token features plus `{encoder,decoder}_{segment_ids,
   positions}` are emitted (the sample weight is still folded into the loss weights).
   """
@@ -113,7 +114,6 @@ class OFAFeatureConverter(seqio.FeatureConverter):
   TASK_FEATURES = {
       F.INPUTS: _Spec(dtype=tf.int32),
       F.TARGETS: _Spec(dtype=tf.int32),
-      **{k: _Spec(dtype=tf.float32, rank=r) for k, r in _DENSE_RANKS.items()},
   }
   PACKING_FEATURE_DTYPES = {
       F.ENCODER_SEGMENT_IDS: tf.int32,
@@ -127,18 +127,40 @@ class OFAFeatureConverter(seqio.FeatureConverter):
                pad_id: int = F.PAD_ID) -> None:
     # seqio reads MODEL_FEATURES from the instance; packing drops the dense
     # streams (they cannot be split across packed rows), so it is per instance.
+    # The dense streams are those of the modalities registered now.
+    self._streams = modalities.streams()
+    self.TASK_FEATURES = {
+        **type(self).TASK_FEATURES,
+        **{s.name: _Spec(dtype=_dtype(s), rank=s.rank)
+           for s in self._streams if _primary(s)},
+    }
     if pack:
       self.MODEL_FEATURES = dict(_TOKEN_MODEL_FEATURES)
     else:
       self.MODEL_FEATURES = {
           **_TOKEN_MODEL_FEATURES,
           F.TASK_ID: _Spec(dtype=tf.int32, rank=0),
-          **{k: _Spec(dtype=tf.float32, rank=r) for k, r in _DENSE_RANKS.items()},
-          **{k: _Spec(dtype=d, rank=r) for k, (d, r, _) in _COMPANIONS.items()},
+          **{s.name: _Spec(dtype=_dtype(s), rank=s.rank) for s in self._streams},
       }
     super().__init__(pack=pack, use_custom_packing_ops=use_custom_packing_ops,
                      apply_length_check=apply_length_check, bos_id=bos_id)
     self._pad_id = pad_id
+
+  def __call__(self, ds: tf.data.Dataset,
+               task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
+    """seqio's conversion, with the streams the lengths do not name absent.
+
+    seqio requires a length for every task feature; a mixture names only the
+    streams it uses, so the others get length 0 here (an unknown key still
+    fails seqio's check).
+    """
+    return super().__call__(ds, self.complete_lengths(task_feature_lengths))
+
+  def complete_lengths(self, task_feature_lengths: Mapping[str, int]
+                       ) -> dict[str, int]:
+    """The lengths with every unnamed dense stream at 0 (absent)."""
+    return {**{s.name: 0 for s in self._streams if _primary(s)},
+            **task_feature_lengths}
 
   # -------------------------------------------------------------------------
   def get_model_feature_lengths(
@@ -158,10 +180,8 @@ class OFAFeatureConverter(seqio.FeatureConverter):
                       F.DECODER_SEGMENT_IDS: lo, F.DECODER_POSITIONS: lo})
       return lengths
     lengths[F.TASK_ID] = 0
-    for k in _DENSE_RANKS:
-      lengths[k] = task_feature_lengths[k]
-    for k, (_, _, n) in _COMPANIONS.items():
-      lengths[k] = n if isinstance(n, int) else task_feature_lengths[n]
+    for s in self._streams:
+      lengths[s.name] = _length(s, task_feature_lengths)
     return lengths
 
   # -------------------------------------------------------------------------
@@ -182,23 +202,25 @@ class OFAFeatureConverter(seqio.FeatureConverter):
   def _pad_all(self, ds: tf.data.Dataset, lengths: Mapping[str, int]
            ) -> tf.data.Dataset:
     spec = ds.element_spec
-    missing = [k for k in _COMPANIONS if k not in spec]
+    missing = [s.name for s in self._streams if s.name not in spec]
     if missing:
       raise ValueError(f"OFAFeatureConverter: the task dataset lacks the dense "
-                       f"companion features {missing}.")
-    # Static trailing dims of every dense stream, read from the task dataset.
-    trailing = {}
-    for k in _DENSE_RANKS:
-      dims = spec[k].shape[1:]
-      if k == F.TARGET_IMAGE:
-        dims = tf.TensorShape([lengths[k], 3])
+                       f"stream features {missing} (registered modalities: "
+                       f"{list(modalities.names())}).")
+    # Static shape of every dense stream after padding: its padded leading axes,
+    # then the trailing dims read from the task dataset.
+    shapes = {}
+    for s in self._streams:
+      n = _length(s, lengths)
+      dims = spec[s.name].shape[s.padded_axes:]
       if not dims.is_fully_defined():
         raise ValueError(
-            f"OFAFeatureConverter: dense feature {k!r} has shape {spec[k].shape}; "
-            "all but its leading axis must be static (set by the task's modality "
-            "options, e.g. image_size).")
-      trailing[k] = dims.as_list()
+            f"OFAFeatureConverter: dense feature {s.name!r} has shape "
+            f"{spec[s.name].shape}; all but its leading axes must be static (set "
+            "by the task's modality options, e.g. image_size).")
+      shapes[s.name] = [n] * s.padded_axes + dims.as_list()
     pad_id, bos_id = self._pad_id, self.bos_id
+    streams = self._streams
 
     def convert(ex):
       li, lo = lengths[F.INPUTS], lengths[F.TARGETS]
@@ -218,22 +240,14 @@ class OFAFeatureConverter(seqio.FeatureConverter):
               prompt_mask(ex[F.TARGETS], ex[F.TARGET_LOSS_MASK]), lo, 0),
           F.TASK_ID: tf.cast(ex[F.TASK_ID], tf.int32),
       }
-      for k in _DENSE_RANKS:
-        x = ex[k]
-        if k == F.TARGET_IMAGE:
-          side = lengths[k]
-          x = tf.pad(x, [[0, side - tf.shape(x)[0]], [0, side - tf.shape(x)[1]],
-                         [0, 0]])
-        else:
-          x = _pad_axis0(x, lengths[k], 0.0)
-        x.set_shape([lengths[k]] + trailing[k])
-        out[k] = x
-      for k, (_, rank, n) in _COMPANIONS.items():
-        n = n if isinstance(n, int) else lengths[n]
-        x = ex[k][:n]  # [1]-shaped companions of absent streams stay [1]
-        x = _pad_axis0(x, n, 0)
-        x.set_shape([n] + spec[k].shape[1:].as_list())
-        out[k] = x
+      for s in streams:
+        n = _length(s, lengths)
+        x = ex[s.name]
+        if not _primary(s):
+          x = x[:n]  # [1]-shaped companions of absent streams stay [1]
+        x = _pad_leading(x, s.padded_axes, n)
+        x.set_shape(shapes[s.name])
+        out[s.name] = x
       for k in _TOKEN_MODEL_FEATURES:
         out[k].set_shape([lengths[F.INPUTS] if k == F.ENCODER_INPUT_TOKENS
                           else lengths[F.TARGETS]])
@@ -243,7 +257,8 @@ class OFAFeatureConverter(seqio.FeatureConverter):
 
   def _pack_tokens(self, ds: tf.data.Dataset, lengths: Mapping[str, int]
             ) -> tf.data.Dataset:
-    dense = {k: lengths[k] for k in _DENSE_RANKS if lengths.get(k, 0)}
+    dense = {s.name: lengths[s.name] for s in self._streams
+             if _primary(s) and lengths.get(s.name, 0)}
     if dense:
       raise ValueError(
           f"OFAFeatureConverter(pack=True) packs token sequences only, but "

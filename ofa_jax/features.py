@@ -8,8 +8,9 @@ zero-filled *data*, only explicit "absent" streams whose mask says so.
 There are two levels, as in SeqIO:
 
 * **Task features** (what ``plan.py`` emits, per example, before batching). Token
-  streams have variable length; dense streams have fixed per-example shapes set by
-  the task's modality options and by the ``sequence_length`` dict.
+  streams have variable length; dense streams (declared by the modality objects of
+  ``ofa_jax/modalities/``) have fixed per-example shapes set by the task's
+  modality options and by the ``sequence_length`` dict.
 * **Model features** (what ``OFAFeatureConverter`` emits, batched, static shapes).
 
 The encoder sequence follows the instruction order. The data side cannot know how
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import enum
 import zlib
-from typing import Mapping
 
 
 class TokenKind(enum.IntEnum):
@@ -42,25 +42,6 @@ class TokenKind(enum.IntEnum):
   TEXT_OR_BIN = 4
 
 
-class Modality(str, enum.Enum):
-  """The 9 OFASys slot types."""
-
-  TEXT = "TEXT"
-  IMAGE = "IMAGE"
-  BOX = "BOX"
-  AUDIO = "AUDIO"
-  PHONE = "PHONE"
-  VIDEO = "VIDEO"
-  MOTION = "MOTION"
-  STRUCT = "STRUCT"
-  CATEGORY = "CATEGORY"
-
-
-# Modalities whose values become tokens of the one id space (merged into one run,
-# as OFASys's group_map does). The others are dense streams with their own adapter.
-TOKEN_MODALITIES = frozenset({Modality.TEXT, Modality.BOX, Modality.PHONE,
-                              Modality.STRUCT, Modality.CATEGORY})
-
 # ---------------------------------------------------------------------------
 # Task features (per example). Shapes: L* variable, others fixed.
 # ---------------------------------------------------------------------------
@@ -76,42 +57,11 @@ TARGET_INPUTS = "target_inputs"        # int32 [Lo]
 SAMPLE_WEIGHT = "sample_weight"        # float32 []  OFA's `conf` (1.0 by default)
 TASK_ID = "task_id"                    # int32 []    task_id_of(task name)
 
-IMAGES = "images"                      # float32 [Ni, S, S, 3] normalized pixels
-IMAGE_MASK = "image_mask"              # int32 [Ni] 1 = image present
-IMAGE_TEXT_OFFSET = "image_text_offset"  # int32 [Ni]
-IMAGE_SLOT_RANK = "image_slot_rank"    # int32 [Ni]
-# How each input image was transformed: (orig_h, orig_w, scale_y, scale_x, offset_y,
-# offset_x), so processed = orig * scale + offset. Boxes are co-transformed with it,
-# and predicted boxes are mapped back to original pixels with it.
-IMAGE_GEOMETRY = "image_geometry"      # float32 [Ni, 6]
-
-AUDIO = "audio"                        # float32 [Ta, 80] log-mel fbank
-AUDIO_MASK = "audio_mask"              # int32 [Ta] 1 = real frame
-AUDIO_TEXT_OFFSET = "audio_text_offset"  # int32 [1]
-AUDIO_SLOT_RANK = "audio_slot_rank"    # int32 [1]
-
-VIDEO = "video"                        # float32 [F, S, S, 3] frames
-VIDEO_MASK = "video_mask"              # int32 [F] 1 = real frame
-VIDEO_TEXT_OFFSET = "video_text_offset"  # int32 [1]
-VIDEO_SLOT_RANK = "video_slot_rank"    # int32 [1]
-
-MOTION = "motion"                      # float32 [Tm, Dm] joint features
-MOTION_MASK = "motion_mask"            # int32 [Tm]
-MOTION_TEXT_OFFSET = "motion_text_offset"  # int32 [1]
-MOTION_SLOT_RANK = "motion_slot_rank"  # int32 [1]
-
-TARGET_IMAGE = "target_image"          # float32 [St, St, 3] in [-1, 1] (VQ input)
-TARGET_IMAGE_MASK = "target_image_mask"  # int32 [1]
-TARGET_AUDIO = "target_audio"          # float32 [Tta, 80] fbank frames (TTS)
-TARGET_AUDIO_MASK = "target_audio_mask"  # int32 [Tta]
-TARGET_MOTION = "target_motion"        # float32 [Ttm, Dm]
-TARGET_MOTION_MASK = "target_motion_mask"  # int32 [Ttm]
-
-# Keys of the `sequence_length` / task_feature_lengths dict. Token streams are
-# lengths; the dense ones are counts of images / frames. A mixture without audio
-# sets "audio": 0 and pays nothing for it.
-LENGTH_KEYS = ("inputs", "targets", "images", "audio", "video", "motion",
-               "target_image", "target_audio", "target_motion")
+# Dense streams (pixels, fbank frames, motion, and their masks / placement
+# features) are declared by their modalities (`ofa_jax/modalities/<name>.py`,
+# `Stream`); `ofa_jax.modalities.streams()` and `length_keys()` list them. The
+# `sequence_length` dict names only the streams a mixture uses: a missing key
+# means the stream is absent (length 0).
 
 # ---------------------------------------------------------------------------
 # Model features (batched, static shapes), produced by OFAFeatureConverter.
@@ -132,17 +82,6 @@ ENCODER_SEGMENT_IDS = "encoder_segment_ids"
 ENCODER_POSITIONS = "encoder_positions"
 DECODER_SEGMENT_IDS = "decoder_segment_ids"
 DECODER_POSITIONS = "decoder_positions"
-
-DENSE_STREAMS: Mapping[str, tuple[str, ...]] = {
-    # stream -> its companion features
-    IMAGES: (IMAGE_MASK, IMAGE_TEXT_OFFSET, IMAGE_SLOT_RANK, IMAGE_GEOMETRY),
-    AUDIO: (AUDIO_MASK, AUDIO_TEXT_OFFSET, AUDIO_SLOT_RANK),
-    VIDEO: (VIDEO_MASK, VIDEO_TEXT_OFFSET, VIDEO_SLOT_RANK),
-    MOTION: (MOTION_MASK, MOTION_TEXT_OFFSET, MOTION_SLOT_RANK),
-    TARGET_IMAGE: (TARGET_IMAGE_MASK,),
-    TARGET_AUDIO: (TARGET_AUDIO_MASK,),
-    TARGET_MOTION: (TARGET_MOTION_MASK,),
-}
 
 # Special ids (OFA / fairseq dictionary order).
 BOS_ID = 0

@@ -25,24 +25,10 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
-DEFAULT_BINDINGS = """
-from __gin__ import dynamic_registration
-from ofa_jax import infer
-from ofa_jax import partitioning
-
-infer.infer_task:
-  model = %MODEL
-  checkpoint_path = %CHECKPOINT_PATH
-  mixture_or_task_name = %MIXTURE_OR_TASK_NAME
-  task_feature_lengths = %TASK_FEATURE_LENGTHS
-  output_dir = %INFER_OUTPUT_DIR
-  batch_size = %BATCH_SIZE
-  partitioner = @partitioning.make_partitioner()
-
-partitioning.make_partitioner:
-  num_partitions = %NUM_PARTITIONS
-  fsdp = %FSDP
-"""
+# Binds `infer_task` to its macros; parsed before the command line's files.
+RUN_GIN = "runs/infer.gin"
+USAGE = ("usage: python -m ofa_jax.infer --gin_file=FILE [--gin.NAME=VALUE ...]"
+         " | --checkpoint=DIR --instruction=I --input=X --output=Y")
 
 
 def infer_task(*, model: Any, checkpoint_path: str, mixture_or_task_name: str,
@@ -50,22 +36,30 @@ def infer_task(*, model: Any, checkpoint_path: str, mixture_or_task_name: str,
                split: str = "test", batch_size: int = 32,
                num_examples: Optional[int] = None, partitioner: Any = None,
                decode_overrides: Optional[Mapping[str, Any]] = None,
+               decoding_overrides: Optional[
+                   Mapping[str, Mapping[str, Any]]] = None,
                register_fns: Sequence[Callable[[], Any]] = (),
                seed: int = 42) -> dict[str, int]:
-  """Decodes every task of `mixture_or_task_name` on `split`; {task: examples}."""
+  """Decodes every task of `mixture_or_task_name` on `split`; {task: examples}.
+
+  `decode_overrides` (every task) and `decoding_overrides` ({task: {field:
+  value}}) change the tasks' `DecodingSpec`s, e.g. in gin
+  `infer.infer_task.decoding_overrides = {'demo_caption': {'beam_size': 3}}`.
+  """
+  from ofa_jax import checkpoints  # pylint: disable=g-import-not-at-top
   from ofa_jax import evaluation  # pylint: disable=g-import-not-at-top
-  from ofa_jax.evaluation import runner as lib  # pylint: disable=g-import-not-at-top
+  from ofa_jax import run_dir  # pylint: disable=g-import-not-at-top
   for fn in register_fns:
     fn()
   evaluator = evaluation.Evaluator(
       model, mixture_or_task_name, task_feature_lengths, batch_size=batch_size,
       split=split, num_examples=num_examples, partitioner=partitioner,
-      decode_overrides=decode_overrides, eval_loss=False, require_metrics=False,
-      seed=seed)
-  variables = lib.load_variables(checkpoint_path, model,
-                                 evaluator.example_batch(), partitioner)
+      decode_overrides=decode_overrides, decoding_overrides=decoding_overrides,
+      eval_loss=False, require_metrics=False, seed=seed)
+  variables = checkpoints.load_variables(checkpoint_path, model,
+                                         evaluator.example_batch(), partitioner)
   counts = evaluator.predict(variables, output_dir=output_dir,
-                             filename="{task}_inferences.jsonl")
+                             kind=run_dir.INFERENCES)
   logging.info("inference: wrote %s to %s", counts, output_dir)
   return counts
 
@@ -115,7 +109,7 @@ def image_field_of(instruction: str) -> Optional[str]:
   from ofa_jax import instructions  # pylint: disable=g-import-not-at-top
   template = instructions.parse_template(instruction)
   images = [s.name for s in template.alternatives[0].source_slots()
-            if s.modality.value == "IMAGE" and s.name]
+            if getattr(s.modality, "value", s.modality) == "IMAGE" and s.name]
   return images[0] if images else None
 
 
@@ -136,7 +130,7 @@ def infer_files(generalist: Any, instruction: str, input_path: str,
                                        for row, r in zip(rows, results)))
 
 
-def _file_mode(argv: Sequence[str]) -> int:
+def _file_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="python -m ofa_jax.infer")
   parser.add_argument("--checkpoint", required=True,
                       help="MODEL_DIR, a step folder, or a converted checkpoint")
@@ -154,6 +148,24 @@ def _file_mode(argv: Sequence[str]) -> int:
   parser.add_argument("--max_len", type=int, default=None)
   parser.add_argument("--closed_set", default=None,
                       help="comma-separated labels: trie-constrained decoding")
+  return parser
+
+
+def _decode_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+  """The decoding keywords of `Generalist.inference` the flags set."""
+  kwargs: dict[str, Any] = {}
+  if args.beam_size is not None:
+    kwargs["beam_size"] = args.beam_size
+  if args.max_len is not None:
+    kwargs["max_len"] = args.max_len
+  if args.closed_set:
+    kwargs["closed_set"] = [x.strip() for x in args.closed_set.split(",")
+                            if x.strip()]
+  return kwargs
+
+
+def _file_mode(argv: Sequence[str]) -> int:
+  parser = _file_parser()
   args = parser.parse_args(list(argv))
   fields = {}
   for item in args.field:
@@ -168,25 +180,17 @@ def _file_mode(argv: Sequence[str]) -> int:
   options = {} if args.image_size is None else {"image_size": args.image_size}
   generalist = api.Generalist.load(args.checkpoint, config=args.config,
                                    task_options=options)
-  kwargs: dict[str, Any] = {}
-  if args.beam_size is not None:
-    kwargs["beam_size"] = args.beam_size
-  if args.max_len is not None:
-    kwargs["max_len"] = args.max_len
-  if args.closed_set:
-    kwargs["closed_set"] = [x.strip() for x in args.closed_set.split(",")
-                            if x.strip()]
   n = infer_files(generalist, args.instruction, args.input, args.output,
                   image_field=args.image_field, fields=fields,
-                  batch_size=args.batch_size, **kwargs)
+                  batch_size=args.batch_size, **_decode_kwargs(args))
   print(f"ofa_jax.infer: wrote {n} results to {args.output}")
   return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
-  logging.basicConfig(level=logging.INFO,
-                      format="%(asctime)s %(levelname)s %(message)s")
+  from ofa_jax import log_setup  # pylint: disable=g-import-not-at-top
+  argv = log_setup.configure(argv)  # libraries' INFO off the terminal; --verbose
   from ofa_jax import tf_setup  # pylint: disable=g-import-not-at-top
   tf_setup.hide_accelerators_from_tensorflow()
   if not any(a.startswith("--gin") for a in argv):
@@ -195,21 +199,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ValueError, FileNotFoundError) as e:
       print(f"ofa_jax.infer: {e}", file=sys.stderr)
       return 2
-  from ofa_jax import evaluate  # pylint: disable=g-import-not-at-top
   from ofa_jax import gin_utils  # pylint: disable=g-import-not-at-top
-  usage = ("usage: python -m ofa_jax.infer --gin_file=FILE [--gin.NAME=VALUE ...]"
-           " | --checkpoint=DIR --instruction=I --input=X --output=Y")
   try:
-    rest = evaluate.parse_flags_with_defaults(argv, DEFAULT_BINDINGS, usage,
-                                              "infer")
-    if rest:
-      raise gin_utils.GinConfigError(f"unknown arguments {rest}\n{usage}")
+    gin_utils.parse_run_flags(argv, RUN_GIN, USAGE)
+    log_setup.log_to_file_in("INFER_OUTPUT_DIR", "infer.log")
   except (gin_utils.GinConfigError, ValueError) as e:
     print(f"ofa_jax.infer: configuration error: {e}", file=sys.stderr)
     return 2
   import gin  # pylint: disable=g-import-not-at-top
   counts = gin.get_configurable(infer_task)()
-  evaluate.write_config("INFER_OUTPUT_DIR")
+  gin_utils.write_operative_config_to("INFER_OUTPUT_DIR")
   print(f"ofa_jax.infer: {counts}")
   return 0
 

@@ -13,7 +13,6 @@ model features (`ofa_jax/features.py`), all pure and `jax.jit`-able.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Mapping, Optional, Sequence
 
 import flax.linen as nn
@@ -21,12 +20,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ofa_jax import decoding as decoding_lib
 from ofa_jax.decoding import constraints as dc
+from ofa_jax.decoding import prompts
 from ofa_jax.decoding import sampling as decoding_sampling
 from ofa_jax.decoding import scoring as decoding_scoring
-from ofa_jax.decoding.settings import DecodeSettings  # re-exported
+from ofa_jax.decoding import search as decoding_lib
+from ofa_jax.decoding.spec import DecodingSpec
 from ofa_jax import features as F
+from ofa_jax import modalities
 from ofa_jax.model import transformer as transformer_lib
 from ofa_jax.model.config import OFAConfig
 
@@ -256,24 +257,24 @@ class OFAModel:
 
   # ---- scoring -------------------------------------------------------------
   def score_batch(self, params: PyTree, batch: Mapping[str, Array],
-                  candidates: Optional[np.ndarray] = None, *,
+                  candidates: Any = None, *,
                   batch_stats: Optional[PyTree] = None,
-                  constrain_by_kind: bool = True,
-                  trie: Optional[dc.DenseTrie] = None,
+                  constrain_by_kind: bool = True, trie: Any = None,
                   candidate_chunk: int = 16):
     """Teacher-forced log-likelihood per example, or all-candidate scoring.
 
     Without candidates: float32 [B], the sum over target tokens of
     `decoder_loss_weights * log p(target)` (equal to minus the unsmoothed loss
-    sum). With candidates (int [C, Lc]: each a closed-set answer's tokens after
-    `<s>`, ending in `</s>`, padded with `<pad>`): `(best [B], scores [B, C])`,
-    the encoder run once per example and the decoder over every candidate after
-    the example's forced prompt; see `decoding_scoring.score_candidates`.
+    sum). With candidates (a closed-set `DecodingSpec`, its `ofa_jax.trie.Trie`,
+    or int [C, Lc]: each answer's tokens after `<s>`, ending in `</s>`, padded
+    with `<pad>`): `(best [B], scores [B, C])`, the encoder run once per example
+    and the decoder over every candidate after the example's forced prompt; see
+    `decoding_scoring.score_candidates`.
     """
     variables = self.split_variables(params, batch_stats)
     if candidates is not None:
       return decoding_scoring.score_candidates(
-          self.module, variables, _prompt_as_weights(batch), candidates, trie=trie,
+          self.module, variables, batch, candidates, trie=trie,
           chunk=candidate_chunk)
     logits = self.module.apply(variables, batch, train=False)
     weights = jnp.asarray(batch[F.DECODER_LOSS_WEIGHTS], jnp.float32)
@@ -285,68 +286,48 @@ class OFAModel:
 
   # ---- prediction ----------------------------------------------------------
   def predict_batch(self, params: PyTree, batch: Mapping[str, Array], *,
-                    decoding: Any = None, rng: Optional[Array] = None,
+                    decoding: Optional[DecodingSpec] = None,
+                    rng: Optional[Array] = None,
                     batch_stats: Optional[PyTree] = None, **overrides) -> Array:
     """Decoded tokens [B, L] (see `predict_batch_with_aux`)."""
     return self.predict_batch_with_aux(params, batch, decoding=decoding, rng=rng,
                                        batch_stats=batch_stats, **overrides)[0]
 
   def predict_batch_with_aux(self, params: PyTree, batch: Mapping[str, Array], *,
-                             decoding: Any = None, rng: Optional[Array] = None,
+                             decoding: Optional[DecodingSpec] = None,
+                             rng: Optional[Array] = None,
                              batch_stats: Optional[PyTree] = None, **overrides
                              ) -> tuple[Array, dict]:
     """Decodes the batch as its task's target slot says.
 
     Args:
-      decoding: a `DecodeSettings`, or a `plan.DecodingSpec` (resolved with
-        `overrides` through `DecodeSettings.from_spec`), or None (text beam).
+      decoding: the task's `DecodingSpec` (`TaskPlan.decoding`); None: free
+        text by beam search. `overrides` are `DecodingSpec.replace` fields.
       rng: PRNG key for sampling.
 
     Returns:
       tokens int32 [B, L] in the decoder-target format (forced prompt, answer,
       `</s>`, pad), or [B, K, L] with return_all; aux {"scores": [B] or [B, K],
-      "prompt_lengths": [B]}. The forced prompt is the leading run of
-      `decoder_prompt_mask` over `decoder_target_tokens` (batches without that
-      feature: the leading weight-0 targets); `decoding.answer_tokens` strips it
-      (host side).
+      "prompt_lengths": [B]}. The forced prompt is read by
+      `decoding.prompts.batch_prompt`; `prompts.answer_tokens` strips it (host
+      side).
     """
-    if isinstance(decoding, DecodeSettings):
-      s = dataclasses.replace(decoding, **overrides) if overrides else decoding
-    else:
-      s = DecodeSettings.from_spec(decoding, **overrides)
+    s = (decoding or DecodingSpec()).replace(**overrides)
+    s.require_token_decoder("predict_batch")
     variables = self.split_variables(params, batch_stats)
     module = self.module
     encoded = module.apply(variables, batch, train=False, method=module.encode)
     b = encoded.hidden.shape[0]
-    targets = batch.get(F.DECODER_TARGET_TOKENS)
-    may_prompt = targets is not None and (F.DECODER_PROMPT_MASK in batch
-                                          or F.DECODER_LOSS_WEIGHTS in batch)
-    if s.max_len is None:
-      if targets is None:
-        raise ValueError("predict_batch: give max_len or a batch with "
-                         f"{F.DECODER_TARGET_TOKENS!r}")
-      length = targets.shape[1]
-    else:
-      room = s.max_prompt_len
-      if room is None:
-        room = targets.shape[1] if may_prompt else 0
-      length = room + s.max_len
-      if length > self.config.max_target_positions:
-        raise ValueError(
-            f"predict_batch: a decode buffer of {room} prompt + {s.max_len} free "
-            f"positions exceeds max_target_positions="
-            f"{self.config.max_target_positions}; set max_prompt_len (0 for tasks "
-            "without a decoder prompt) or a smaller max_len")
+    length = prompts.buffer_length(s, batch, self.config.max_target_positions)
     forced_tokens = forced_lengths = None
-    if may_prompt:
-      forced_tokens, forced_lengths = _forced_prompt(targets, batch, length)
+    if prompts.has_prompt(batch):
+      forced_tokens, forced_lengths = prompts.batch_prompt(batch, length)
     if s.kind == "image_codes":
       encoded = encoded.replace(code_mask=jnp.ones((b,), jnp.bool_))
-    n = s.beam_size if s.method == "beam" else (
-        s.num_samples if s.method == "sample" else 1)
+    n = s.num_hypotheses
     enc_rows = decoding_lib.expand_rows(encoded, n)
     rules = decoding_lib.DecodingRules(
-        min_len=s.min_len, max_free_len=s.max_len,
+        min_len=s.min_len, max_free_len=s.max_free_len,
         no_repeat_ngram_size=s.no_repeat_ngram_size,
         constraints=s.constraints(self.layout))
     if s.use_cache:
@@ -383,44 +364,10 @@ class OFAModel:
     return tokens, {"scores": scores, "prompt_lengths": forced_lengths}
 
 
-def prompt_weights(batch: Mapping[str, Array]) -> Array:
-  """Weights whose leading zeros over the non-pad targets are the forced prompt.
-
-  `decoding.forced_prompt_from_targets` reads the prompt as the leading weight-0
-  targets; `decoder_loss_weights` alone misreads an example of sample weight 0
-  as all prompt, so the explicit `decoder_prompt_mask` is used when present.
-  """
-  if F.DECODER_PROMPT_MASK in batch:
-    mask = jnp.asarray(batch[F.DECODER_PROMPT_MASK])
-    return jnp.where(mask > 0, 0.0, 1.0).astype(jnp.float32)
-  return jnp.asarray(batch[F.DECODER_LOSS_WEIGHTS], jnp.float32)
-
-
-def _prompt_as_weights(batch: Mapping[str, Array]) -> Mapping[str, Array]:
-  """The batch for `decoding_scoring.score_candidates`, which reads the prompt
-  from `decoder_loss_weights` (it uses them for nothing else)."""
-  if F.DECODER_PROMPT_MASK not in batch:
-    return batch
-  return {**batch, F.DECODER_LOSS_WEIGHTS: prompt_weights(batch)}
-
-
-def _forced_prompt(targets: Array, batch: Mapping[str, Array], length: int
-                   ) -> tuple[Array, Array]:
-  """The batch's forced prompt, cut or padded to the decode length."""
-  tokens, lengths = decoding_lib.forced_prompt_from_targets(
-      targets, prompt_weights(batch))
-  lo = tokens.shape[1]
-  if lo >= length:
-    tokens = tokens[:, :length]
-  else:
-    tokens = jnp.pad(tokens, ((0, 0), (0, length - lo)),
-                     constant_values=F.PAD_ID)
-  return tokens, jnp.minimum(lengths, length)
-
-
 def _default_dtype(name: str):
-  floats = {F.DECODER_LOSS_WEIGHTS, F.IMAGE_GEOMETRY, F.SAMPLE_WEIGHT}
-  if name in floats or name in F.DENSE_STREAMS:
+  floats = {F.DECODER_LOSS_WEIGHTS, F.SAMPLE_WEIGHT}
+  stream = modalities.stream(name)
+  if name in floats or (stream is not None and stream.is_float):
     return jnp.float32
   return jnp.int32
 

@@ -27,8 +27,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if any(a in ("-h", "--help") for a in argv):
     print(USAGE)
     return 0
-  logging.basicConfig(level=logging.INFO,
-                      format="%(asctime)s %(levelname)s %(message)s")
+  from ofa_jax import log_setup  # pylint: disable=g-import-not-at-top
+  argv = log_setup.configure(argv)  # libraries' INFO off the terminal; --verbose
   # Flags first: a configuration error must surface before JAX or TF start.
   from ofa_jax import gin_utils  # pylint: disable=g-import-not-at-top
   from ofa_jax import multihost  # pylint: disable=g-import-not-at-top
@@ -37,10 +37,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     files, bindings, paths, rest = gin_utils.parse_argv(rest)
     if rest:
       raise gin_utils.GinConfigError(f"unknown arguments {rest}\n{USAGE}")
+    # A misspelt --gin.NAME= fails here, before JAX, TF or the runtime start.
+    gin_utils.check_overrides(files, bindings, gin_utils.search_paths(paths))
     multihost.initialize(mh_flags)
     from ofa_jax import tf_setup  # pylint: disable=g-import-not-at-top
     tf_setup.hide_accelerators_from_tensorflow()
     gin_utils.parse_gin_flags(files, bindings, paths)
+    log_setup.log_to_file_in("MODEL_DIR", "train.log")
   except (gin_utils.GinConfigError, ValueError) as e:
     print(f"ofa_jax.train: configuration error: {e}", file=sys.stderr)
     return 2

@@ -87,9 +87,32 @@ def make_train_step(model: Any, tx: optax.GradientTransformation, *,
   Per-example aux entries (leading axis = batch) are returned for per-task
   metrics; scalar aux entries are averaged into the metrics.
   """
-  loss_kwargs = dict(loss_kwargs or {})
   if microbatches < 1:
     raise ValueError(f"microbatches must be >= 1, got {microbatches}")
+  grad_fn = _grad_fn(model, dict(loss_kwargs or {}))
+  # A loss that is a mean over tokens (OFA's sample_size) is accumulated exactly:
+  # each microbatch's gradient is weighted by its share of the loss tokens.
+  per_token = getattr(model, "loss_normalization", "tokens") == "tokens"
+
+  def step(state: TrainState, batch: Any, rng: jax.Array):
+    rng = jax.random.fold_in(rng, state.step)
+    if microbatches == 1:
+      loss, aux, grads, model_state = grad_fn(state.params, state.model_state,
+                                              batch, rng)
+    else:
+      loss, aux, grads, model_state = _accumulate(
+          grad_fn, state, batch, rng, microbatches, per_token)
+    per_example, metrics = _split_aux(aux, batch)
+    metrics["loss"] = loss
+    metrics["grad_norm"] = optax.global_norm(grads)
+    new_state = state.apply_gradients(grads, tx).replace(model_state=model_state)
+    return new_state, metrics, per_example
+
+  return step
+
+
+def _grad_fn(model: Any, loss_kwargs: Mapping[str, Any]) -> Callable[..., Any]:
+  """(params, model_state, batch, rng) -> (loss, aux, grads, new model_state)."""
 
   def grad_fn(params, model_state, batch, rng):
     kwargs = dict(loss_kwargs)
@@ -102,69 +125,70 @@ def make_train_step(model: Any, tx: optax.GradientTransformation, *,
       model_state = dict(model_state, batch_stats=aux.pop("batch_stats"))
     return loss, aux, grads, model_state
 
-  # A loss that is a mean over tokens (OFA's sample_size) is accumulated exactly:
-  # each microbatch's gradient is weighted by its share of the loss tokens.
-  per_token = getattr(model, "loss_normalization", "tokens") == "tokens"
+  return grad_fn
 
-  def token_weight(aux):
-    if per_token and isinstance(aux, Mapping) and "num_tokens" in aux:
-      return jnp.sum(aux["num_tokens"]).astype(jnp.float32)
-    return jnp.ones((), jnp.float32)
 
-  def step(state: TrainState, batch: Any, rng: jax.Array):
-    rng = jax.random.fold_in(rng, state.step)
-    if microbatches == 1:
-      loss, aux, grads, model_state = grad_fn(state.params, state.model_state,
-                                              batch, rng)
+def _token_weight(aux: Any, per_token: bool) -> jax.Array:
+  """A microbatch's weight: its loss tokens for a per-token loss, else 1."""
+  if per_token and isinstance(aux, Mapping) and "num_tokens" in aux:
+    return jnp.sum(aux["num_tokens"]).astype(jnp.float32)
+  return jnp.ones((), jnp.float32)
+
+
+def _accumulate(grad_fn: Callable[..., Any], state: TrainState, batch: Any,
+                rng: jax.Array, microbatches: int, per_token: bool
+                ) -> tuple[Any, Any, Any, Any]:
+  """`grad_fn` over strided microbatches in a `lax.scan`, weighted by tokens."""
+
+  def split(x):
+    b = x.shape[0]
+    if b % microbatches:
+      raise ValueError(f"batch size {b} is not divisible by microbatches="
+                       f"{microbatches}")
+    x = x.reshape((b // microbatches, microbatches) + x.shape[1:])
+    return jnp.swapaxes(x, 0, 1)
+
+  mbs = jax.tree.map(split, batch)
+
+  def body(carry, i):
+    acc, total, model_state = carry
+    mb = jax.tree.map(lambda x: x[i], mbs)
+    loss, aux, grads, model_state = grad_fn(
+        state.params, model_state, mb, jax.random.fold_in(rng, i))
+    w = _token_weight(aux, per_token)
+    acc = jax.tree.map(lambda a, g: a + g * w, acc, grads)
+    return (acc, total + w, model_state), (loss, aux)
+
+  zeros = jax.tree.map(jnp.zeros_like, state.params)
+  (grads, total, model_state), (losses, auxs) = jax.lax.scan(
+      body, (zeros, jnp.zeros((), jnp.float32), state.model_state),
+      jnp.arange(microbatches))
+  total = jnp.maximum(total, 1e-9)
+  grads = jax.tree.map(lambda g: g / total, grads)
+  ws = (jax.vmap(lambda a: _token_weight(a, per_token))(auxs) if per_token
+        else jnp.ones_like(losses))
+  loss = jnp.sum(losses * ws) / jnp.maximum(jnp.sum(ws), 1e-9)
+
+  def unsplit(x):  # [k, B/k, ...] -> [B, ...] in the original order
+    if x.ndim < 2:
+      return jnp.mean(x)
+    return jnp.swapaxes(x, 0, 1).reshape((-1,) + x.shape[2:])
+
+  return loss, jax.tree.map(unsplit, auxs), grads, model_state
+
+
+def _split_aux(aux: Mapping[str, Any], batch: Any
+               ) -> tuple[dict[str, Any], dict[str, Any]]:
+  """(per-example entries [B, ...] with the task ids, scalar means)."""
+  batch_size = jax.tree.leaves(batch)[0].shape[0]
+  per_example, metrics = {}, {}
+  for k, v in aux.items():
+    if not hasattr(v, "ndim"):
+      continue
+    if v.ndim >= 1 and v.shape[0] == batch_size:
+      per_example[k] = v
     else:
-      def split(x):
-        b = x.shape[0]
-        if b % microbatches:
-          raise ValueError(f"batch size {b} is not divisible by microbatches="
-                           f"{microbatches}")
-        x = x.reshape((b // microbatches, microbatches) + x.shape[1:])
-        return jnp.swapaxes(x, 0, 1)
-
-      mbs = jax.tree.map(split, batch)
-
-      def body(carry, i):
-        acc, total, model_state = carry
-        mb = jax.tree.map(lambda x: x[i], mbs)
-        loss, aux, grads, model_state = grad_fn(
-            state.params, model_state, mb, jax.random.fold_in(rng, i))
-        w = token_weight(aux)
-        acc = jax.tree.map(lambda a, g: a + g * w, acc, grads)
-        return (acc, total + w, model_state), (loss, aux)
-
-      zeros = jax.tree.map(jnp.zeros_like, state.params)
-      (grads, total, model_state), (losses, auxs) = jax.lax.scan(
-          body, (zeros, jnp.zeros((), jnp.float32), state.model_state),
-          jnp.arange(microbatches))
-      total = jnp.maximum(total, 1e-9)
-      grads = jax.tree.map(lambda g: g / total, grads)
-      ws = jax.vmap(token_weight)(auxs) if per_token else jnp.ones_like(losses)
-      loss = jnp.sum(losses * ws) / jnp.maximum(jnp.sum(ws), 1e-9)
-
-      def unsplit(x):  # [k, B/k, ...] -> [B, ...] in the original order
-        if x.ndim < 2:
-          return jnp.mean(x)
-        return jnp.swapaxes(x, 0, 1).reshape((-1,) + x.shape[2:])
-
-      aux = jax.tree.map(unsplit, auxs)
-    batch_size = jax.tree.leaves(batch)[0].shape[0]
-    per_example, metrics = {}, {}
-    for k, v in aux.items():
-      if not hasattr(v, "ndim"):
-        continue
-      if v.ndim >= 1 and v.shape[0] == batch_size:
-        per_example[k] = v
-      else:
-        metrics[k] = jnp.mean(v)
-    if isinstance(batch, Mapping) and "task_id" in batch:
-      per_example["task_id"] = batch["task_id"].reshape(-1)
-    metrics["loss"] = loss
-    metrics["grad_norm"] = optax.global_norm(grads)
-    new_state = state.apply_gradients(grads, tx).replace(model_state=model_state)
-    return new_state, metrics, per_example
-
-  return step
+      metrics[k] = jnp.mean(v)
+  if isinstance(batch, Mapping) and "task_id" in batch:
+    per_example["task_id"] = batch["task_id"].reshape(-1)
+  return per_example, metrics

@@ -1,8 +1,11 @@
-"""The training loop: one linear function, big_vision style, with t5x conventions.
+"""The training loop: a linear sequence of small named steps, big_vision style,
+with t5x conventions.
 
-Sections: set-up, input, model and optimizer, shard and compile, restore (own
-checkpoint -> initial checkpoint -> scratch), loop, final save. Everything a run
-needs is an argument (gin binds them in `gin/runs/train.gin`); nothing is global.
+`train` reads top to bottom: set-up, input, model and optimizer, shard and
+compile, restore (own checkpoint -> initial checkpoint -> scratch), loop, final
+save; each step is a function below. Everything a run needs is an argument (gin
+binds them in `gin/runs/train.gin`); nothing is global. What the run directory
+holds is `ofa_jax.run_dir`'s; the metrics are `ofa_jax.train_metrics`'.
 
 Guarantees:
 * exact resume: the state, the step and the input position are checkpointed
@@ -19,14 +22,12 @@ import dataclasses
 import logging
 import os
 import signal
-import socket
 import threading
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
-import numpy as np
 import optax
 import seqio
 
@@ -36,104 +37,14 @@ from ofa_jax import feature_converter as fc_lib
 from ofa_jax import gin_utils
 from ofa_jax import multihost
 from ofa_jax import partitioning
+from ofa_jax import run_dir
 from ofa_jax import train_state as ts_lib
 from ofa_jax.features import task_id_of
-
-
-# ---- metric writing -------------------------------------------------------------
-class EventFileWriter:
-  """A TensorBoard writer that needs no `tensorboard` package (clu's writers do).
-
-  Writes scalars to `<logdir>/events.out.tfevents.*` as TFRecords of `Event`
-  protos (what tf.summary writes) and to the log; clu's writer interface.
-  """
-
-  def __init__(self, logdir: str, just_logging: bool = False):
-    self._writer = None
-    if not just_logging:
-      import tensorflow as tf  # pylint: disable=g-import-not-at-top
-      from tensorflow.core.util import event_pb2  # pylint: disable=g-import-not-at-top
-      os.makedirs(logdir, exist_ok=True)
-      name = (f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}."
-              f"{os.getpid()}")
-      self._writer = tf.io.TFRecordWriter(os.path.join(logdir, name))
-      self._event_pb2 = event_pb2
-      ev = event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2")
-      self._writer.write(ev.SerializeToString())
-
-  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
-    logging.info("[%d] %s", step, ", ".join(
-        f"{k}={float(v):.6g}" for k, v in sorted(scalars.items())))
-    if self._writer is None:
-      return
-    from tensorflow.core.framework import summary_pb2  # pylint: disable=g-import-not-at-top
-    summary = summary_pb2.Summary(value=[
-        summary_pb2.Summary.Value(tag=k, simple_value=float(v))
-        for k, v in sorted(scalars.items())])
-    ev = self._event_pb2.Event(wall_time=time.time(), step=int(step),
-                               summary=summary)
-    self._writer.write(ev.SerializeToString())
-
-  def flush(self) -> None:
-    if self._writer is not None:
-      self._writer.flush()
-
-  def close(self) -> None:
-    if self._writer is not None:
-      self._writer.close()
-      self._writer = None
-
-
-def create_writer(logdir: str, just_logging: bool = False) -> Any:
-  """clu's default writer when available, else `EventFileWriter`."""
-  try:
-    from clu import metric_writers  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return EventFileWriter(logdir, just_logging=just_logging)
-  return metric_writers.create_default_writer(logdir, just_logging=just_logging)
-
-
-def read_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
-  """All scalars of the event files under `logdir` (for tests and reports)."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from tensorflow.core.util import event_pb2  # pylint: disable=g-import-not-at-top
-  out: dict[str, list[tuple[int, float]]] = {}
-  for name in sorted(os.listdir(logdir)):
-    if not name.startswith("events.out.tfevents"):
-      continue
-    for rec in tf.data.TFRecordDataset(os.path.join(logdir, name)):
-      ev = event_pb2.Event.FromString(rec.numpy())
-      for v in ev.summary.value:
-        value = v.simple_value
-        if v.HasField("tensor"):
-          value = float(np.asarray(tf.make_ndarray(v.tensor)))
-        out.setdefault(v.tag, []).append((ev.step, value))
-  return out
-
-
-def per_task_scalars(per_example: Mapping[str, np.ndarray],
-                     task_names: Mapping[int, str]) -> dict[str, float]:
-  """Loss and accuracy per task from per-example sums gathered over steps.
-
-  `per_example` holds flat arrays `task_id`, `loss_sum`, `num_tokens` and
-  optionally `num_correct` (token-level accuracy).
-  """
-  out = {}
-  ids = per_example["task_id"]
-  for tid in np.unique(ids):
-    sel = ids == tid
-    name = task_names.get(int(tid), f"task_{int(tid)}")
-    ntok = float(per_example["num_tokens"][sel].sum())
-    if ntok <= 0:
-      continue
-    out[f"{name}/loss"] = float(per_example["loss_sum"][sel].sum()) / ntok
-    if "num_correct" in per_example:
-      out[f"{name}/accuracy"] = float(per_example["num_correct"][sel].sum()) / ntok
-  return out
-
-
-class NonFiniteLossError(RuntimeError):
-  """The loss became NaN or infinite; the run stopped before saving it."""
+from ofa_jax.plan import checks as plan_checks
+# The metric writers' public names, where callers have always found them.
+from ofa_jax.train_metrics import (EventFileWriter, MetricsLog,  # pylint: disable=unused-import
+                                   NonFiniteLossError, create_writer,
+                                   per_task_scalars, read_scalars)
 
 
 @dataclasses.dataclass
@@ -227,211 +138,287 @@ def train(*, model: Any, model_dir: str, mixture_or_task_name: str,
   MaxText trains) are cheaper to draw; initialization always uses threefry, so
   the choice changes the dropout masks only.
   """
-  # ---- set-up ---------------------------------------------------------------
-  for fn in register_fns:
-    fn()
+  _register_tasks(register_fns)
+  plan_checks.check_mixture_for_model(mixture_or_task_name,
+                                      getattr(model, "config", None))
   if train_steps <= 0 or batch_size <= 0:
     raise ValueError(f"train_steps ({train_steps}) and batch_size ({batch_size}) "
                      "must be positive")
   model_dir = os.path.abspath(model_dir)
   leader = multihost.is_leader()
   if leader:
-    os.makedirs(model_dir, exist_ok=True)
-    gin_utils.write_operative_config(model_dir)
+    _start_run_dir(model_dir)
   partitioner = partitioner or partitioning.make_partitioner()
-  writer = create_writer(os.path.join(model_dir, "train"), just_logging=not leader)
+  writer = create_writer(run_dir.train_logdir(model_dir), just_logging=not leader)
 
-  # ---- input ----------------------------------------------------------------
   if feature_converter is None:
     feature_converter = fc_lib.for_model(model, "train")
-  data_config = data_lib.DataConfig(
+  data = _input(mixture_or_task_name, task_feature_lengths, batch_size, split,
+                shuffle, seed if data_seed is None else data_seed, use_cached,
+                num_input_shards, feature_converter)
+
+  init_fn, shardings, abstract = _state_layout(model, optimizer, data,
+                                               partitioner)
+  if leader:
+    _write_model_info(model_dir, partitioner, abstract)
+  evaluator = _evaluator(model, mixture_or_task_name, task_feature_lengths,
+                         partitioner, feature_converter, eval_period,
+                         eval_kwargs)
+  if leader and hasattr(model, "config"):
+    _save_model_config(model_dir, model, mixture_or_task_name)
+
+  train_step = _compile_train_step(model, optimizer, partitioner, shardings,
+                                   microbatches, label_smoothing, loss_kwargs)
+  rng = jax.random.key(seed)
+  dropout_rng = rng if prng_impl is None else jax.random.key(seed, impl=prng_impl)
+
+  ckpts = ckpt_lib.CheckpointManager(model_dir, save_period=checkpoint_period,
+                                     keep=keep_checkpoints,
+                                     async_save=async_checkpoints)
+  state, latest = _restore_or_initialize(
+      ckpts, data, init_fn, shardings, rng, partitioner, model_dir,
+      initial_checkpoint_path, initial_checkpoint_fallback_to_scratch)
+
+  loop = _Loop(
+      state=state, step=int(jax.device_get(state.step)), last_good=latest,
+      train_steps=train_steps, data=data, train_step=train_step,
+      partitioner=partitioner, dropout_rng=dropout_rng, ckpts=ckpts,
+      meta={"mixture_or_task_name": mixture_or_task_name, "seed": seed,
+            "batch_size": batch_size, "train_steps": train_steps},
+      checkpoint_period=checkpoint_period, log_period=log_period,
+      evaluator=evaluator,
+      eval_period=eval_period if evaluator is not None else 0,
+      model_dir=model_dir, writer=writer)
+  status = loop.run(_StopRequest(handle_signals))
+  if leader:
+    gin_utils.write_operative_config(model_dir)
+  return TrainResult(state=loop.state, step=loop.step, status=status)
+
+
+# ---- set-up --------------------------------------------------------------------
+def _register_tasks(register_fns: Sequence[Callable[[], Any]]) -> None:
+  for fn in register_fns:
+    fn()
+
+
+def _start_run_dir(model_dir: str) -> None:
+  """Creates the run directory with the config as parsed (the operative one is
+  written again at the end, when every configured function has run)."""
+  os.makedirs(model_dir, exist_ok=True)
+  gin_utils.write_operative_config(model_dir)
+
+
+# ---- input ------------------------------------------------------------------------
+def _input(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
+           batch_size: int, split: str, shuffle: bool, seed: int,
+           use_cached: bool, num_input_shards: Optional[int],
+           feature_converter: seqio.FeatureConverter) -> data_lib.DataIterator:
+  config = data_lib.DataConfig(
       mixture_or_task_name=mixture_or_task_name,
       task_feature_lengths=dict(task_feature_lengths), batch_size=batch_size,
-      split=split, shuffle=shuffle,
-      seed=seed if data_seed is None else data_seed, use_cached=use_cached,
+      split=split, shuffle=shuffle, seed=seed, use_cached=use_cached,
       num_shards=num_input_shards)
-  data = data_lib.DataIterator(data_config, feature_converter)
-  task_names = _task_names(mixture_or_task_name)
+  return data_lib.DataIterator(config, feature_converter)
 
-  # ---- model and optimizer ----------------------------------------------------
-  # Initialize with one example per data shard (parameter shapes do not depend on
-  # the batch size; this keeps the init cheap and evenly shardable).
+
+# ---- model and optimizer ---------------------------------------------------------
+def _state_layout(model: Any, optimizer: optax.GradientTransformation,
+                  data: data_lib.DataIterator,
+                  partitioner: partitioning.Partitioner
+                  ) -> tuple[Callable[[jax.Array], Any], Any, Any]:
+  """(init_fn, state shardings, abstract boxed state) of the train state.
+
+  Initializes with one example per data shard: parameter shapes do not depend
+  on the batch size, and this keeps the init cheap and evenly shardable.
+  """
   shapes, types = _input_shapes(data.element_spec, partitioner.num_data_shards)
   abstract, init_fn = ts_lib.abstract_and_init(
       lambda rng: model.get_initial_variables(rng, shapes, types), optimizer)
-  shardings = partitioner.logical_to_mesh_shardings(abstract)
-  if leader:
-    with open(os.path.join(model_dir, "model-info.txt"), "w") as f:
-      f.write(f"mesh: {dict(partitioner.mesh.shape)}\nrules: {partitioner.rules}\n")
-      f.write("\n".join(partitioning.describe(abstract.params, partitioner)))
-      sizes = [x.size for x in jax.tree.leaves(nn.meta.unbox(abstract.params))]
-      f.write(f"\ntotal parameters: {sum(sizes):,} in {len(sizes)} arrays\n")
+  return init_fn, partitioner.logical_to_mesh_shardings(abstract), abstract
 
-  evaluator = None
-  if eval_period > 0 and jax.process_count() > 1:
+
+def _write_model_info(model_dir: str, partitioner: partitioning.Partitioner,
+                      abstract: Any) -> None:
+  """The parameter layout, as text for people and as JSON for programs."""
+  sizes = [x.size for x in jax.tree.leaves(nn.meta.unbox(abstract.params))]
+  text = (f"mesh: {dict(partitioner.mesh.shape)}\nrules: {partitioner.rules}\n"
+          + "\n".join(partitioning.describe(abstract.params, partitioner))
+          + f"\ntotal parameters: {sum(sizes):,} in {len(sizes)} arrays\n")
+  run_dir.write_model_info(model_dir, text, {
+      "mesh": {str(k): int(v) for k, v in dict(partitioner.mesh.shape).items()},
+      "total_parameters": int(sum(sizes)), "num_arrays": len(sizes)})
+
+
+def _evaluator(model: Any, mixture_or_task_name: str,
+               task_feature_lengths: Mapping[str, int],
+               partitioner: partitioning.Partitioner,
+               feature_converter: seqio.FeatureConverter, eval_period: int,
+               eval_kwargs: Optional[Mapping[str, Any]]) -> Any:
+  """The in-training `Evaluator` (None: no evaluation this run)."""
+  if eval_period <= 0:
+    return None
+  if jax.process_count() > 1:
     logging.warning("in-training evaluation runs on one host only; it is off for "
                     "this %d-process run (use ofa_jax.evaluate on the "
                     "checkpoints)", jax.process_count())
-    eval_period = 0
-  if eval_period > 0:
-    from ofa_jax import evaluation  # pylint: disable=g-import-not-at-top
-    evaluator = evaluation.Evaluator(
-        model, mixture_or_task_name, dict(task_feature_lengths),
-        partitioner=partitioner, feature_converter=feature_converter,
-        **dict(eval_kwargs or {}))
-  if leader and hasattr(model, "config"):
-    from ofa_jax import api  # pylint: disable=g-import-not-at-top
-    api.save_model_config(model_dir, model.config,
-                          vocabulary=getattr(model, "vocabulary", None),
-                          task_options=_image_options(mixture_or_task_name))
+    return None
+  from ofa_jax import evaluation  # pylint: disable=g-import-not-at-top
+  return evaluation.Evaluator(
+      model, mixture_or_task_name, dict(task_feature_lengths),
+      partitioner=partitioner, feature_converter=feature_converter,
+      **dict(eval_kwargs or {}))
 
-  # ---- shard and compile --------------------------------------------------------
+
+def _save_model_config(model_dir: str, model: Any,
+                       mixture_or_task_name: str) -> None:
+  """`model_config.json`, so that `Generalist.load(model_dir)` needs no arguments."""
+  from ofa_jax.api import model_spec  # pylint: disable=g-import-not-at-top
+  model_spec.save(model_dir, model.config,
+                  vocabulary=getattr(model, "vocabulary", None),
+                  task_options=_image_options(mixture_or_task_name))
+
+
+# ---- shard and compile -------------------------------------------------------------
+def _compile_train_step(model: Any, optimizer: optax.GradientTransformation,
+                        partitioner: partitioning.Partitioner, shardings: Any,
+                        microbatches: int, label_smoothing: Optional[float],
+                        loss_kwargs: Optional[Mapping[str, Any]]
+                        ) -> Callable[..., Any]:
   kwargs = dict(loss_kwargs or {})
   if label_smoothing is not None:
     kwargs["label_smoothing"] = label_smoothing
   step_fn = ts_lib.make_train_step(model, optimizer, microbatches=microbatches,
                                    loss_kwargs=kwargs)
-  batch_sh = partitioner.data_sharding
-  train_step = partitioner.jit(
-      step_fn, in_shardings=(shardings, batch_sh, partitioner.replicated),
+  return partitioner.jit(
+      step_fn, in_shardings=(shardings, partitioner.data_sharding,
+                             partitioner.replicated),
       out_shardings=(shardings, partitioner.replicated, partitioner.replicated),
       donate_argnums=(0,))
-  rng = jax.random.key(seed)
-  dropout_rng = rng if prng_impl is None else jax.random.key(seed, impl=prng_impl)
 
-  # ---- restore: own checkpoint -> initial checkpoint -> scratch ----------------
-  ckpts = ckpt_lib.CheckpointManager(model_dir, save_period=checkpoint_period,
-                                     keep=keep_checkpoints,
-                                     async_save=async_checkpoints)
-  abstract_state = jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      jax.eval_shape(init_fn, rng), shardings)
-  meta = {"mixture_or_task_name": mixture_or_task_name, "seed": seed,
-          "batch_size": batch_size, "train_steps": train_steps}
+
+# ---- restore: own checkpoint -> initial checkpoint -> scratch ------------------------
+def _restore_or_initialize(ckpts: ckpt_lib.CheckpointManager,
+                           data: data_lib.DataIterator,
+                           init_fn: Callable[[jax.Array], Any], shardings: Any,
+                           rng: jax.Array, partitioner: partitioning.Partitioner,
+                           model_dir: str, initial_checkpoint_path: Optional[str],
+                           fallback_to_scratch: bool) -> tuple[Any, Optional[int]]:
+  """(state, the step resumed from or None) at the start of the loop."""
   latest = ckpts.latest_step()
   if latest is not None:
+    abstract_state = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        jax.eval_shape(init_fn, rng), shardings)
     t0 = time.time()
     state, position, _ = ckpts.restore(abstract_state, latest)
     data.restore(position)
     logging.info("resumed from %s step %d (input position restored in %.1fs)",
                  model_dir, latest, time.time() - t0)
-  else:
-    state = partitioner.jit(init_fn, in_shardings=None,
-                            out_shardings=shardings)(jax.random.fold_in(rng, 1))
-    if initial_checkpoint_path:
-      partial = initial_checkpoint_fallback_to_scratch
-      params = ckpt_lib.load_params(initial_checkpoint_path, state.params,
-                                    scratch=state.params if partial else None)
-      model_state = dict(state.model_state)
-      for name in model_state:  # e.g. BatchNorm statistics, when present
-        if ckpt_lib.has_collection(initial_checkpoint_path, name):
-          model_state[name] = ckpt_lib.load_params(
-              initial_checkpoint_path, model_state[name], collection=name,
-              scratch=model_state[name] if partial else None)
-      state = state.replace(params=params, model_state=model_state)
-      logging.info("initialized parameters from %s", initial_checkpoint_path)
-  step = int(jax.device_get(state.step))
+    return state, latest
+  state = partitioner.jit(init_fn, in_shardings=None,
+                          out_shardings=shardings)(jax.random.fold_in(rng, 1))
+  if initial_checkpoint_path:
+    state = _load_initial_checkpoint(state, initial_checkpoint_path,
+                                     fallback_to_scratch)
+  return state, None
 
-  # ---- loop -----------------------------------------------------------------------
-  stop = _StopRequest(handle_signals)
-  pending: list[tuple[int, Any, Any]] = []
-  last_good = latest
-  t_last, s_last, tokens = time.time(), step, 0.0
-  first_step = step
-  status = "done"
 
-  def flush() -> None:
-    """Fetches pending metrics, stops on a non-finite loss, writes the rest."""
-    nonlocal t_last, s_last, tokens
-    if not pending:
-      return
-    fetched = jax.device_get([(s, m, p) for s, m, p in pending])
-    pending.clear()
-    for s, m, _ in fetched:
-      if not np.isfinite(m["loss"]):
-        raise NonFiniteLossError(
-            f"non-finite loss {float(m['loss'])} at step {s}: stopping. The last "
-            f"good checkpoint is step {last_good} in {model_dir}")
-    s_now, (_, m_last, _) = fetched[-1][0], fetched[-1]
-    scalars = {k: float(np.mean([m[k] for _, m, _ in fetched])) for k in m_last}
-    per_ex = [(s, p) for s, _, p in fetched if "task_id" in p and "loss_sum" in p
-              and "num_tokens" in p]
-    if per_ex:
-      cat = {k: np.concatenate([p[k] for _, p in per_ex]) for k in per_ex[0][1]}
-      scalars.update(per_task_scalars(cat, task_names))
-      # Throughput counts the steps timed since `t_last` (not the compiled one).
-      tokens += sum(float(p["num_tokens"].sum()) for s, p in per_ex if s > s_last)
-    dt = max(time.time() - t_last, 1e-9)
-    steps_per_s = max(s_now - s_last, 0) / dt
-    if steps_per_s > 0:  # not when only the compiled first step is pending
-      scalars["steps_per_sec"] = steps_per_s
-    if tokens:
-      scalars["tokens_per_sec"] = tokens / dt
-    writer.write_scalars(s_now, scalars)
-    if leader:
-      if steps_per_s > 0:
-        left_s = int((train_steps - s_now) / steps_per_s)
-        left = f"{left_s // 3600}:{left_s % 3600 // 60:02d}:{left_s % 60:02d}"
-      else:
-        left = "?"
-      logging.info("step %d/%d loss %.4f | %.2f steps/s%s | %s left", s_now,
-                   train_steps, scalars["loss"], steps_per_s,
-                   f", {tokens / dt:.0f} tokens/s" if tokens else "", left)
-    t_last, s_last, tokens = time.time(), s_now, 0.0
+def _load_initial_checkpoint(state: Any, path: str, partial: bool) -> Any:
+  """`state` with the parameters (and e.g. BatchNorm statistics) of `path`."""
+  params = ckpt_lib.load_params(path, state.params,
+                                scratch=state.params if partial else None)
+  model_state = dict(state.model_state)
+  for name in model_state:  # e.g. BatchNorm statistics, when present
+    if ckpt_lib.has_collection(path, name):
+      model_state[name] = ckpt_lib.load_params(
+          path, model_state[name], collection=name,
+          scratch=model_state[name] if partial else None)
+  logging.info("initialized parameters from %s", path)
+  return state.replace(params=params, model_state=model_state)
 
-  def run_eval() -> None:
+
+# ---- loop ----------------------------------------------------------------------------
+@dataclasses.dataclass
+class _Loop:
+  """The training loop's state and its three actions: step, save, evaluate."""
+
+  state: Any
+  step: int
+  last_good: Optional[int]
+  train_steps: int
+  data: data_lib.DataIterator
+  train_step: Callable[..., Any]
+  partitioner: partitioning.Partitioner
+  dropout_rng: jax.Array
+  ckpts: ckpt_lib.CheckpointManager
+  meta: Mapping[str, Any]
+  checkpoint_period: int
+  log_period: int
+  evaluator: Any
+  eval_period: int
+  model_dir: str
+  writer: Any
+
+  def run(self, stop: _StopRequest) -> str:
+    """Trains to `train_steps`; returns "done" or "preempted" (after saving)."""
+    log = MetricsLog(self.writer, task_names=_task_names(
+        self.meta["mixture_or_task_name"]), train_steps=self.train_steps,
+                     model_dir=self.model_dir, leader=multihost.is_leader(),
+                     step=self.step)
+    first_step, status = self.step, "done"
+    try:
+      while self.step < self.train_steps:
+        if multihost.any_host(stop.signal is not None):
+          logging.warning("signal received: saving step %d and stopping",
+                          self.step)
+          status = "preempted"
+          break
+        metrics, per_example = self._train_one_step()
+        if self.step == first_step + 1:
+          log.compiled(self.step, metrics)
+        log.add(self.step, metrics, per_example)
+        if self.step % self.log_period == 0 or self.step == self.train_steps:
+          log.flush(self.last_good)
+        self._save(log, force=False)
+        if (self.eval_period > 0 and self.step % self.eval_period == 0
+            and self.step < self.train_steps):
+          self._evaluate(log)
+      self._save(log, force=True)
+      if self.eval_period > 0 and status == "done":
+        self._evaluate(log)
+      self.ckpts.wait()
+    except NonFiniteLossError:
+      self.ckpts.wait()
+      raise
+    finally:
+      stop.restore()
+      self.ckpts.close()
+      self.writer.flush()
+    return status
+
+  def _train_one_step(self) -> tuple[Any, Any]:
+    batch = next(self.data)
+    self.state, metrics, per_example = self.train_step(
+        self.state, self.partitioner.shard_batch(batch), self.dropout_rng)
+    self.step += 1
+    return metrics, per_example
+
+  def _save(self, log: MetricsLog, force: bool) -> None:
+    if force or self.step % self.checkpoint_period == 0:
+      log.flush(self.last_good)  # never save a state after a non-finite loss
+      if self.ckpts.save(self.step, self.state, self.data.position(), self.meta,
+                         force=force):
+        self.last_good = self.step
+
+  def _evaluate(self, log: MetricsLog) -> None:
     """Decodes every task with the current state (single host: see evaluation)."""
-    if evaluator is None:
-      return
-    flush()
-    t0 = time.time()
-    results = evaluator.evaluate({"params": state.params, **state.model_state},
-                                 step=step,
-                                 output_dir=os.path.join(model_dir, "eval", str(step)))
     from ofa_jax import evaluation  # pylint: disable=g-import-not-at-top
-    scalars = {f"eval/{k}": v for k, v in evaluation.flatten_metrics(results).items()}
-    writer.write_scalars(step, scalars)
-    logging.info("evaluation at step %d took %.1fs", step, time.time() - t0)
-
-  def save(force: bool) -> None:
-    nonlocal last_good
-    if force or step % checkpoint_period == 0:
-      flush()  # never save a state after a non-finite loss
-      if ckpts.save(step, state, data.position(), meta, force=force):
-        last_good = step
-
-  try:
-    while step < train_steps:
-      if multihost.any_host(stop.signal is not None):
-        logging.warning("signal received: saving step %d and stopping", step)
-        status = "preempted"
-        break
-      batch = next(data)
-      state, metrics, per_example = train_step(
-          state, partitioner.shard_batch(batch), dropout_rng)
-      step += 1
-      if step == first_step + 1:  # compilation: keep it out of the throughput
-        jax.block_until_ready(metrics)
-        logging.info("first step (compilation included) took %.1fs",
-                     time.time() - t_last)
-        t_last, s_last = time.time(), step
-      pending.append((step, metrics, per_example))
-      if step % log_period == 0 or step == train_steps:
-        flush()
-      save(force=False)
-      if eval_period > 0 and step % eval_period == 0 and step < train_steps:
-        run_eval()
-    save(force=True)
-    if eval_period > 0 and status == "done":
-      run_eval()
-    ckpts.wait()
-  except NonFiniteLossError:
-    ckpts.wait()
-    raise
-  finally:
-    stop.restore()
-    ckpts.close()
-    writer.flush()
-  if leader:
-    gin_utils.write_operative_config(model_dir)
-  return TrainResult(state=state, step=step, status=status)
+    log.flush(self.last_good)
+    t0 = time.time()
+    results = self.evaluator.evaluate(
+        {"params": self.state.params, **self.state.model_state}, step=self.step,
+        output_dir=run_dir.eval_dir(self.model_dir, self.step))
+    scalars = {f"eval/{k}": v
+               for k, v in evaluation.flatten_metrics(results).items()}
+    self.writer.write_scalars(self.step, scalars)
+    logging.info("evaluation at step %d took %.1fs", self.step, time.time() - t0)

@@ -163,33 +163,19 @@ def register_demo_tasks(image_size: int = 64, *, replace: bool = False,
 
 
 def chance_baselines(split: str = "validation", n: int = 200, seed: int = 0,
-                     canvas: int = 64) -> dict[str, dict[str, float]]:
-  """Each task's metric for a predictor that ignores the input, to print next to
-  the trained model's: uniform guesses for closed sets and sudoku, the commonest
-  caption / mean box / commonest object otherwise, the masked text as is for
-  infilling (copying the input)."""
-  rec = lambda kind: world.records(kind, n, seed=seed, split=split,  # noqa: E731
-                                   canvas=canvas)
-  out: dict[str, dict[str, float]] = {
-      "classify": {"accuracy": cls_metrics.chance_baseline(len(world.SHAPES))},
-      "matching": {"accuracy": cls_metrics.chance_baseline(2)},
-      "vqa": {"vqa_score": vqa_metrics.chance_baseline(rec("vqa")["answer"],
-                                                       world.vqa_answers())},
-      "grounding": {"iou_acc": grounding_metrics.constant_box_baseline(
-          [r.tolist() for r in rec("grounding")["region"]])},
-      "sudoku": {"solved": sudoku_metrics.chance_baseline(rec("sudoku")["puzzle"])},
-  }
-  for name in ("caption", "grounded_caption"):
-    caps = rec(name)["cap"]
-    common = max(sorted(set(caps)), key=caps.count)
-    out[name] = {"cider": caption_metrics.constant_caption_baseline(caps, common)}
-  det = rec("detection")
-  targets = [[(b.tolist(), l.decode()) for b, l in zip(boxes, labels)]
-             for boxes, labels in zip(det["boxes"], det["labels"])]
-  out["detection"] = {"f1": det_metrics.constant_object_baseline(targets)}
-  # Copying the (masked, on every split) input never matches: <mask> remains.
-  out["infilling"] = {"exact_match": 0.0}
-  return out
+                     canvas: int = 64,
+                     train_examples: int = DEFAULT_NUM_EXAMPLES["train"]
+                     ) -> dict[str, dict[str, Any]]:
+  """Each task's metric for the best predictor that does not see the image.
+
+  Fitted on the training split and scored with the task's metric on the first
+  `n` examples of `split`: VQA answers the commonest training answer to the
+  same question (a uniform guess would flatter the model), and so on for every
+  task: `tasks/demo_baselines.py` says what each baseline sees.
+  """
+  from tasks import demo_baselines  # pylint: disable=g-import-not-at-top
+  return demo_baselines.blind_baselines(n, split=split, seed=seed, canvas=canvas,
+                                        train_examples=train_examples)
 
 
 __all__: Sequence[str] = ("FEATURE_LENGTHS", "MIXTURE", "chance_baselines",

@@ -38,7 +38,7 @@ import logging
 import os
 import sys
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -48,6 +48,7 @@ import optax
 from PIL import Image
 
 from ofa_jax import checkpoint_conversion
+from ofa_jax import log_setup
 from ofa_jax.model import config as config_lib
 from ofa_jax.model.config import OFAConfig
 from ofa_jax.model.resnet import ResNet
@@ -172,8 +173,12 @@ def scene_losses(tag_logits: jax.Array, cells: dict[str, jax.Array],
 def pretrain_backbone(config: OFAConfig, out_dir: str, *, steps: int = 300,
                       batch_size: int = 64, learning_rate: float = 1e-2,
                       seed: int = 0, canvas: int = 64, image_size: int = 64,
-                      eval_examples: int = 256) -> dict[str, Any]:
+                      eval_examples: int = 256,
+                      on_step: Optional[Callable[[int, int], None]] = None
+                      ) -> dict[str, Any]:
   """Trains the scene net, writes the backbone checkpoint; returns its figures.
+
+  `on_step(done, steps)` is called after every step (the demo's progress line).
 
   The figures (`tag_accuracy`: per-tag accuracy, `exact_set_accuracy`: all tags
   of a scene right, `object_cell_accuracy`: cells of an object centre with its
@@ -212,6 +217,8 @@ def pretrain_backbone(config: OFAConfig, out_dir: str, *, steps: int = 300,
     images, tags = scene_batch(rng, batch_size, canvas=canvas,
                                image_size=image_size)
     params, stats, opt_state, loss = step(params, stats, opt_state, images, tags)
+    if on_step is not None:
+      on_step(i + 1, steps)
     if i % 100 == 0:
       logging.info("backbone pretraining step %d/%d loss %.4f", i, steps,
                    float(loss))
@@ -266,8 +273,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--canvas", type=int, default=64)
   p.add_argument("--image_size", type=int, default=64)
-  args = p.parse_args(sys.argv[1:] if argv is None else argv)
-  logging.basicConfig(level=logging.INFO)
+  argv = log_setup.configure(sys.argv[1:] if argv is None else argv)
+  args = p.parse_args(argv)
+  log_setup.log_to_file(os.path.join(args.out_dir, "backbone.log"))
   figures = pretrain_backbone(
       config_lib.get_config(args.preset), args.out_dir, steps=args.steps,
       batch_size=args.batch_size, learning_rate=args.learning_rate,

@@ -1,10 +1,9 @@
 """The `make demo` report: metrics next to chance, training curves, prediction pictures.
 
-Why a separate module: the driver (`tasks/demo_main.py`) decides *what* runs
-under the time budget; this module only turns what a run left on disk (the
-evaluator's `<task>_predictions.jsonl`, the trainer's event files) into
-`report.md` and PNGs, so it can be re-run on any finished run and tested without
-training.
+Why a separate module: the driver (`tasks/demo_main.py`) decides *what* runs;
+this module only turns what a run left on disk (the evaluator's
+`<task>_predictions.jsonl`, the trainer's event files) into `report.md` and
+PNGs, so it can be re-run on any finished run and tested without training.
 
 Pictures are redrawn from the generated world: an evaluation row's `index` is
 the position of the example in the unshuffled validation split, which is
@@ -38,6 +37,14 @@ TARGETS = {"classify": 90.0, "matching": 90.0, "vqa": 90.0, "grounding": 70.0}
 IMAGE_KINDS = ("caption", "vqa", "grounding", "grounded_caption", "classify",
                "matching", "detection")
 TEXT_KINDS = ("sudoku", "infilling")
+# What the "chance" column is (`tasks/demo_baselines.py` computes it).
+BASELINE_TEXT = (
+    "the same metric, on the same validation examples, for the best predictor "
+    "that does not see the image, fitted on the training split: the commonest "
+    "training answer to the same question (VQA), the training box that best fits "
+    "the same text (grounding), the commonest training label, caption, object or "
+    "sentence (the other tasks; for a closed set at least a uniform guess), the "
+    "blanks filled at random (sudoku)")
 PREFIX = "demo_"
 TILE = 192  # pixels of one upscaled image in a prediction sheet
 GOLD, PRED = (20, 160, 40), (220, 20, 60)
@@ -165,12 +172,12 @@ def plot_curves(scalars: Mapping[str, Sequence[tuple[int, float]]], path: str
 # ---- prediction pictures -----------------------------------------------------------
 def read_predictions(eval_dir: str) -> dict[str, list[dict[str, Any]]]:
   """{short task name: rows} of every `<task>_predictions.jsonl` in `eval_dir`."""
+  from ofa_jax import run_dir  # pylint: disable=g-import-not-at-top
   out = {}
-  for name in sorted(os.listdir(eval_dir)):
-    if name.endswith("_predictions.jsonl"):
-      with open(os.path.join(eval_dir, name)) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-      out[short_name(name[:-len("_predictions.jsonl")])] = rows
+  for task, path in run_dir.prediction_files(eval_dir).items():
+    with open(path) as f:
+      rows = [json.loads(line) for line in f if line.strip()]
+    out[short_name(task)] = rows
   return out
 
 
@@ -332,6 +339,41 @@ def text_examples(predictions: Mapping[str, Sequence[Mapping[str, Any]]],
   return "\n".join(parts)
 
 
+# ---- VQA by question type -----------------------------------------------------------
+def vqa_type_table(rows: Sequence[Mapping[str, Any]],
+                   baseline: Optional[Mapping[str, Mapping[str, float]]],
+                   world_args: WorldArgs = WorldArgs()) -> str:
+  """Markdown: the model's VQA score per question type next to the blind one.
+
+  Why: the question type alone sets what a blind predictor gets (about half
+  of yes/no questions, a sixth of colour questions), so one overall figure can
+  hide a model that learned the answer types and not the images. "" when
+  there is nothing to compare or the rows are not the world's examples.
+  """
+  if not rows or not baseline:
+    return ""
+  from tasks import demo_baselines  # pylint: disable=g-import-not-at-top
+  questions, targets, predicted = [], [], []
+  for row in rows:
+    ex = world.example("vqa", int(row["index"]), seed=world_args.seed,
+                       split=world_args.split, canvas=world_args.canvas,
+                       images=False)
+    if not _matches_world("vqa", row, ex):
+      return ""
+    questions.append(ex["question"])
+    targets.append(row.get("target"))
+    predicted.append("" if row.get("prediction") is None
+                     else str(row["prediction"]))
+  model = demo_baselines.vqa_by_type(questions, targets, predicted)
+  lines = ["| question type | n | result | chance (question only) |",
+           "|---|---:|---:|---:|"]
+  for kind, scores in model.items():
+    lines.append(f"| {kind} | {scores['num_examples']} | "
+                 f"{_fmt(scores['vqa_score'])} | "
+                 f"{_fmt(baseline.get(kind, {}).get('vqa_score'))} |")
+  return "\n".join(lines)
+
+
 # ---- the report ---------------------------------------------------------------------
 def write_report(out_dir: str, *, metrics: Mapping[str, Mapping[str, Any]],
                  baselines: Mapping[str, Mapping[str, float]],
@@ -347,9 +389,13 @@ def write_report(out_dir: str, *, metrics: Mapping[str, Mapping[str, Any]],
   lines = ["# ofa_jax demo report", ""]
   lines += [f"- **{k}**: {v}" for k, v in run_info.items() if v is not None]
   lines += ["", "## Metrics (validation split, percent)", "",
-            "Chance = the same metric for a predictor that ignores the input "
-            "(uniform guess in a closed set, commonest caption, mean box, ...).", "",
+            "Chance = " + BASELINE_TEXT + ".", "",
             markdown_table(rows), ""]
+  predictions = read_predictions(eval_dir) if os.path.isdir(eval_dir) else {}
+  by_type = vqa_type_table(predictions.get("vqa", ()),
+                           baselines.get("vqa", {}).get("by_type"), world_args)
+  if by_type:
+    lines += ["### VQA by question type", "", by_type, ""]
   curves = None
   if train_logdir and os.path.isdir(train_logdir):
     from ofa_jax import trainer  # pylint: disable=g-import-not-at-top
@@ -359,7 +405,6 @@ def write_report(out_dir: str, *, metrics: Mapping[str, Mapping[str, Any]],
   lines += ["## Training curves", ""]
   lines += ([f"![training curves]({os.path.basename(curves)})", ""] if curves
             else ["(no training scalars were found)", ""])
-  predictions = read_predictions(eval_dir) if os.path.isdir(eval_dir) else {}
   pictures, skipped = draw_predictions(predictions, out_dir, world_args)
   lines += ["## Predictions", "",
             "The first validation examples of each task: gold boxes green, "

@@ -127,6 +127,22 @@ def vqa_answers() -> tuple[str, ...]:
   return tuple(COLOURS) + SHAPES + COUNT_WORDS[1:] + ("yes", "no")
 
 
+# The question templates of `_vqa`, by the words they start with: results and
+# baselines are reported per type (a count question and a yes/no question have
+# very different blind baselines).
+VQA_QUESTION_TYPES = {"count": "how many ", "colour": "what color ",
+                      "shape": "what shape ", "yes/no": "is there "}
+
+
+def vqa_question_type(question: str) -> str:
+  """The template (a key of VQA_QUESTION_TYPES) a demo VQA question comes from."""
+  for name, start in VQA_QUESTION_TYPES.items():
+    if question.startswith(start):
+      return name
+  raise ValueError(f"demo world: {question!r} is not a demo VQA question; the "
+                   f"templates start with {sorted(VQA_QUESTION_TYPES.values())}")
+
+
 def _vqa(scene: Scene, rng: np.random.Generator) -> tuple[str, str]:
   """One unambiguous question about the scene and its answer."""
   kind = int(rng.integers(4))
@@ -236,11 +252,13 @@ def _rng(kind: str, seed: int, split: str, index: int) -> np.random.Generator:
 
 
 def example(kind: str, index: int, *, seed: int = 0, split: str = "train",
-            canvas: int = 64) -> dict[str, Any]:
+            canvas: int = 64, images: bool = True) -> dict[str, Any]:
   """Example `index` of one demo task kind (fields as the instructions name them).
 
   Images are PNG bytes; boxes float32 pixels (x0, y0, x1, y1); detection has
-  `boxes` [n, 4] and `labels` [n] (numpy arrays of bytes).
+  `boxes` [n, 4] and `labels` [n] (numpy arrays of bytes). `images=False`
+  leaves out `img` (rendering draws no random numbers, so every other field is
+  the same): fitting a baseline on the training split needs the labels only.
   """
   rng = _rng(kind, seed, split, index)
   if kind == "sudoku":
@@ -249,7 +267,7 @@ def example(kind: str, index: int, *, seed: int = 0, split: str = "train",
   if kind == "infilling":
     return {"sentence": sentence(rng)}
   scene = make_scene(rng, canvas, max_objects=1 if kind == "classify" else 3)
-  out: dict[str, Any] = {"img": png_bytes(render(scene))}
+  out: dict[str, Any] = {"img": png_bytes(render(scene))} if images else {}
   objs = scene.objects
   if kind == "caption":
     out["cap"] = caption_of(scene)
@@ -272,9 +290,10 @@ def example(kind: str, index: int, *, seed: int = 0, split: str = "train",
 
 
 def records(kind: str, n: int, *, seed: int = 0, split: str = "train",
-            canvas: int = 64) -> dict[str, list]:
+            canvas: int = 64, images: bool = True) -> dict[str, list]:
   """The first `n` examples of a kind, column-oriented (for tests and baselines)."""
-  rows = [example(kind, i, seed=seed, split=split, canvas=canvas) for i in range(n)]
+  rows = [example(kind, i, seed=seed, split=split, canvas=canvas, images=images)
+          for i in range(n)]
   return {k: [r[k] for r in rows] for k in (rows[0] if rows else {})}
 
 

@@ -85,8 +85,9 @@ def build_reference(size: str, *, seed: int = 0):
   """OFAModel with random weights, fp32, eval mode.
 
   OFA's own init leaves LayerNorms at (1, 0), BatchNorm at (1, 0) with running
-  stats (0, 1) and head scales at 1: a converter that swapped or dropped those
-  would still pass. So every such tensor is perturbed deterministically.
+  stats (0, 1), head scales at 1 and every Linear bias at 0: a converter that
+  swapped, misplaced or dropped those would still pass. So every such tensor is
+  perturbed deterministically (`zero_biases` checks that none was missed).
   """
   import torch  # pylint: disable=g-import-not-at-top
   ofa_model_cls, ofa_config_cls = import_reference()
@@ -117,10 +118,33 @@ def build_reference(size: str, *, seed: int = 0):
         module.running_mean.copy_(noise(module.running_mean, 0.1))
         module.running_var.copy_(
             torch.rand(module.running_var.shape, generator=gen) + 0.5)
+      elif isinstance(getattr(module, "bias", None), torch.nn.Parameter):
+        # Linear (and any other biased layer): OFA's init zeroes these. With
+        # this seed and scale, dropping any one (but a key bias, which softmax
+        # ignores) moves the logits by more than the parity tolerance
+        # (test_each_linear_bias_reaches_the_logits).
+        module.bias.copy_(noise(module.bias, 0.3))
       if hasattr(module, "c_attn") and module.c_attn is not None:
         module.c_attn.copy_(1.0 + noise(module.c_attn, 0.2))
       del name
   return model.float().eval()
+
+
+def linear_bias_names(model) -> list[str]:
+  """State-dict names of the biases of every `torch.nn.Linear`, in model order."""
+  import torch  # pylint: disable=g-import-not-at-top
+  return [f"{name}.bias" for name, module in model.named_modules()
+          if isinstance(module, torch.nn.Linear) and module.bias is not None]
+
+
+def zero_biases(model) -> list[str]:
+  """Names of the bias parameters that are still all zero.
+
+  Empty after `build_reference`: a bias left at OFA's zero init is one whose
+  loss, swap or misplacement the logits comparison could not see.
+  """
+  return [name for name, p in model.named_parameters()
+          if name.endswith("bias") and not bool(p.detach().ne(0).any())]
 
 
 def count_parameters(model) -> int:

@@ -23,6 +23,7 @@ from ofa_jax.api import data as api_data
 from ofa_jax import checkpoints
 from ofa_jax.evaluation import runner as evaluation_lib
 from ofa_jax import models
+from ofa_jax import run_dir
 from ofa_jax import vocab as vocab_lib
 from ofa_jax.model import config as config_lib
 from ofa_jax.results import Result
@@ -231,7 +232,7 @@ def test_load_reads_the_config_gin_of_a_run(tmp_path):
   step_dir = tmp_path / "7"
   step_dir.mkdir()
   assert api_config.resolve(str(step_dir)).config.d_model == 64
-  assert evaluation_lib.checkpoint_step(str(step_dir)) == 7
+  assert run_dir.checkpoint_step(str(step_dir)) == 7
 
 
 def test_load_without_any_config_is_a_clear_error(tmp_path):
@@ -245,9 +246,11 @@ def test_length_overrides_reach_free_length_targets_only():
 
   def settings(kind, **spec):
     fake_plan = SimpleNamespace(decoding=plan_lib.DecodingSpec(kind=kind, **spec))
-    return api.generalist._decoding(fake_plan, None, {"max_len": 7, "min_len": None},  # pylint: disable=protected-access
-                         {}).settings
+    return api.generalist._decoding(fake_plan, {"max_len": 7, "min_len": None})  # pylint: disable=protected-access
 
   detection = settings("text_and_boxes")
-  assert detection.kind == "text_and_boxes" and detection.max_len == 8  # + </s>
-  assert settings("box", max_len=4, min_len=4).max_len == 5  # a box stays 4 bins
+  assert detection.kind == "text_and_boxes" and detection.max_len == 7
+  assert detection.max_free_len == 8  # + </s>
+  assert settings("box", max_len=4, min_len=4).max_len == 4  # a box stays 4 bins
+  with pytest.raises(ValueError, match="'audio_frames', which has no token"):
+    settings("audio_frames")

@@ -407,3 +407,48 @@ def test_tool_parses_overrides():
                                    "resnet_layers": (1, 1, 1)}
   with pytest.raises(ValueError, match="NAME=VALUE"):
     tool.parse_overrides(["vocab_size"])
+
+
+# ---------------------------------------------------------------------------
+# A converted directory is a model directory: Generalist.load needs nothing else.
+# ---------------------------------------------------------------------------
+def _tiny_bpe_files(directory):
+  """OFA's three BPE files for a byte-level vocabulary (256 symbols, no merges)."""
+  from ofa_jax import bpe  # pylint: disable=g-import-not-at-top
+  directory.mkdir()
+  chars = [bpe.bytes_to_unicode()[b] for b in range(256)]
+  (directory / "encoder.json").write_text(
+      json.dumps({c: i for i, c in enumerate(chars)}))
+  (directory / "vocab.bpe").write_text("#version: 0.2\n")
+  (directory / "dict.txt").write_text("".join(f"{i} 1\n" for i in range(256)))
+  return directory
+
+
+@pytest.mark.slow
+def test_generalist_loads_a_converted_checkpoint_without_arguments(tmp_path):
+  import jax  # pylint: disable=g-import-not-at-top
+  from ofa_jax import api  # pylint: disable=g-import-not-at-top
+  from ofa_jax import bpe  # pylint: disable=g-import-not-at-top
+  from ofa_jax import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+  from ofa_jax.model import config as config_lib  # pylint: disable=g-import-not-at-top
+  vocab_dir = _tiny_bpe_files(tmp_path / "vocab")
+  vocab = vocab_lib.ofa_bpe_vocabulary(
+      *(str(vocab_dir / f) for f in ("encoder.json", "vocab.bpe", "dict.txt")))
+  config = config_lib.get_config("demo", vocab_size=vocab.vocab_size)
+  rng = np.random.default_rng(0)
+  variables = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(s.dtype),
+                           cc.abstract_variables(config))
+  out = tmp_path / "converted"
+  load_tool().write_model_dir(
+      cc.to_state_dict(variables, names.HF), str(out), "demo",
+      overrides={"vocab_size": vocab.vocab_size}, vocab_dir=str(vocab_dir))
+  # The directory names no absolute path: it still loads after a move.
+  moved = tmp_path / "elsewhere"
+  os.rename(out, moved)
+  generalist = api.Generalist.load(str(moved))
+  assert generalist.model.config == config
+  assert isinstance(generalist.vocabulary.text_tokenizer, bpe.GPT2BPETokenizer)
+  assert generalist.vocabulary.vocab_size == vocab.vocab_size
+  _assert_trees_equal(
+      {c: generalist._params[c] for c in cc.COLLECTIONS},  # pylint: disable=protected-access
+      variables)

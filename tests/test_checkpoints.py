@@ -6,6 +6,7 @@ import os
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 from ofa_jax import checkpoints
@@ -26,6 +27,28 @@ def _state(partitioner, model=None, seed=0):
   return state, shardings
 
 
+def _trained(partitioner, state, shardings, steps=3):
+  """`state` after a few AdamW steps on toy batches (moments no longer zero)."""
+  model = ToyModel()
+  tx = optimizers.adamw(learning_rate=1e-3, total_steps=10)
+  step = partitioner.jit(
+      train_state_lib.make_train_step(model, tx),
+      in_shardings=(shardings, partitioner.data_sharding, partitioner.replicated),
+      out_shardings=(shardings, partitioner.replicated, partitioner.replicated))
+  rng = np.random.default_rng(0)
+  for _ in range(steps):
+    x = rng.integers(1, 64, size=(8, 8)).astype(np.int32)
+    batch = {"inputs": x, "targets": np.roll(x, -1, axis=1)}
+    state, _, _ = step(state, partitioner.shard_batch(batch), jax.random.key(0))
+  return state
+
+
+def _adam_moments(opt_state) -> list[optax.ScaleByAdamState]:
+  return [s for s in jax.tree.leaves(
+      opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
+          if isinstance(s, optax.ScaleByAdamState)]
+
+
 def _assert_trees_equal(a, b):
   jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x),
                                                           np.asarray(y)), a, b)
@@ -34,20 +57,31 @@ def _assert_trees_equal(a, b):
 @pytest.mark.slow
 def test_round_trip_keeps_values_and_sharding(tmp_path):
   part = partitioning.make_partitioner(num_partitions=2, fsdp=True)
-  state, _ = _state(part)
-  state = state.replace(step=state.step + 7)
+  state, shardings = _state(part)
+  state = _trained(part, state, shardings, steps=3)
+  assert int(state.step) == 3
+  # Real moments: every mu and nu leaf holds non-zero values (a fresh state's
+  # are all zero, which a restore that dropped them would reproduce).
+  (moments,) = _adam_moments(state.opt_state)
+  leaves = jax.tree.leaves((moments.mu, moments.nu))
+  assert leaves and all(np.any(np.asarray(m) != 0) for m in leaves)
+  assert int(moments.count) == 3
   mgr = checkpoints.CheckpointManager(str(tmp_path), save_period=1)
-  assert mgr.save(7, state, {"batches": 7}, {"seed": 1})
+  assert mgr.save(3, state, {"batches": 3}, {"seed": 1})
   mgr.wait()
   other, _ = _state(part, seed=1)  # different values, same structure
   restored, data, meta = mgr.restore(other)
   mgr.close()
-  assert data == {"batches": 7} and meta == {"seed": 1}
+  assert data == {"batches": 3} and meta == {"seed": 1}
+  assert int(restored.step) == 3
   _assert_trees_equal(restored, state)
   kernel = restored.params["wi"]["kernel"]
   assert kernel.sharding.spec == state.params["wi"]["kernel"].sharding.spec
-  # The Adam moments came back too (not just the params).
-  _assert_trees_equal(restored.opt_state, state.opt_state)
+  # The Adam moments came back too (not just the params), with their shardings.
+  (got,) = _adam_moments(restored.opt_state)
+  _assert_trees_equal(got, moments)
+  assert (got.mu["wi"]["kernel"].sharding.spec
+          == moments.mu["wi"]["kernel"].sharding.spec)
 
 
 @pytest.mark.slow

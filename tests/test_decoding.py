@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 from ofa_jax import decoding
+from ofa_jax import features as F
+from ofa_jax.decoding import prompts
 from ofa_jax.decoding import sampling as decoding_sampling
 from tests.decoding_toys import (BOS, EOS, PAD, free_tokens, make_tokens_to_logits,
                                  prefix_model, ref_beam_search, ref_log_probs, run_beam,
@@ -174,8 +176,9 @@ def test_forced_prompt_is_emitted_then_free_decoding():
   assert decoding.answer_tokens(toks[:, 0], plen) == [
       free_tokens(toks[0, 0, 3:]), free_tokens(toks[1, 0, 1:])]
   assert len(decoding.answer_tokens(toks, plen)[1]) == k
-  pt, pl = decoding.forced_prompt_from_targets(
-      jnp.array([[6, 7, 4, 2, 1]]), jnp.array([[0., 0., 1., 1., 0.]]))
+  pt, pl = prompts.batch_prompt(
+      {F.DECODER_TARGET_TOKENS: jnp.array([[6, 7, 4, 2, 1]]),
+       F.DECODER_LOSS_WEIGHTS: jnp.array([[0., 0., 1., 1., 0.]])})
   assert int(pl[0]) == 2 and pt.shape == (1, 5)
 
 

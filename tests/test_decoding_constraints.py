@@ -175,12 +175,12 @@ def test_trie_beam_finds_the_best_answer_of_the_set():
   np.testing.assert_allclose(np.asarray(scores[0]), [s for s, _ in want], rtol=1e-5)
 
 
-def test_trie_from_host_trie_tables_starts_after_bos():
+def test_trie_from_host_trie_starts_after_bos():
   from ofa_jax import trie as trie_lib  # pylint: disable=g-import-not-at-top
 
   answers = [[4, 5, EOS], [4, 6, 7, EOS], [8, EOS]]
   host = trie_lib.Trie.from_sequences([[BOS] + a for a in answers])
-  dense = dc.DenseTrie.from_tables(host)
+  dense = dc.DenseTrie.from_trie(host)
   emb, pos = prefix_model(12, 6, seed=8)
   toks, scores = run_beam(make_tokens_to_logits(emb, pos), b=1, length=6, k=3,
                           rules=decoding.DecodingRules(

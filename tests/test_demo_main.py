@@ -1,11 +1,11 @@
-"""`make demo`: the budget planning, the report, and (slow) the driver end to end."""
+"""`make demo`: arguments, progress lines, the report, the driver end to end (slow)."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,93 +14,121 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ofa_jax import log_setup
+from tasks import demo
 from tasks import demo_main
+from tasks import demo_progress
 from tasks import demo_report
 from tasks import demo_world as world
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-# ---- planning the step count -------------------------------------------------------
-def test_plan_keeps_a_run_that_ends_in_time():
-  # 100 steps left at 1 step/s, 110 s left: within the 15% tolerance.
-  assert demo_main.plan_restart(now=0.0, train_end=110.0, step=20, planned=120,
-                                rate=1.0, restart_s=30.0) is None
-
-
-def test_plan_shrinks_a_run_that_would_overrun():
-  steps = demo_main.plan_restart(now=0.0, train_end=100.0, step=20, planned=500,
-                                 rate=2.0, restart_s=30.0)
-  assert steps == 20 + int(2.0 * (100.0 - 30.0))
-
-
-def test_plan_grows_a_run_that_would_end_far_too_early():
-  steps = demo_main.plan_restart(now=0.0, train_end=1000.0, step=20, planned=100,
-                                 rate=1.0, restart_s=50.0)
-  assert steps == 20 + 950
-
-
-def test_plan_does_not_restart_for_nothing():
-  # Ends early, but the restart costs more than it gains.
-  assert demo_main.plan_restart(now=0.0, train_end=100.0, step=10, planned=50,
-                                rate=1.0, restart_s=95.0) is None
-  # Out of time: at least one more step, never fewer than done.
-  assert demo_main.plan_restart(now=0.0, train_end=5.0, step=10, planned=500,
-                                rate=1.0, restart_s=30.0) == 11
-  with pytest.raises(ValueError, match="rate"):
-    demo_main.plan_restart(now=0.0, train_end=5.0, step=1, planned=2, rate=0.0,
-                           restart_s=1.0)
-
-
-def test_step_log_reads_the_trainer_progress_lines():
-  log = demo_main.StepLog()
-  logger = logging.getLogger("test_demo_main_steplog")
-  logger.setLevel(logging.INFO)
-  logger.addHandler(log)
-  try:
-    logger.info("step %d/%d loss %.4f | %.2f steps/s", 10, 300, 5.0, 1.0)
-    logger.info("something else at step 11")
-    logger.info("step %d/%d loss %.4f", 20, 300, 4.0)
-  finally:
-    logger.removeHandler(log)
-  assert [s for _, s in log.snapshot()] == [10, 20]
-
-
-def test_watchdog_replans_and_stops_with_sigterm():
-  received = []
-  old = signal.signal(signal.SIGTERM, lambda *a: received.append(a[0]))
-  log = demo_main.StepLog()
-  now = time.monotonic()
-  # Started 20 s ago, first progress line (after compiling) 10 s ago at step 10,
-  # then 10 steps in 5 s: 2 steps/s; planned 10000 steps cannot end in 200 s.
-  dog = demo_main.Watchdog(log, call_start=now - 20.0, deadline=now + 300.0,
-                           planned=10000, adapt=True, eval_steps=100.0,
-                           min_eval_s=10.0, restart_s=None, tolerance=0.15)
-  log.points += [(now - 10.0, 10), (now - 5.0, 20)]
-  dog.start()
-  try:
-    for _ in range(80):
-      if received:
-        break
-      time.sleep(0.05)
-  finally:
-    dog.finish()
-    signal.signal(signal.SIGTERM, old)
-  assert received == [signal.SIGTERM]
-  assert dog.rate == pytest.approx(2.0)
-  assert dog.first_step_s == pytest.approx(10.0, abs=0.5)
-  # train_end = deadline - 100 steps / 2 steps/s; restart costs 10 - 10/2 = 5 s.
-  assert 20 + 2 * (250 - 5 - 1) <= dog.restart_steps <= 20 + 2 * (250 - 5)
-  assert "re-planning" in dog.stopped
-
-
+# ---- arguments ---------------------------------------------------------------------
 def test_arguments():
-  args, gin_args = demo_main.parse_args(["--out_dir=x", "--gin.BATCH_SIZE=16"])
-  assert args.out_dir == "x" and args.budget_s == 900
+  args, gin_args = demo_main.parse_args(["--out_dir=x", "--gin.TRAIN_STEPS=16"])
+  assert args.out_dir == "x" and not args.verbose
   assert gin_args == [f"--gin_file={demo_main.DEFAULT_GIN_FILE}",
-                      "--gin.BATCH_SIZE=16"]
-  with pytest.raises(SystemExit):
-    demo_main.parse_args(["--no_such_flag=1"])
+                      "--gin.TRAIN_STEPS=16"]
+  args, _ = demo_main.parse_args(["--verbose", "--gin_file", "a.gin"])
+  assert args.verbose
+  for bad in (["--no_such_flag=1"], ["--budget_s=900"], ["--train_steps=3"]):
+    with pytest.raises(SystemExit):
+      demo_main.parse_args(bad)
+
+
+def test_the_step_count_is_the_gin_files():
+  run = demo_main.configured_run([f"--gin_file={demo_main.DEFAULT_GIN_FILE}"])
+  with open(os.path.join(REPO, "gin", demo_main.DEFAULT_GIN_FILE)) as f:
+    assert f"TRAIN_STEPS = {run['train_steps']}\n" in f.read()
+  assert 1000 <= run["train_steps"] <= 2000 and run["batch_size"] == 32
+  run = demo_main.configured_run([f"--gin_file={demo_main.DEFAULT_GIN_FILE}",
+                                  "--gin.TRAIN_STEPS=7"])
+  assert run["train_steps"] == 7 and run["config"].resnet_width > 0
+
+
+def test_a_misspelt_override_fails_before_any_work(tmp_path, capsys):
+  previous = tmp_path / "model" / "100"
+  previous.mkdir(parents=True)
+  try:
+    rc = demo_main.main([f"--out_dir={tmp_path}", "--gin.TRAIN_STEPZ=3"])
+  finally:
+    log_setup.reset()
+  assert rc == 2
+  err = capsys.readouterr().err
+  assert "configuration error" in err and "TRAIN_STEPZ" in err
+  assert previous.is_dir()  # the previous run is still there
+
+
+# ---- the progress lines ------------------------------------------------------------
+class _Clock:
+  def __init__(self):
+    self.now = 100.0
+
+  def __call__(self) -> float:
+    return self.now
+
+
+def test_phase_line_measures_the_eta_after_the_first_update():
+  clock, out = _Clock(), io.StringIO()
+  phase = demo_progress.Phase("training", stream=out, clock=clock,
+                              interactive=True)
+  phase.update(0, 1000)  # shown; start-up and compilation follow
+  assert "step 0/1000" in out.getvalue() and "ETA --:--" in out.getvalue()
+  clock.now += 60.0
+  phase.update(50)  # the first 50 steps include 60 s of compilation
+  clock.now += 10.0
+  phase.update(100)  # then 5 steps/s: 900 steps left = 180 s
+  assert phase.eta_s() == pytest.approx(180.0)
+  running = "training     step 100/1000    [01:10 elapsed, ETA 03:00]"
+  assert out.getvalue().endswith("\r" + running)
+  phase.finish("loss 1.234")
+  done = "training     step 100/1000    [01:10 elapsed]  loss 1.234"
+  # Padded to cover the previous text of the line.
+  assert out.getvalue().endswith("\r" + done.ljust(len(running)) + "\n")
+  phase.update(200)  # ignored once finished
+  assert out.getvalue().count("\n") == 1
+
+
+def test_phase_line_off_a_terminal_prints_rarely():
+  clock, out = _Clock(), io.StringIO()
+  phase = demo_progress.Phase("evaluation", "task", stream=out, clock=clock,
+                              interactive=False, plain_every_s=60.0)
+  for k in range(1, 10):
+    clock.now += 20.0
+    phase.update(k, 9)
+  phase.finish()
+  lines = out.getvalue().splitlines()
+  assert "\r" not in out.getvalue()
+  assert len(lines) == 4  # at 60, 120 and 180 s, and the end
+  assert lines[-1] == "evaluation   task 9/9         [03:00 elapsed]"
+  assert demo_progress.clock_text(3725) == "1:02:05"
+  assert demo_progress.clock_text(None) == "--:--"
+
+
+def test_progress_comes_from_log_records_and_from_a_file(tmp_path):
+  out = io.StringIO()
+  phase = demo_progress.Phase("evaluation", "task", stream=out, interactive=False)
+  logger = logging.getLogger("test_demo_main_progress")
+  logger.setLevel(logging.INFO)
+  with demo_progress.listening(phase, "evaluation"):
+    logger.info("evaluation: decoded x (2/9)",
+                extra={"progress": ("evaluation", 2, 9)})
+    logger.info("step 5/10", extra={"progress": ("training", 5, 10)})
+    logger.info("step 7/10")  # text alone is never read
+  logger.info("after", extra={"progress": ("evaluation", 3, 9)})
+  assert (phase.done, phase.total) == (2, 9)
+
+  path = tmp_path / "progress.json"
+  read = lambda: (json.loads(path.read_text())["step"], 10)  # noqa: E731
+  training = demo_progress.Phase("training", stream=out, interactive=False)
+  with demo_progress.polling(training, read, every_s=0.01):
+    path.write_text('{"step": 4}')
+    for _ in range(200):
+      if training.done == 4:
+        break
+      time.sleep(0.01)
+  assert (training.done, training.total) == (4, 10)
 
 
 # ---- the report --------------------------------------------------------------------
@@ -174,24 +202,35 @@ def test_report_draws_predictions_curves_and_tables(tmp_path):
 def test_demo_main_end_to_end(tmp_path):
   out = tmp_path / "demo_out"
   cmd = [sys.executable, "-m", "tasks.demo_main", f"--out_dir={out}",
-         "--train_steps=2", "--log_period=1", "--eval_examples=2",
-         "--eval_batch_size=2", "--eval_tasks=classify,grounding",
-         "--backbone_steps=2", "--backbone_batch_size=2"]
+         "--gin.TRAIN_STEPS=2", "--gin.LOG_PERIOD=1", "--eval_examples=2",
+         "--eval_batch_size=2", "--backbone_steps=2", "--backbone_batch_size=2"]
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
                         timeout=1500, env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert proc.returncode == 0, proc.stderr[-4000:]
   report = (out / "report.md").read_text()
-  for name in ("classify", "grounding"):
+  for name, _, _ in demo.INSTRUCTIONS:  # every task has its row
     assert f"| {name} | " in report
+  for name in demo_report.IMAGE_KINDS:
     assert f"![{name}](predictions_{name}.png)" in report
-    assert Image.open(out / f"predictions_{name}.png").size[0] > 0
+  assert Image.open(out / "predictions_grounding.png").size[0] > 0
   assert "![training curves](training_curves.png)" in report
   assert Image.open(out / "training_curves.png").size[0] > 0
+  assert "### VQA by question type" in report
   summary = json.loads((out / "summary.json").read_text())
   assert summary["training"]["final_step"] == 2
+  assert summary["training"]["train_steps"] == 2
+  assert set(summary["metrics"]) == set(demo.task_names())
   # The pretrained ResNet was written and loaded into the generalist.
   assert summary["backbone"]["steps"] == 2
   assert (out / "backbone" / "checkpoint").is_dir()
-  assert "entries loaded" in proc.stderr and "initialized parameters from" in proc.stderr
-  assert set(summary["metrics"]) == {"demo_classify", "demo_grounding"}
+  log = (out / demo_main.LOG_FILE).read_text()
+  assert "entries loaded" in log and "initialized parameters from" in log
+  # The terminal: one line per phase (no "\r": not a terminal), then the table;
+  # the trainer's, orbax's and absl's INFO lines only in the log file.
+  phases = [line.split()[0] for line in proc.stdout.splitlines()
+            if "elapsed]" in line]
+  assert phases == ["backbone", "training", "evaluation", "report"], proc.stdout
+  assert "training     step 2/2 " in proc.stdout
   assert "classify" in proc.stdout and "chance" in proc.stdout
+  assert "initialized parameters from" not in proc.stderr
+  assert " INFO " not in proc.stderr, proc.stderr[-3000:]

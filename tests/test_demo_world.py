@@ -13,7 +13,11 @@ import pytest
 import seqio
 from PIL import Image
 
+from ofa_jax.metrics import caption as caption_metrics
+from ofa_jax.metrics import grounding as grounding_metrics
+from ofa_jax.metrics import vqa as vqa_metrics
 from tasks import demo
+from tasks import demo_baselines
 from tasks import demo_world as world
 
 
@@ -109,15 +113,92 @@ def test_register_demo_tasks_is_idempotent_and_replace_is_explicit():
   assert all(seqio.get_mixture_or_task(n).metric_fns for n in names)
 
 
-def test_chance_baselines_are_low_where_the_task_is_learnable():
-  base = demo.chance_baselines(n=40)
+def test_examples_without_images_have_the_same_labels():
+  for kind in ("vqa", "grounding", "detection", "classify"):
+    full = world.example(kind, 5, seed=3, split="validation")
+    bare = world.example(kind, 5, seed=3, split="validation", images=False)
+    assert "img" in full and "img" not in bare
+    for k in bare:
+      np.testing.assert_array_equal(np.asarray(full[k]), np.asarray(bare[k]))
+
+
+def test_every_vqa_question_has_a_type():
+  types = {world.vqa_question_type(q)
+           for q in world.records("vqa", 60, images=False)["question"]}
+  assert types == set(world.VQA_QUESTION_TYPES)
+  with pytest.raises(ValueError, match="not a demo VQA question"):
+    world.vqa_question_type("why is the sky blue?")
+
+
+def test_question_only_answers_by_hand():
+  train_q = ["how many objects are there?"] * 3 + ["is there a red circle?"] * 2 + [
+      "what color is the square?"]
+  train_a = ["two", "two", "three", "no", "yes", "red"]
+  questions = ["how many objects are there?", "is there a red circle?",
+               "is there a blue square?", "what shape is the red object?"]
+  # Same text: its majority ("no" beats "yes" on the tie, alphabetically);
+  # unseen text: the majority of its type; unseen type: the overall majority.
+  assert demo_baselines.question_only_answers(train_q, train_a, questions) == [
+      "two", "no", "no", "two"]
+
+
+def test_text_only_boxes_pick_the_box_that_hits_most():
+  texts = ["a"] * 4 + ["b"]
+  boxes = [[0, 0, 10, 10], [1, 1, 11, 11], [0, 0, 9, 10], [40, 40, 60, 60],
+           [20, 20, 30, 30]]
+  got = demo_baselines.text_only_boxes(texts, boxes, ["a", "b", "c"])
+  # "a": three of its four boxes overlap one another (IoU >= 0.5), the fourth
+  # is far away; its mean box hits none of them.
+  assert demo_baselines.pairwise_iou([got[0]], boxes[:3]).min() >= 0.5
+  assert got[1] == [20, 20, 30, 30]
+  np.testing.assert_allclose(got[2], np.mean(boxes, axis=0))
+  iou = demo_baselines.pairwise_iou(np.array(boxes, float), np.array(boxes, float))
+  for i, a in enumerate(boxes):
+    for j, b in enumerate(boxes):
+      assert iou[i, j] == pytest.approx(grounding_metrics.box_iou(a, b))
+
+
+def test_blind_baselines_on_a_tiny_world():
+  train_n, n = 60, 30
+  base = demo.chance_baselines(n=n, train_examples=train_n, seed=2)
   assert set(base) == {name for name, _, _ in demo.INSTRUCTIONS}
-  assert base["classify"]["accuracy"] == 25.0
-  assert base["matching"]["accuracy"] == 50.0
-  assert base["vqa"]["vqa_score"] < 20
+  fit = world.records("vqa", train_n, seed=2, split="train", images=False)
+  val = world.records("vqa", n, seed=2, split="validation", images=False)
+  # By hand: the majority training answer per question text, else per type.
+  by_q, by_type = {}, {}
+  for q, a in zip(fit["question"], fit["answer"]):
+    by_q.setdefault(q, []).append(a)
+    by_type.setdefault(world.vqa_question_type(q), []).append(a)
+  top = lambda xs: sorted(set(xs), key=lambda x: (-xs.count(x), x))[0]  # noqa: E731
+  guesses = [top(by_q[q]) if q in by_q else top(by_type[world.vqa_question_type(q)])
+             for q in val["question"]]
+  hits = [g == a for g, a in zip(guesses, val["answer"])]
+  assert base["vqa"]["vqa_score"] == pytest.approx(100.0 * np.mean(hits))
+  uniform = vqa_metrics.chance_baseline(val["answer"], world.vqa_answers())
+  assert base["vqa"]["vqa_score"] >= uniform
+  by_type_hits = {}
+  for q, hit in zip(val["question"], hits):
+    by_type_hits.setdefault(world.vqa_question_type(q), []).append(hit)
+  assert {k: v["vqa_score"] for k, v in base["vqa"]["by_type"].items()} == {
+      k: pytest.approx(100.0 * np.mean(v)) for k, v in by_type_hits.items()}
+  # Closed sets: the training majority, or a uniform guess when that is higher.
+  for name, classes in (("classify", world.SHAPES), ("matching", ("yes", "no"))):
+    labels = world.records(name, train_n, seed=2, images=False)["label"]
+    targets = world.records(name, n, seed=2, split="validation",
+                            images=False)["label"]
+    fitted = 100.0 * np.mean([t == top(labels) for t in targets])
+    assert base[name]["accuracy"] == pytest.approx(
+        max(fitted, 100.0 / len(classes)))
+  # Captions: the commonest training caption, scored by CIDEr on validation.
+  caps = world.records("caption", train_n, seed=2, images=False)["cap"]
+  targets = world.records("caption", n, seed=2, split="validation",
+                          images=False)["cap"]
+  assert base["caption"]["cider"] == pytest.approx(
+      caption_metrics.cider(targets, [top(caps)] * n)["cider"])
   assert base["grounding"]["iou_acc"] < 30
   assert base["detection"]["f1"] < 20
   assert base["sudoku"]["solved"] < 5
+  assert base["infilling"]["exact_match"] < 20
 
 
 @pytest.mark.slow

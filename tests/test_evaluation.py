@@ -25,6 +25,8 @@ from ofa_jax.evaluation import runner as evaluation_lib
 from ofa_jax import models
 from ofa_jax import plan as plan_lib
 from ofa_jax import vocab as vocab_lib
+from ofa_jax.metrics import grounding as grounding_metrics
+from ofa_jax.decoding import spec as decoding_spec
 from tasks import demo
 from tasks import demo_world
 from test_api import save_initial_checkpoint, tiny_config
@@ -71,21 +73,44 @@ def test_pad_rows_repeats_the_last_row_and_counts_real_rows():
     evaluation_lib.pad_rows(batch, 2)
 
 
+def _task_spec(name, **overrides):
+  return decoding_spec.for_task(plan_lib.task_plan(name).decoding, name,
+                                overrides=overrides)
+
+
 def test_task_decoding_follows_the_plan(setup):
   del setup
-  box = evaluation_lib.task_decoding(plan_lib.task_plan("demo_grounding"))
-  assert box.settings.kind == "box" and box.settings.max_len == 5
-  trie = evaluation_lib.task_decoding(plan_lib.task_plan("demo_classify"),
-                                      beam_size=1)
-  assert trie.settings.kind == "closed_set" and trie.settings.beam_size == 1
-  scored = evaluation_lib.task_decoding(
-      plan_lib.task_plan("test_eval_classify_scored"))
+  box = _task_spec("demo_grounding")
+  assert box.kind == "box" and box.max_free_len == 5
+  trie = _task_spec("demo_classify", beam_size=1)
+  assert trie.kind == "closed_set" and trie.beam_size == 1
+  assert not trie.scores_candidates
+  scored = _task_spec("test_eval_classify_scored")
   assert scored.scores_candidates
-  assert scored.candidates.shape[0] == len(demo_world.SHAPES)
+  assert scored.candidates().shape[0] == len(demo_world.SHAPES)
   # Each candidate ends with </s> then padding.
-  for row in scored.candidates:
+  for row in scored.candidates():
     ids = row.tolist()
     assert 2 in ids and all(t == 1 for t in ids[ids.index(2) + 1:])
+
+
+def test_per_task_decoding_overrides_are_checked_before_any_work(setup):
+  model, _ = setup
+  ev = evaluation.Evaluator(
+      model, "test_eval_mix", LENGTHS, batch_size=4,
+      decode_overrides={"beam_size": 2},
+      decoding_overrides={"demo_classify": {"beam_size": 3,
+                                            "no_repeat_ngram_size": 2}})
+  decodings = ev._decodings  # pylint: disable=protected-access
+  assert decodings["demo_classify"].beam_size == 3
+  assert decodings["demo_classify"].no_repeat_ngram_size == 2
+  assert decodings["demo_grounding"].beam_size == 2
+  with pytest.raises(ValueError, match=r"'beam_szie' \(did you mean 'beam_size'"):
+    evaluation.Evaluator(model, "test_eval_mix", LENGTHS,
+                         decoding_overrides={"demo_classify": {"beam_szie": 3}})
+  with pytest.raises(ValueError, match=r"task 'demo_clasify'.*'demo_classify'"):
+    evaluation.Evaluator(model, "test_eval_mix", LENGTHS,
+                         decoding_overrides={"demo_clasify": {"beam_size": 3}})
 
 
 @pytest.mark.slow
@@ -114,21 +139,28 @@ def test_evaluator_writes_metrics_and_one_line_per_example(setup, tmp_path):
       assert set(r) >= {"inputs", "target", "prediction", "score"}
       assert r["inputs"].startswith("[IMAGE]")
       assert np.isfinite(r["score"])
+  # The keys and the 0-100 scale the metric functions return (test_metrics.py).
   assert "accuracy" in results["demo_classify"]
-  assert "iou_acc" in results["demo_grounding"] or any(
-      "iou" in k for k in results["demo_grounding"])
+  assert {"iou_acc", "mean_iou"} <= set(results["demo_grounding"])
   for name in ("demo_classify", "test_eval_classify_scored"):
     for r in _lines(tmp_path / f"{name}_predictions.jsonl"):
       assert r["prediction"] in demo_world.SHAPES, r
       assert r["target"] in demo_world.SHAPES
-  for r in _lines(tmp_path / "demo_grounding_predictions.jsonl"):
+  boxes = _lines(tmp_path / "demo_grounding_predictions.jsonl")
+  for r in boxes:
     assert r["prediction"] is None or len(r["prediction"]) == 4
     assert len(r["target"]) == 4
-  # Accuracy agrees with the written predictions (metrics saw the same ones).
+  # The metrics agree with the written predictions (they saw the same ones),
+  # in percent: accuracy = 100 * hits / N; IoU accuracy = 100 * (IoU >= 0.5) / N.
   rows = _lines(tmp_path / "demo_classify_predictions.jsonl")
-  acc = np.mean([r["prediction"] == r["target"] for r in rows])
-  assert results["demo_classify"]["accuracy"] == pytest.approx(100 * acc) or (
-      results["demo_classify"]["accuracy"] == pytest.approx(acc))
+  hits = sum(r["prediction"] == r["target"] for r in rows)
+  assert results["demo_classify"]["accuracy"] == pytest.approx(100 * hits / N)
+  ious = [0.0 if r["prediction"] is None else
+          grounding_metrics.box_iou(r["target"], r["prediction"]) for r in boxes]
+  assert results["demo_grounding"]["iou_acc"] == pytest.approx(
+      100 * sum(iou >= 0.5 for iou in ious) / N)
+  assert results["demo_grounding"]["mean_iou"] == pytest.approx(
+      100 * sum(ious) / N)
   # A second evaluation reuses the cached data and compiled functions.
   again = ev.evaluate(params, step=4)
   assert again == results
@@ -176,7 +208,7 @@ demo.register_demo_tasks:
   num_examples = {{'train': 4, 'validation': {N}, 'test': {N}}}
   vocabulary = %VOCAB
 evaluation.evaluate_checkpoint.register_fns = [@demo.register_demo_tasks]
-evaluation.evaluate_checkpoint.decode_overrides = {{'beam_size': 1}}
+evaluation.evaluate_checkpoint.decoding_overrides = {{'demo_classify': {{'beam_size': 1}}}}
 MIXTURE_OR_TASK_NAME = 'demo_classify'
 TASK_FEATURE_LENGTHS = {LENGTHS!r}
 BATCH_SIZE = 8

@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from ofa_jax import features as F
 from ofa_jax.feature_converter import OFAFeatureConverter
+from tests import names as SN
 
 S = 8  # image side in these tests
 
@@ -24,29 +25,29 @@ def _example(inputs, targets, loss_mask, kinds, *, n_images=0, weight=1.0,
       F.TARGET_KINDS: np.array(kinds, np.int32),
       F.SAMPLE_WEIGHT: np.float32(weight),
       F.TASK_ID: np.int32(task_id),
-      F.IMAGES: np.full([n_images, S, S, 3], 0.5, np.float32),
-      F.IMAGE_MASK: np.ones([n_images], np.int32),
-      F.IMAGE_TEXT_OFFSET: np.full([n_images], 1, np.int32),
-      F.IMAGE_SLOT_RANK: np.arange(n_images, dtype=np.int32),
-      F.IMAGE_GEOMETRY: np.ones([n_images, 6], np.float32),
-      F.AUDIO: np.ones([audio_frames, 80], np.float32),
-      F.AUDIO_MASK: np.ones([audio_frames], np.int32),
-      F.AUDIO_TEXT_OFFSET: np.zeros([1], np.int32),
-      F.AUDIO_SLOT_RANK: np.zeros([1], np.int32),
-      F.VIDEO: np.zeros([0, S, S, 3], np.float32),
-      F.VIDEO_MASK: np.zeros([0], np.int32),
-      F.VIDEO_TEXT_OFFSET: np.zeros([1], np.int32),
-      F.VIDEO_SLOT_RANK: np.zeros([1], np.int32),
-      F.MOTION: np.zeros([0, 12], np.float32),
-      F.MOTION_MASK: np.zeros([0], np.int32),
-      F.MOTION_TEXT_OFFSET: np.zeros([1], np.int32),
-      F.MOTION_SLOT_RANK: np.zeros([1], np.int32),
-      F.TARGET_IMAGE: np.zeros([0, 0, 3], np.float32),
-      F.TARGET_IMAGE_MASK: np.zeros([1], np.int32),
-      F.TARGET_AUDIO: np.zeros([0, 80], np.float32),
-      F.TARGET_AUDIO_MASK: np.zeros([0], np.int32),
-      F.TARGET_MOTION: np.zeros([0, 12], np.float32),
-      F.TARGET_MOTION_MASK: np.zeros([0], np.int32),
+      SN.IMAGES: np.full([n_images, S, S, 3], 0.5, np.float32),
+      SN.IMAGE_MASK: np.ones([n_images], np.int32),
+      SN.IMAGE_TEXT_OFFSET: np.full([n_images], 1, np.int32),
+      SN.IMAGE_SLOT_RANK: np.arange(n_images, dtype=np.int32),
+      SN.IMAGE_GEOMETRY: np.ones([n_images, 6], np.float32),
+      SN.AUDIO: np.ones([audio_frames, 80], np.float32),
+      SN.AUDIO_MASK: np.ones([audio_frames], np.int32),
+      SN.AUDIO_TEXT_OFFSET: np.zeros([1], np.int32),
+      SN.AUDIO_SLOT_RANK: np.zeros([1], np.int32),
+      SN.VIDEO: np.zeros([0, S, S, 3], np.float32),
+      SN.VIDEO_MASK: np.zeros([0], np.int32),
+      SN.VIDEO_TEXT_OFFSET: np.zeros([1], np.int32),
+      SN.VIDEO_SLOT_RANK: np.zeros([1], np.int32),
+      SN.MOTION: np.zeros([0, 12], np.float32),
+      SN.MOTION_MASK: np.zeros([0], np.int32),
+      SN.MOTION_TEXT_OFFSET: np.zeros([1], np.int32),
+      SN.MOTION_SLOT_RANK: np.zeros([1], np.int32),
+      SN.TARGET_IMAGE: np.zeros([0, 0, 3], np.float32),
+      SN.TARGET_IMAGE_MASK: np.zeros([1], np.int32),
+      SN.TARGET_AUDIO: np.zeros([0, 80], np.float32),
+      SN.TARGET_AUDIO_MASK: np.zeros([0], np.int32),
+      SN.TARGET_MOTION: np.zeros([0, 12], np.float32),
+      SN.TARGET_MOTION_MASK: np.zeros([0], np.int32),
   }
 
 
@@ -58,14 +59,14 @@ def _dataset(examples):
   sig = {}
   for k, v in first.items():
     shape = [None] + list(v.shape[1:]) if v.ndim else []
-    if k == F.TARGET_IMAGE:
+    if k == SN.TARGET_IMAGE:
       shape = [None, None, 3]
     sig[k] = tf.TensorSpec(shape, tf.as_dtype(v.dtype))
   return tf.data.Dataset.from_generator(gen, output_signature=sig)
 
 
 def _lengths(**kw):
-  lengths = {k: 0 for k in F.LENGTH_KEYS}
+  lengths = {k: 0 for k in SN.LENGTH_KEYS}
   lengths.update(kw)
   return lengths
 
@@ -82,16 +83,16 @@ def test_padding_shift_and_loss_weights():
   np.testing.assert_allclose(out[F.DECODER_LOSS_WEIGHTS], [0, .5, .5, .5, 0, 0])
   np.testing.assert_array_equal(out[F.DECODER_TARGET_KINDS], [1, 1, 1, 1, 0, 0])
   assert out[F.TASK_ID] == 7
-  assert out[F.IMAGES].shape == (2, S, S, 3)
-  np.testing.assert_array_equal(out[F.IMAGE_MASK], [1, 0])
-  np.testing.assert_allclose(out[F.IMAGES][0], 0.5)
-  np.testing.assert_allclose(out[F.IMAGES][1], 0.0)
-  assert out[F.IMAGE_GEOMETRY].shape == (2, 6)
-  assert out[F.AUDIO].shape == (3, 80)
-  np.testing.assert_array_equal(out[F.AUDIO_MASK], [0, 0, 0])
-  assert out[F.AUDIO_TEXT_OFFSET].shape == (1,)
-  assert out[F.TARGET_IMAGE].shape == (0, 0, 3)
-  assert out[F.TARGET_IMAGE_MASK].shape == (1,)
+  assert out[SN.IMAGES].shape == (2, S, S, 3)
+  np.testing.assert_array_equal(out[SN.IMAGE_MASK], [1, 0])
+  np.testing.assert_allclose(out[SN.IMAGES][0], 0.5)
+  np.testing.assert_allclose(out[SN.IMAGES][1], 0.0)
+  assert out[SN.IMAGE_GEOMETRY].shape == (2, 6)
+  assert out[SN.AUDIO].shape == (3, 80)
+  np.testing.assert_array_equal(out[SN.AUDIO_MASK], [0, 0, 0])
+  assert out[SN.AUDIO_TEXT_OFFSET].shape == (1,)
+  assert out[SN.TARGET_IMAGE].shape == (0, 0, 3)
+  assert out[SN.TARGET_IMAGE_MASK].shape == (1,)
   # Static shapes in the dataset spec (one jitted step for the whole mixture).
   for k, spec in ds.element_spec.items():
     assert spec.shape.is_fully_defined(), k
@@ -106,10 +107,10 @@ def test_batched_mixed_examples_have_one_structure():
   ds = conv(_dataset([a, b]), lengths).batch(2, drop_remainder=True)
   (batch,) = list(ds.as_numpy_iterator())
   assert batch[F.ENCODER_INPUT_TOKENS].shape == (2, 8)
-  assert batch[F.AUDIO].shape == (2, 4, 80)
-  np.testing.assert_array_equal(batch[F.AUDIO_MASK], [[0] * 4, [1, 1, 0, 0]])
-  np.testing.assert_array_equal(batch[F.IMAGE_MASK], [[1], [0]])
-  assert batch[F.TARGET_IMAGE].shape == (2, 4, 4, 3)
+  assert batch[SN.AUDIO].shape == (2, 4, 80)
+  np.testing.assert_array_equal(batch[SN.AUDIO_MASK], [[0] * 4, [1, 1, 0, 0]])
+  np.testing.assert_array_equal(batch[SN.IMAGE_MASK], [[1], [0]])
+  assert batch[SN.TARGET_IMAGE].shape == (2, 4, 4, 3)
   np.testing.assert_array_equal(batch[F.TASK_ID], [7, 3])
   lengths_out = conv.get_model_feature_lengths(lengths)
   for k, v in batch.items():

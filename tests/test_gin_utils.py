@@ -137,3 +137,45 @@ def test_undefined_macro_is_named(tmp_path):
   with pytest.raises(gin_utils.GinConfigError,
                      match="gin macro NOT_DEFINED is used but never set"):
     gin_utils.parse_gin_flags([str(tmp_path / "u.gin")])
+
+
+def test_misspelt_macro_override_names_the_closest_macro():
+  with pytest.raises(gin_utils.GinConfigError,
+                     match=r"TRAIN_STEPZ.*no gin file uses.*did you mean "
+                           r"TRAIN_STEPS\?"):
+    gin_utils.parse_gin_flags(["experiments/demo.gin"],
+                              ["TRAIN_STEPZ = 3", "MODEL_DIR = '/tmp/d'"])
+  # Checked before gin parses anything: nothing was bound.
+  with pytest.raises(ValueError):
+    gin.query_parameter("%MIXTURE_OR_TASK_NAME")
+  # A macro used only by an included file, or only by another binding, is known.
+  gin_utils.check_overrides(["experiments/demo.gin"], ["NUM_PARTITIONS = 2"],
+                            gin_utils.search_paths())
+  gin_utils.check_overrides(
+      ["experiments/demo.gin"],
+      ["MY_RATE = 0.5", "optimizers.adamw.learning_rate = %MY_RATE"],
+      gin_utils.search_paths())
+  # Bindings of configurables are gin's to check, not macros.
+  gin_utils.check_overrides(["experiments/demo.gin"],
+                            ["trainer.train.seed = 3"], gin_utils.search_paths())
+
+
+def test_macro_defined_but_used_by_no_parsed_file_is_refused():
+  # runs/eval.gin sets MODEL_DIR for experiments that include runs/train.gin;
+  # evaluation alone never reads it, so overriding it would do nothing.
+  with pytest.raises(gin_utils.GinConfigError, match="MODEL_DIR"):
+    gin_utils.check_overrides(["runs/eval.gin"], ["MODEL_DIR = '/x'"],
+                              gin_utils.search_paths())
+
+
+def test_train_entry_point_refuses_a_misspelt_override(tmp_path):
+  """`--gin.TRAIN_STEPZ=3` (a new user's typo) once trained the default 3000 steps."""
+  env = dict(os.environ, PYTHONPATH=REPO)
+  model_dir = tmp_path / "run"
+  out = subprocess.run(
+      [sys.executable, "-m", "ofa_jax.train", "--gin_file=experiments/demo.gin",
+       "--gin.TRAIN_STEPZ=3", f"--gin.MODEL_DIR='{model_dir}'"],
+      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert "TRAIN_STEPZ" in out.stderr and "did you mean TRAIN_STEPS?" in out.stderr
+  assert not model_dir.exists()

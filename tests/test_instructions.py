@@ -5,16 +5,17 @@ from __future__ import annotations
 import json
 import pathlib
 import pickle
+import re
 import subprocess
 import sys
 import warnings
 
 import pytest
 
-from ofa_jax import features
 from ofa_jax import instructions as ins
+from tests import names as SN
 
-M = features.Modality
+M = SN.M
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # Every instruction string of ../shared/docs/ofasys_reference.md, literally.
@@ -65,11 +66,20 @@ REFERENCE_INSTRUCTIONS = [
     '[IMAGE:img] what are the objects? -> [[BOX][TEXT]]*',
 ]
 IMAGE_INFILLING = ('what is the complete image of "[IMAGE:img,mask_ratio=0.5]"?'
-                   ' -> [IMAGE,preprocessor=image_vqgan,adaptor=image_vqgan]')
+                   ' -> [IMAGE,preprocessor=image_vqgan]')
+
+
+_ADAPTOR_RE = re.compile(r",adaptor=[a-z_0-9]+")
 
 
 @pytest.mark.parametrize("text", REFERENCE_INSTRUCTIONS)
 def test_reference_instructions_parse(text):
+  if _ADAPTOR_RE.search(text):
+    # OFASys names the model piece in the slot; here the modality names it, so
+    # the attribute is refused with a message saying where the piece lives.
+    with pytest.raises(ins.InstructionError, match="ofa_jax/model/registry.py"):
+      ins.parse(text)
+    text = _ADAPTOR_RE.sub("", text)
   instruction = ins.parse(text)
   assert instruction.slots()
   # The canonical form is a fixed point.
@@ -128,11 +138,12 @@ def test_typed_attribute_values():
   assert dict(motion.attrs) == {
       "min_length": 40, "max_length": 196, "sample_rate": 20, "soft_trim": 0.5,
       "window": True, "anchor_frame": 0}
-  audio = ins.parse("[AUDIO:a,use_mask,sample_rate=16000,max_frames=3000] -> "
+  audio = ins.parse("[AUDIO:a,cmvn=false,sample_rate=16000,max_frames=3000] -> "
                     "[TEXT:t]").source_slots()[0]
-  assert audio.get("use_mask") is True and audio.get("sample_rate") == 16000
-  tts = ins.parse("[PHONE:p,mask_ratio=0.1] -> [AUDIO:f,n_frames_per_step=2]")
-  assert tts.target_slots()[0].get("n_frames_per_step") == 2
+  assert audio.get("cmvn") is False and audio.get("sample_rate") == 16000
+  tts = ins.parse("[PHONE:p,mask_ratio=0.1] -> [AUDIO:f,max_frames=200,cmvn]")
+  assert tts.target_slots()[0].get("cmvn") is True
+  assert tts.target_slots()[0].get("max_frames") == 200
   video = ins.parse("[VIDEO:v,n_frames=8,image_size=64] -> [TEXT:t]")
   assert video.source_slots()[0].get("n_frames") == 8
   box = ins.parse("[IMAGE:i,image_size=256] -> [BOX:b,max_image_size=512]")
@@ -149,7 +160,7 @@ def test_label_slot():
 
 
 def test_tts_has_a_dense_target():
-  tts = ins.parse(REFERENCE_INSTRUCTIONS[9])
+  tts = ins.parse(_ADAPTOR_RE.sub("", REFERENCE_INSTRUCTIONS[9]))
   assert tts.target_modality == M.AUDIO
   assert not tts.is_token_target
   assert not tts.target_slots()[0].is_token_based
@@ -211,15 +222,12 @@ def test_contrastive_choice():
   choice = instruction.source[2]
   assert isinstance(choice, ins.ContrastiveChoice)
   assert [s.name for s in choice.slots] == ["pos", "neg"]
-  picks = [choice.choose(seed).name for seed in range(200)]
-  assert picks == [choice.choose(seed).name for seed in range(200)]
-  assert 50 < picks.count("pos") < 150
   assert instruction.data_fields() == ("i", "pos", "neg", "ans")
   dense = ins.parse("[TEXT:t] -> [[IMAGE:a]|[IMAGE:b]]")
   assert dense.target_modality == M.IMAGE and not dense.is_token_target
 
 
-def test_template_alternatives_and_choose():
+def test_template_alternatives():
   text = ("[IMAGE:img] what does the image describe? -> [TEXT:cap] ||| "
           "[IMAGE:img] describe the image. -> [TEXT:cap]|||"
           "[IMAGE:img] caption: -> [TEXT:cap]")
@@ -228,31 +236,9 @@ def test_template_alternatives_and_choose():
   assert template.alternatives[1].source[0].column == text.index(
       "[IMAGE:img] describe")
   assert template.data_fields() == ("img", "cap")
-  chosen = [template.choose(seed) for seed in range(300)]
-  assert chosen == [template.choose(seed) for seed in range(300)]
-  counts = [sum(c is alt for c in chosen) for alt in template.alternatives]
-  assert all(count > 50 for count in counts), counts
   assert ins.parse_template(template.to_string()) == template
   assert ins.parse_template(REFERENCE_INSTRUCTIONS[0]).alternatives == (
       ins.parse(REFERENCE_INSTRUCTIONS[0]),)
-
-
-def test_expand_group():
-  group = ins.parse("[IMAGE:i] -> [[BOX:boxes][TEXT:labels]]*").target[0]
-  data = {"boxes": [[0, 0, 1, 1], [2, 2, 3, 3]], "labels": ["a", "b"]}
-  expanded = ins.expand_group(group, data)
-  assert [(s.name, i) for s, i in expanded] == [
-      ("boxes", 0), ("labels", 0), ("boxes", 1), ("labels", 1)]
-  assert ins.expand_group(group, {"boxes": [], "labels": []}) == []
-  with pytest.raises(ValueError, match=r"boxes=2, labels=3"):
-    ins.expand_group(group, {"boxes": data["boxes"], "labels": ["a", "b", "c"]})
-  with pytest.raises(ValueError, match="no field 'labels'"):
-    ins.expand_group(group, {"boxes": data["boxes"]})
-  with pytest.raises(ValueError, match="'labels' must be a list"):
-    ins.expand_group(group, {"boxes": data["boxes"], "labels": "ab"})
-  unnamed = ins.parse(REFERENCE_INSTRUCTIONS[15]).target[0]
-  with pytest.raises(ValueError, match="no field name"):
-    ins.expand_group(unnamed, data)
 
 
 def test_error_is_a_picklable_value_error():
@@ -410,3 +396,43 @@ def test_cli_reports_an_invalid_instruction_with_a_caret():
   assert f"at column {column}" in lines[0]
   assert lines[-2] == "  " + text
   assert lines[-1] == "  " + " " * column + "^"
+
+
+@pytest.mark.parametrize("text", [
+    "[AUDIO:a,use_mask] -> [TEXT:t]",
+    "[PHONE:p] -> [AUDIO:f,n_frames_per_step=2]",
+    "[TEXT:t] -> [IMAGE:i,length=64]",
+])
+def test_attributes_no_code_reads_are_refused(text):
+  with pytest.raises(ins.InstructionError,
+                     match="unknown attribute|does not apply to IMAGE"):
+    ins.parse(text)
+
+
+def test_attributes_the_processors_read_are_accepted():
+  image = ins.parse("[IMAGE:i,source=path,preprocess=imagenet,crop_pct=0.9,"
+                    "augment=false] -> [TEXT:t]").source_slots()[0]
+  assert dict(image.attrs) == {"source": "path", "preprocess": "imagenet",
+                               "crop_pct": 0.9, "augment": False}
+  audio = ins.parse("[AUDIO:a,cmvn=no,num_mel_bins=40,input_scale=1.5] -> "
+                    "[TEXT:t]").source_slots()[0]
+  assert dict(audio.attrs) == {"cmvn": False, "num_mel_bins": 40,
+                               "input_scale": 1.5}
+  motion = ins.parse("[MOTION:m,length=64] -> [TEXT:t]").source_slots()[0]
+  assert motion.get("length") == 64
+  with pytest.raises(ins.InstructionError, match="expects true or false"):
+    ins.parse("[AUDIO:a,cmvn=maybe] -> [TEXT:t]")
+  with pytest.raises(ins.InstructionError, match="does not apply to TEXT"):
+    ins.parse("[TEXT:t,crop_pct=0.5] -> [TEXT:u]")
+
+
+def test_schema_is_the_union_of_the_modalities_attributes():
+  from ofa_jax import modalities  # pylint: disable=g-import-not-at-top
+  from ofa_jax.instructions import schema  # pylint: disable=g-import-not-at-top
+  table = schema.attribute_table()
+  for m in modalities.all_modalities():
+    for spec in m.attributes:
+      assert table[spec.key][m.name] is spec
+  generic = {s.key for s in schema.GENERIC}
+  declared = {s.key for m in modalities.all_modalities() for s in m.attributes}
+  assert set(table) == generic | declared

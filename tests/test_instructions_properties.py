@@ -10,23 +10,24 @@ from __future__ import annotations
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from ofa_jax import features
 from ofa_jax import instructions as ins
+from ofa_jax.instructions import schema
+from tests import names as SN
 
-M = features.Modality
+M = SN.M
 
 
 _NAMES = st.from_regex(r"[a-z_][a-z0-9_]{0,5}", fullmatch=True)
 _TEXT = st.text(alphabet="abc XYZ019\"'?.,:;!()-|<>", min_size=1, max_size=12
                 ).filter(lambda t: "->" not in t and "|||" not in t)
-_TOKEN = sorted(features.TOKEN_MODALITIES, key=lambda m: m.value)
-_DENSE = sorted(set(M) - features.TOKEN_MODALITIES, key=lambda m: m.value)
+_TOKEN = sorted(SN.TOKEN_MODALITIES)
+_DENSE = sorted(set(SN.BUILTIN) - SN.TOKEN_MODALITIES)
 
 
 @st.composite
 def _attrs(draw, modality, side):
-  specs = [s for s in ins.ATTRIBUTES.values()
-           if modality in s.modalities and side in s.sides]
+  specs = [per_type[modality] for per_type in schema.attribute_table().values()
+           if modality in per_type and side in per_type[modality].sides]
   chosen = draw(st.lists(st.sampled_from(specs), unique_by=lambda s: s.key,
                          max_size=3)) if specs else []
   attrs = {}
@@ -37,6 +38,10 @@ def _attrs(draw, modality, side):
       attrs[spec.key] = draw(st.integers(spec.min_int, 10**6))
     elif spec.kind == "ratio":
       attrs[spec.key] = draw(st.floats(0.0, 1.0))
+    elif spec.kind == "bool":
+      attrs[spec.key] = draw(st.booleans())
+    elif spec.kind == "float":
+      attrs[spec.key] = draw(st.floats(1e-3, 1e6))
     else:
       attrs[spec.key] = draw(_NAMES)
   if "no_loss" in attrs:
@@ -116,7 +121,7 @@ def _respelled(draw, instruction):
   def slot_text(slot):
     items = list(slot.attrs.items())
     items = draw(st.permutations(items))
-    head = slot.modality.value + ("" if slot.name is None else f":{slot.name}")
+    head = slot.modality + ("" if slot.name is None else f":{slot.name}")
     parts = [k if v is True else f"{k}={v!r}" if isinstance(v, float)
              else f"{k}={v}" for k, v in items]
     return "[" + ",".join([head] + parts) + "]"

@@ -11,6 +11,7 @@ from ofa_jax import features
 from ofa_jax.model import layout
 from ofa_jax.model import testing
 from ofa_jax.model.transformer import OFATransformer
+from tests import names as SN
 
 
 def _reference_order(text_len, sizes, offsets, ranks, present):
@@ -117,8 +118,8 @@ def test_model_is_equivariant_to_slot_placement():
 
   first = dict(batch)  # default placement: both images first, [img0; img1; text]
   moved = dict(batch)
-  moved[features.IMAGE_TEXT_OFFSET] = np.array([[2, 5], [0, 7]], np.int32)
-  moved[features.IMAGE_SLOT_RANK] = np.array([[0, 1], [0, 1]], np.int32)
+  moved[SN.IMAGE_TEXT_OFFSET] = np.array([[2, 5], [0, 7]], np.int32)
+  moved[SN.IMAGE_SLOT_RANK] = np.array([[0, 1], [0, 1]], np.int32)
   enc_a, logits_a = run(first)
   enc_b, logits_b = run(moved)
   np.testing.assert_allclose(logits_a, logits_b, atol=1e-5, rtol=1e-5)

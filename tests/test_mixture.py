@@ -11,6 +11,7 @@ import seqio
 from ofa_jax import features as F
 from ofa_jax import plan
 from ofa_jax.feature_converter import OFAFeatureConverter
+from tests import names as SN
 from tasks import demo
 
 COUNTS = {"train": 12, "validation": 6, "test": 6}
@@ -49,14 +50,14 @@ def test_mixture_batches_have_one_structure_and_static_shapes(mixtures):
   b = batches[0]
   assert b[F.ENCODER_INPUT_TOKENS].shape == (4, LENGTHS["inputs"])
   assert b[F.DECODER_TARGET_TOKENS].shape == (4, LENGTHS["targets"])
-  assert b[F.IMAGES].shape == (4, 1, 64, 64, 3)
-  assert b[F.AUDIO].shape[:2] == (4, 0)
+  assert b[SN.IMAGES].shape == (4, 1, 64, 64, 3)
+  assert b[SN.AUDIO].shape[:2] == (4, 0)
   # Several tasks, text-only ones with image_mask 0 and image tasks with 1.
   task_ids = np.concatenate([x[F.TASK_ID] for x in batches])
   ids = {F.task_id_of(n): n for n in MIXED}
   seen = {ids[int(t)] for t in task_ids}
   assert len(seen) >= 4, seen
-  masks = np.concatenate([x[F.IMAGE_MASK][:, 0] for x in batches])
+  masks = np.concatenate([x[SN.IMAGE_MASK][:, 0] for x in batches])
   sudoku = task_ids == F.task_id_of("demo_sudoku")
   assert np.all(masks[sudoku] == 0) and np.all(masks[~sudoku] == 1)
   # Every row: targets end in </s> before padding, loss only on real tokens.

@@ -12,6 +12,7 @@ from ofa_jax.model import config as config_lib
 from ofa_jax.model import testing
 from ofa_jax.model import transformer
 from ofa_jax.model.transformer import OFATransformer
+from tests import names as SN
 
 
 @pytest.fixture(scope="module")
@@ -81,11 +82,11 @@ def test_text_only_batch_and_absent_images(setup, compiled):
   cfg, batch, variables = setup
   fn = compiled(cfg)
   text_only = {k: v for k, v in batch.items()
-               if k not in (features.IMAGES, features.IMAGE_MASK)}
+               if k not in (SN.IMAGES, SN.IMAGE_MASK)}
   logits = fn(variables, text_only)
   assert logits.shape == (2, 6, cfg.vocab_size)
   # An all-masked image slot is ignored: same logits as without images.
-  masked = dict(batch, **{features.IMAGE_MASK: np.zeros((2, 1), np.int32)})
+  masked = dict(batch, **{SN.IMAGE_MASK: np.zeros((2, 1), np.int32)})
   np.testing.assert_allclose(fn(variables, masked), logits, atol=1e-5,
                              rtol=1e-5)
 
@@ -124,7 +125,7 @@ def test_remat_and_fused_attention_match_reference(setup, compiled, option,
   cfg, batch, variables = setup
   if not with_images:
     batch = {k: v for k, v in batch.items()
-             if k not in (features.IMAGES, features.IMAGE_MASK)}
+             if k not in (SN.IMAGES, SN.IMAGE_MASK)}
   ref = compiled(cfg)(variables, batch)
   out = compiled(cfg.replace(**{option: True}))(variables, batch)
   np.testing.assert_allclose(out, ref, atol=1e-5, rtol=1e-5)
@@ -134,7 +135,7 @@ def test_remat_and_fused_attention_match_reference(setup, compiled, option,
 def test_remat_gradients_match(setup):
   cfg, batch, variables = setup
   batch = {k: v for k, v in batch.items()  # text-only keeps the compile small
-           if k not in (features.IMAGES, features.IMAGE_MASK)}
+           if k not in (SN.IMAGES, SN.IMAGE_MASK)}
 
   def grads(c):
     model = OFATransformer(c)

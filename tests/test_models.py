@@ -15,10 +15,13 @@ import numpy as np
 import pytest
 
 from ofa_jax.decoding import constraints as dc
+from ofa_jax.decoding import prompts
+from ofa_jax.decoding.spec import DecodingSpec
 from ofa_jax.decoding import scoring as decoding_scoring
 from ofa_jax import features as F
 from ofa_jax import models
 from ofa_jax.model import config as config_lib
+from tests import names as SN
 
 TEXT, BIN, CODE, TEXT_OR_BIN = (int(F.TokenKind.TEXT), int(F.TokenKind.BIN),
                                 int(F.TokenKind.CODE),
@@ -55,8 +58,8 @@ def _batch(b=2, li=5, lo=6, seed=0):
       F.DECODER_LOSS_WEIGHTS: weights,
       F.DECODER_TARGET_KINDS: kinds,
       F.TASK_ID: np.array([11, 22, 11, 22][:b], np.int32),
-      F.IMAGES: rs.normal(size=(b, 1, 32, 32, 3)).astype(np.float32),
-      F.IMAGE_MASK: np.ones((b, 1), np.int32),
+      SN.IMAGES: rs.normal(size=(b, 1, 32, 32, 3)).astype(np.float32),
+      SN.IMAGE_MASK: np.ones((b, 1), np.int32),
   }
 
 
@@ -88,7 +91,7 @@ def tiny():
 def tiny_text():
   """Text only (no ResNet): cheaper to compile, for the decoding tests."""
   model = models.OFAModel(_config(encoder_adapters=()))
-  batch = {k: v for k, v in _batch().items() if k not in (F.IMAGES, F.IMAGE_MASK)}
+  batch = {k: v for k, v in _batch().items() if k not in (SN.IMAGES, SN.IMAGE_MASK)}
   return model, _random_variables(model, batch), batch
 
 
@@ -217,7 +220,7 @@ def test_predict_cached_equals_uncached_and_beam_one_equals_greedy(tiny_text):
 
   def run(**kw):
     return jax.jit(lambda v, b: model.predict_batch_with_aux(
-        v, b, decoding=models.DecodeSettings(max_len=6, **kw)))(variables, batch)
+        v, b, decoding=DecodingSpec(max_len=5, min_len=0, **kw)))(variables, batch)
 
   cached = run(beam_size=3, no_repeat_ngram_size=2, return_all=True)
   uncached = run(beam_size=3, no_repeat_ngram_size=2, return_all=True,
@@ -241,8 +244,7 @@ def test_predict_box_is_four_bins_and_spec_resolution(tiny_text):
 
   model, variables, batch = tiny_text
   spec = plan.DecodingSpec(kind="box", beam_size=2, max_len=4, min_len=4)
-  settings = models.DecodeSettings.from_spec(spec)
-  assert settings.max_len == 5 and settings.min_len == 4
+  assert spec.max_free_len == 5 and spec.min_len == 4
   toks = jax.jit(lambda v, b: model.predict_batch(
       v, b, decoding=spec, no_repeat_ngram_size=3))(variables, batch)
   toks = np.asarray(toks)
@@ -253,9 +255,12 @@ def test_predict_box_is_four_bins_and_spec_resolution(tiny_text):
     assert ((box >= 38) & (box < 48)).all() and row[plen + 4] == EOS, row
     assert (row[plen + 5:] == PAD).all()
   with pytest.raises(ValueError, match="needs a trie"):
-    models.DecodeSettings(kind="closed_set")
+    DecodingSpec(kind="closed_set")
   with pytest.raises(ValueError, match="kind="):
-    models.DecodeSettings(kind="audio_frames")
+    DecodingSpec(kind="speech")
+  with pytest.raises(ValueError, match="'audio_frames', which has no token"):
+    model.predict_batch(variables, batch,
+                        decoding=DecodingSpec(kind="audio_frames"))
 
 
 @pytest.mark.slow
@@ -272,7 +277,7 @@ def test_closed_set_scoring_matches_reference_and_trie_beam(tiny_text):
       v, b, trie, candidate_chunk=3))(variables, batch)  # chunks of 3: padding
   scores = np.asarray(scores)
   shapes = jax.eval_shape(lambda v, b: model.score_batch(
-      v, b, cands, trie=dc.DenseTrie.from_tables(trie)), variables, batch)
+      v, b, cands, trie=dc.DenseTrie.from_trie(trie)), variables, batch)
   assert shapes[0].shape == (2,) and shapes[1].shape == (2, 4)
   # Reference: a full forward per candidate, trie-masked log-softmax in NumPy.
   forward = jax.jit(lambda v, b: model.module.apply(v, b, train=False))
@@ -297,9 +302,9 @@ def test_closed_set_scoring_matches_reference_and_trie_beam(tiny_text):
       np.testing.assert_allclose(scores[i, c], total, rtol=1e-4, atol=1e-4)
   np.testing.assert_array_equal(np.asarray(best), scores.argmax(1))
   # Beam search under the trie with K >= |set| enumerates the set exactly.
-  spec = models.DecodeSettings(kind="closed_set", trie=dc.DenseTrie.from_tables(trie),
-                               beam_size=4, length_penalty=0.0, max_len=4,
-                               max_prompt_len=1, return_all=True)
+  spec = DecodingSpec(kind="closed_set", trie=trie, beam_size=4,
+                      length_penalty=0.0, max_len=3, min_len=0,
+                      max_prompt_len=1, return_all=True)
   toks, aux = jax.jit(lambda v, b: model.predict_batch_with_aux(
       v, b, decoding=spec))(variables, batch)
   assert toks.shape == (2, 4, 5)
@@ -318,9 +323,9 @@ def test_image_codes_sampling_cached_equals_uncached(tiny_text):
            if k not in (F.DECODER_TARGET_TOKENS, F.DECODER_LOSS_WEIGHTS)}
 
   def run(use_cache):
-    settings = models.DecodeSettings(kind="image_codes", method="sample",
-                                     max_len=5, num_samples=2, top_k=3,
-                                     use_cache=use_cache)
+    settings = DecodingSpec(kind="image_codes", method="sample", max_len=4,
+                            min_len=0, beam_size=2, top_k=3,
+                            use_cache=use_cache)
     return jax.jit(lambda v, b, r: model.predict_batch_with_aux(
         v, b, decoding=settings, rng=r))(variables, batch, jax.random.key(5))
 
@@ -342,16 +347,20 @@ def test_forced_prompt_reads_the_prompt_mask_not_zero_weights():
   weights = np.zeros((2, 5), np.float32)
   weights[0, 1:4] = 1.0  # row 1 has sample weight 0: every weight is 0
   batch = {F.DECODER_TARGET_TOKENS: targets, F.DECODER_LOSS_WEIGHTS: weights}
-  _, old = models._forced_prompt(targets, batch, 8)  # pylint: disable=protected-access
+  _, old = prompts.batch_prompt(batch, 8)
   assert np.asarray(old).tolist() == [1, 4]  # the misreading the mask fixes
   mask = np.array([[1, 0, 0, 0, 0]] * 2, np.int32)
-  tokens, new = models._forced_prompt(  # pylint: disable=protected-access
-      targets, {**batch, F.DECODER_PROMPT_MASK: mask}, 8)
+  tokens, new = prompts.batch_prompt({**batch, F.DECODER_PROMPT_MASK: mask}, 8)
   assert np.asarray(new).tolist() == [1, 1]
   assert tokens.shape == (2, 8)
   np.testing.assert_array_equal(
-      models.prompt_weights({**batch, F.DECODER_PROMPT_MASK: mask}),
+      prompts.prompt_weights({**batch, F.DECODER_PROMPT_MASK: mask}),
       1.0 - mask)
+  # The host-side reading of one example agrees.
+  assert [prompts.row_prompt_length({k: v[i] for k, v in batch.items()})
+          for i in range(2)] == [1, 4]
+  assert prompts.row_prompt_length(
+      {F.DECODER_PROMPT_MASK: mask[1], **{k: v[1] for k, v in batch.items()}}) == 1
 
 
 @pytest.mark.slow
@@ -367,7 +376,7 @@ def test_predict_and_candidate_scoring_use_the_prompt_mask(tiny_text):
   mask = np.zeros_like(batch[F.DECODER_TARGET_TOKENS])
   mask[1, 0] = 1
   zeroed[F.DECODER_PROMPT_MASK] = mask
-  settings = models.DecodeSettings(method="greedy", max_len=4, max_prompt_len=1)
+  settings = DecodingSpec(method="greedy", max_len=3, min_len=0, max_prompt_len=1)
   toks, aux = jax.jit(lambda v, b: model.predict_batch_with_aux(
       v, b, decoding=settings))(variables, zeroed)
   assert np.asarray(aux["prompt_lengths"]).tolist() == [0, 1]

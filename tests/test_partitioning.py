@@ -2,25 +2,34 @@
 
 Also home of `ToyLM` / `ToyModel`, a tiny logically-annotated model with the
 `OFAModel` interface, which the trainer, checkpoint and resume tests reuse so that
-they do not depend on the full OFA network.
+they do not depend on the full OFA network; and of `ofa_demo_model` /
+`ofa_batch` / `ofa_trainer_step`, the OFA network itself (the `demo` preset,
+BatchNorm statistics and dropout on) at tiny shapes, which the README's claims
+("sharded == one device", "exact resume") are also checked on.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import seqio
 from jax.sharding import PartitionSpec as P
 
+from ofa_jax import features as F
+from ofa_jax import models
 from ofa_jax import optimizers
 from ofa_jax import partitioning
 from ofa_jax import train_state as train_state_lib
+from ofa_jax.model import config as config_lib
+from ofa_jax.modalities import image as image_lib
 
 _P = nn.with_logical_partitioning
 
@@ -252,3 +261,153 @@ def test_indivisible_dimension_is_replicated_not_an_error():
   spec = state.params["embedding"].sharding.spec
   assert tuple(spec) == ()  # ('vocab', 'embed') -> (model, None) did not fit
   assert state.params["wi"]["kernel"].sharding.spec == P(None, "model")
+
+
+# ---------------------------------------------------------------------------
+# The OFA network (the `demo` preset) under the same layouts.
+# ---------------------------------------------------------------------------
+OFA_BATCH = 8  # one example per fake device under data parallelism
+OFA_IMAGE_SIZE = 32  # stride 16: a 2 x 2 patch grid
+OFA_TEXT_LEN, OFA_TARGET_LEN = 8, 6
+OFA_LAYOUTS = ("data", "model2")
+
+
+def ofa_demo_model() -> models.OFAModel:
+  """The `demo` preset as the demo trains it (dropout 0.1, BatchNorm in the
+  ResNet), with a 96-id vocabulary: 64 text ids, 16 codes, 16 bins."""
+  config = config_lib.get_config("demo", vocab_size=96, num_codes=16,
+                                 num_bins=16)
+  assert config.dropout > 0 and config.encoder_adapters == ("images",)
+  return models.OFAModel(config)
+
+
+def ofa_batch(step: int, batch_size: int = OFA_BATCH) -> dict[str, np.ndarray]:
+  """A deterministic batch per step: images, padded text; text, text and bin,
+  and image-code targets, so that every parameter gets a gradient."""
+  rng = np.random.default_rng(1000 + step)
+  inputs = rng.integers(4, 64, (batch_size, OFA_TEXT_LEN)).astype(np.int32)
+  inputs[::2, -2:] = F.PAD_ID  # encoder padding in half the rows
+  targets = rng.integers(4, 64, (batch_size, OFA_TARGET_LEN)).astype(np.int32)
+  kinds = np.full(targets.shape, int(F.TokenKind.TEXT), np.int32)
+  targets[1::2, 1:3] = rng.integers(80, 96, (batch_size // 2, 2))  # bins
+  kinds[1::2, 1:3] = int(F.TokenKind.BIN)
+  # Image-code targets (OFA's code_masks path, with its own decoder tables).
+  targets[::4] = rng.integers(64, 80, targets[::4].shape)
+  kinds[::4] = int(F.TokenKind.CODE)
+  targets[:, -2:] = F.EOS_ID, F.PAD_ID
+  kinds[:, -2:] = int(F.TokenKind.TEXT), int(F.TokenKind.PAD)
+  weights = (targets != F.PAD_ID).astype(np.float32)
+  return {
+      F.ENCODER_INPUT_TOKENS: inputs,
+      F.DECODER_INPUT_TOKENS: np.concatenate(
+          [np.full((batch_size, 1), F.BOS_ID, np.int32), targets[:, :-1]], 1),
+      F.DECODER_TARGET_TOKENS: targets,
+      F.DECODER_LOSS_WEIGHTS: weights,
+      F.DECODER_TARGET_KINDS: kinds,
+      image_lib.IMAGES: rng.normal(
+          size=(batch_size, 1, OFA_IMAGE_SIZE, OFA_IMAGE_SIZE, 3)
+      ).astype(np.float32),
+      image_lib.IMAGE_MASK: np.ones((batch_size, 1), np.int32),
+      F.TASK_ID: np.zeros((batch_size,), np.int32),
+  }
+
+
+def _random_variables(abstract: Any, seed: int) -> Any:
+  """Values for an (unboxed) abstract variable tree, drawn on the host.
+
+  Why not `init`: compiling the network's init costs about as much as compiling
+  its train step, and eager init is slower still. Scales are near one and
+  BatchNorm variances positive, so activations stay in a sane range.
+  """
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    name = jax.tree_util.keystr(path)
+    if name.endswith("['var']"):
+      value = rng.uniform(0.5, 1.5, leaf.shape)
+    elif name.endswith("['scale']"):
+      value = 1.0 + 0.1 * rng.normal(size=leaf.shape)
+    else:
+      value = 0.05 * rng.normal(size=leaf.shape)
+    return np.asarray(value, leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(fill, abstract)
+
+
+def ofa_trainer_step(partitioner: partitioning.Partitioner,
+                     model: models.OFAModel, tx: optax.GradientTransformation,
+                     seed: int = 0):
+  """(state, shardings, compiled step): what `trainer.train` builds, no loop.
+
+  The step is `train_state.make_train_step` jitted with the partitioner's
+  shardings, as the trainer does (without donation, so a test can keep states).
+  The state holds random values (`_random_variables`) placed on those shardings.
+  """
+  example = {k: v[:1] for k, v in ofa_batch(0).items()}
+  init_variables = lambda r: model.get_initial_variables(r, example)
+  abstract, _ = train_state_lib.abstract_and_init(init_variables, tx)
+  shardings = partitioner.logical_to_mesh_shardings(abstract)
+  variables = _random_variables(
+      nn.meta.unbox(jax.eval_shape(init_variables, jax.random.key(0))), seed)
+  state = train_state_lib.TrainState.create(
+      variables.pop("params"), tx, variables)
+  state = jax.device_put(state, shardings)
+  step_fn = train_state_lib.make_train_step(model, tx)
+  jitted = partitioner.jit(
+      step_fn, in_shardings=(shardings, partitioner.data_sharding,
+                             partitioner.replicated),
+      out_shardings=(shardings, partitioner.replicated, partitioner.replicated))
+  compiled = jitted.lower(state, partitioner.shard_batch(ofa_batch(0)),
+                          jax.random.key(1)).compile()
+  return state, shardings, compiled
+
+
+def _ofa_two_steps(partitioner):
+  """Loss before and after one SGD update, the state after two, per layout.
+
+  SGD, not Adam: Adam divides by the gradient's own scale, so a gradient that
+  is zero in exact arithmetic (the key-projection biases: softmax ignores them)
+  turns float noise into a full-size update whose sign differs between layouts.
+  """
+  model = ofa_demo_model()
+  state, _, compiled = ofa_trainer_step(partitioner, model, optax.sgd(0.1))
+  rng = jax.random.key(1)
+  losses = []
+  for step in range(2):
+    state, metrics, _ = compiled(state, partitioner.shard_batch(ofa_batch(step)),
+                                 rng)
+    losses.append(float(metrics["loss"]))
+  # Another dropout key changes the loss: dropout is on, its masks are compared.
+  _, other, _ = compiled(state, partitioner.shard_batch(ofa_batch(0)),
+                         jax.random.key(2))
+  _, again, _ = compiled(state, partitioner.shard_batch(ofa_batch(0)), rng)
+  return losses, jax.device_get(state), (float(other["loss"]),
+                                         float(again["loss"]))
+
+
+@pytest.fixture(scope="module")
+def ofa_single_device():
+  part = partitioning.make_partitioner(devices=jax.devices()[:1])
+  return _ofa_two_steps(part)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", OFA_LAYOUTS)
+def test_ofa_network_layout_matches_one_device(layout, ofa_single_device):
+  (ref1, ref2), ref_state, _ = ofa_single_device
+  part = partitioning.make_partitioner(**LAYOUTS[layout])
+  assert part.mesh.size == 8
+  (l1, l2), state, (other_key, same_key) = _ofa_two_steps(part)
+  assert other_key != pytest.approx(same_key, rel=1e-4), "dropout is off"
+  np.testing.assert_allclose([l1, l2], [ref1, ref2], rtol=1e-5, atol=1e-6)
+  assert int(state.step) == 2
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               state.params, ref_state.params)
+  # BatchNorm running statistics, updated in training mode by both steps.
+  stats, ref_stats = (state.model_state["batch_stats"],
+                      ref_state.model_state["batch_stats"])
+  assert jax.tree.structure(stats) == jax.tree.structure(ref_stats)
+  assert len(jax.tree.leaves(stats)) >= 4
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               stats, ref_stats)
+

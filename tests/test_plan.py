@@ -14,13 +14,15 @@ from PIL import Image
 
 from ofa_jax import features as F
 from ofa_jax import instructions
-from ofa_jax import models
 from ofa_jax import plan
 from ofa_jax.plan import build as plan_build
 from ofa_jax.plan import pipeline as plan_pipeline
 from ofa_jax import vocab as vocab_lib
 from ofa_jax.feature_converter import OFAFeatureConverter
+from ofa_jax import modalities
 from ofa_jax.modalities import base
+from ofa_jax.modalities import motion as motion_lib
+from tests import names as SN
 
 LENGTHS = {"inputs": 48, "targets": 24, "images": 2, "audio": 0, "video": 0,
            "motion": 0, "target_image": 0, "target_audio": 0, "target_motion": 0}
@@ -83,18 +85,18 @@ def test_encoder_follows_instruction_order_with_runs_and_offsets(
   run2 = ([F.BOS_ID] + vocab.encode("then") + vocab.encode("blue sky")
           + [F.EOS_ID])
   np.testing.assert_array_equal(ex[F.INPUTS], run1 + run2)
-  np.testing.assert_array_equal(ex[F.IMAGE_TEXT_OFFSET], [len(run1)])
-  np.testing.assert_array_equal(ex[F.IMAGE_SLOT_RANK], [0])
-  np.testing.assert_array_equal(ex[F.IMAGE_MASK], [1])
-  assert ex[F.IMAGES].shape == (1, 32, 32, 3)
-  np.testing.assert_allclose(ex[F.IMAGE_GEOMETRY][0][:2], [16, 20])  # orig h, w
+  np.testing.assert_array_equal(ex[SN.IMAGE_TEXT_OFFSET], [len(run1)])
+  np.testing.assert_array_equal(ex[SN.IMAGE_SLOT_RANK], [0])
+  np.testing.assert_array_equal(ex[SN.IMAGE_MASK], [1])
+  assert ex[SN.IMAGES].shape == (1, 32, 32, 3)
+  np.testing.assert_allclose(ex[SN.IMAGE_GEOMETRY][0][:2], [16, 20])  # orig h, w
   np.testing.assert_array_equal(ex[F.TARGETS],
                                 vocab.encode("the answer") + [F.EOS_ID])
   np.testing.assert_array_equal(ex[F.TARGET_LOSS_MASK], [1] * len(ex[F.TARGETS]))
   assert ex[F.TASK_ID] == F.task_id_of("t_order")
   assert ex[F.SAMPLE_WEIGHT] == 1.0
   # Absent streams: zero length with the right rank; every task has every key.
-  assert ex[F.AUDIO].shape == (0, 80) and ex[F.VIDEO].shape[0] == 0
+  assert ex[SN.AUDIO].shape == (0, 80) and ex[SN.VIDEO].shape[0] == 0
   assert set(plan.output_features(vocab)) <= set(ex)
 
 
@@ -316,20 +318,21 @@ def test_audio_input_and_image_target_streams(registered, vocab):
   src = _source({"wav": [wave], "text": ["hello"], "img": [_png(size=(20, 20))]})
   lengths = dict(LENGTHS, audio=12, target_image=16)
   asr = _register(registered, "t_audio", "[AUDIO:wav] what is said? -> [TEXT:text]",
-                  src, vocab)
+                  src, vocab, data_only=True)
   (ex,) = _examples(asr, lengths=lengths)
-  assert ex[F.AUDIO].shape == (12, 80)  # audio_max_frames from sequence_length
-  assert ex[F.AUDIO_MASK].sum() == 12
-  np.testing.assert_array_equal(ex[F.AUDIO_TEXT_OFFSET], [0])
-  np.testing.assert_array_equal(ex[F.AUDIO_SLOT_RANK], [0])
-  assert ex[F.IMAGES].shape[0] == 0
+  assert ex[SN.AUDIO].shape == (12, 80)  # audio_max_frames from sequence_length
+  assert ex[SN.AUDIO_MASK].sum() == 12
+  np.testing.assert_array_equal(ex[SN.AUDIO_TEXT_OFFSET], [0])
+  np.testing.assert_array_equal(ex[SN.AUDIO_SLOT_RANK], [0])
+  assert ex[SN.IMAGES].shape[0] == 0
   gen = _register(registered, "t_image_target",
-                  'draw " [TEXT:text] " -> [IMAGE:img]', src, vocab)
+                  'draw " [TEXT:text] " -> [IMAGE:img]', src, vocab,
+                  data_only=True)
   assert gen.plan.decoding.kind == "image_codes"
   (ex,) = _examples(gen, lengths=lengths)
-  assert ex[F.TARGET_IMAGE].shape == (16, 16, 3)
-  assert -1.0 <= ex[F.TARGET_IMAGE].min() <= ex[F.TARGET_IMAGE].max() <= 1.0
-  np.testing.assert_array_equal(ex[F.TARGET_IMAGE_MASK], [1])
+  assert ex[SN.TARGET_IMAGE].shape == (16, 16, 3)
+  assert -1.0 <= ex[SN.TARGET_IMAGE].min() <= ex[SN.TARGET_IMAGE].max() <= 1.0
+  np.testing.assert_array_equal(ex[SN.TARGET_IMAGE_MASK], [1])
   # The token stream only closes the sequence; the image head carries the loss.
   np.testing.assert_array_equal(ex[F.TARGETS], [F.EOS_ID])
   np.testing.assert_array_equal(ex[F.TARGET_LOSS_MASK], [0])
@@ -400,21 +403,21 @@ def test_token_only_iterator_can_be_saved_and_restored(registered, vocab,
 
 def test_dense_dims_motion_from_stats_and_target_image_size(registered, vocab):
   stats = {"mean": [0.0] * 7, "std": [1.0] * 7}
-  dims = plan.registry._dense_dims({"motion_stats": stats})  # pylint: disable=protected-access
-  assert dims[F.MOTION] == (7,) and dims[F.TARGET_MOTION] == (7,)
-  assert plan.registry._dense_dims({"motion_dim": 5, "motion_stats": stats})[F.MOTION] == (5,)  # pylint: disable=protected-access
+  motion = modalities.get(SN.M.MOTION)
+  empty = motion.empty_features({"motion_stats": stats})
+  assert empty[SN.MOTION].shape == (0, 7) and empty[SN.TARGET_MOTION].shape == (0, 7)
+  empty = motion.empty_features({"motion_dim": 5, "motion_stats": stats})
+  assert empty[SN.MOTION].shape == (0, 5)
   src = _source({"t": ["a cat"], "img": [_png()]})
   task = _register(registered, "t_t2i", "[TEXT:t] -> [IMAGE:img,image_size=64]",
-                   src, vocab, target_image_size=128)
+                   src, vocab, target_image_size=128, data_only=True)
   assert task.plan.decoding.kind == "image_codes"
   assert task.plan.decoding.max_len == (64 // 8) ** 2
   assert task.plan.decoding.max_prompt_len == 0
 
 
-class _ClippingMotion:
+class _ClippingMotion(motion_lib.MotionProcessor):
   """A MOTION processor that reports 2 clipped frames per example."""
-
-  modality = F.Modality.MOTION
 
   def preprocess_input(self, value, ctx):
     del value, ctx
@@ -425,13 +428,13 @@ class _ClippingMotion:
 
 def test_dense_num_clipped_is_counted_per_modality(registered, vocab,
                                                    monkeypatch):
-  real = plan.registry.get_processor
-  monkeypatch.setattr(plan.registry, "get_processor",
-                      lambda m: _ClippingMotion() if m == F.Modality.MOTION
+  real = modalities.get
+  monkeypatch.setattr(modalities, "get",
+                      lambda m: _ClippingMotion() if m == SN.M.MOTION
                       else real(m))
   src = _source({"m": [[0.0], [1.0], [2.0]], "t": ["a", "b", "c"]})
   task = _register(registered, "t_motion_clip", "[MOTION:m] what? -> [TEXT:t]",
-                   src, vocab, motion_dim=3)
+                   src, vocab, motion_dim=3, data_only=True)
   assert len(_examples(task, lengths=dict(LENGTHS, motion=4))) == 3
   assert task.plan.skip_counts()["clipped_motion"] == 6
 
@@ -445,7 +448,7 @@ def test_box_slots_follow_the_image_slot_size_attribute(registered, vocab):
       "t_box_attr", '[IMAGE:img,image_size=32] where is " [TEXT:cap] "? -> '
       "[BOX:region]", src, vocabulary=vocab, replace=True)
   (ex,) = _examples(task)
-  assert ex[F.IMAGES].shape[1:] == (32, 32, 3)
+  assert ex[SN.IMAGES].shape[1:] == (32, 32, 3)
   bin0 = vocab.encode("<bin_0>")[0]
   bins = ex[F.TARGETS][:4] - bin0
   # Processed box = original / 2 in a 32-px frame.
@@ -480,8 +483,6 @@ def test_max_prompt_len_is_derived_from_the_instruction(registered, vocab):
   for k, (instruction, want) in enumerate(cases.items()):
     task = _register(registered, f"t_room{k}", instruction, src, vocab)
     assert task.plan.decoding.max_prompt_len == want, instruction
-    settings = models.DecodeSettings.from_spec(task.plan.decoding)
-    assert settings.max_prompt_len == want, instruction
   trained = _register(registered, "t_room_trained",
                       "[TEXT:q] -> the answer is [TEXT:a]", src, vocab,
                       decoder_plain_with_loss=True)

@@ -1,7 +1,9 @@
 """Exact resume after SIGKILL, and SIGTERM saving, with `python -m ofa_jax.train`.
 
 Each run is a subprocess on the toy model and toy mixture (`test_trainer.py`),
-configured by a gin file that includes the real `runs/train.gin`.
+configured by a gin file that includes the real `runs/train.gin`. The state
+part of exact resume is also checked on the OFA network itself (the `demo`
+preset, BatchNorm statistics and dropout on): save, restore, continue.
 """
 
 from __future__ import annotations
@@ -13,12 +15,18 @@ import sys
 import time
 
 import gin
+import jax
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 import pytest
 
+from ofa_jax import checkpoints
 from ofa_jax import gin_utils
+from ofa_jax import optimizers
+from ofa_jax import partitioning
 from ofa_jax import trainer
+from test_partitioning import ofa_batch, ofa_demo_model, ofa_trainer_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 12
@@ -137,3 +145,59 @@ def test_sigterm_saves_a_loadable_checkpoint_and_exits_cleanly(tmp_path):
   with open(os.path.join(model_dir, str(last), "data", "metadata")) as f:
     position = json.load(f)
   assert position["batches_consumed"] == last
+
+
+def _adam_moments(opt_state) -> list[optax.ScaleByAdamState]:
+  return [s for s in jax.tree.leaves(
+      opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
+          if isinstance(s, optax.ScaleByAdamState)]
+
+
+@pytest.mark.slow
+def test_ofa_network_restored_mid_run_continues_bit_identically(tmp_path):
+  """4 straight steps == 2 steps, save, restore onto the shardings, 2 more.
+
+  What a restarted `trainer.train` does with the state (the batches and the
+  input position are the toy test's above): the restored step keys the dropout
+  masks, and the BatchNorm running statistics travel in `model_state`.
+  """
+  part = partitioning.make_partitioner(num_partitions=2)
+  tx = optimizers.adamw(learning_rate=1e-3, total_steps=4, warmup_steps=0)
+  start, shardings, compiled = ofa_trainer_step(part, ofa_demo_model(), tx)
+  rng = jax.random.key(7)
+
+  def run(state, steps):
+    for step in steps:
+      assert int(state.step) == step
+      state, _, _ = compiled(state, part.shard_batch(ofa_batch(step)), rng)
+    return state
+
+  straight = jax.device_get(run(start, range(4)))
+  mgr = checkpoints.CheckpointManager(str(tmp_path), save_period=2)
+  assert mgr.save(2, run(start, range(2)), {"batches_consumed": 2}, {})
+  mgr.close()
+
+  # A restarted process has only the shapes and shardings, then the checkpoint.
+  abstract = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      start, shardings)
+  mgr = checkpoints.CheckpointManager(str(tmp_path))
+  restored, position, _ = mgr.restore(abstract)
+  mgr.close()
+  assert position == {"batches_consumed": 2} and int(restored.step) == 2
+  resumed = jax.device_get(run(restored, range(2, 4)))
+
+  # The run did train the statistics and moments the comparison covers.
+  stats = resumed.model_state["batch_stats"]
+  assert jax.tree.leaves(stats) and any(
+      not np.array_equal(a, b) for a, b in zip(
+          jax.tree.leaves(stats),
+          jax.tree.leaves(jax.device_get(start.model_state["batch_stats"]))))
+  (moments,) = _adam_moments(resumed.opt_state)
+  assert all(np.any(m != 0) for m in jax.tree.leaves((moments.mu, moments.nu)))
+  flat_a = jax.tree_util.tree_flatten_with_path(straight)[0]
+  flat_b = jax.tree_util.tree_flatten_with_path(resumed)[0]
+  assert [p for p, _ in flat_a] == [p for p, _ in flat_b]
+  # Step, parameters, Adam moments and BatchNorm statistics, bit for bit.
+  for (path, a), (_, b) in zip(flat_a, flat_b):
+    np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))

@@ -19,6 +19,7 @@ from ofa_jax import data_iterator
 from ofa_jax import features
 from ofa_jax import optimizers
 from ofa_jax import partitioning
+from ofa_jax import run_dir
 from ofa_jax import train_state as train_state_lib
 from ofa_jax import trainer
 from test_partitioning import ToyModel
@@ -120,6 +121,12 @@ def test_train_writes_checkpoints_metrics_and_summaries(tmp_path):
   info = (tmp_path / "model-info.txt").read_text()
   assert "logical=('embed', 'mlp')" in info and "mesh=(None, 'model')" in info
   assert (tmp_path / "config.gin").exists()
+  # The same facts for programs, without parsing the text or the log.
+  params = jax.tree.leaves(result.state.params)
+  assert run_dir.read_model_info(str(tmp_path))["total_parameters"] == sum(
+      int(np.size(x)) for x in params)
+  progress = run_dir.read_progress(str(tmp_path))
+  assert (progress["step"], progress["train_steps"]) == (6, 6)
   scalars = trainer.read_scalars(str(tmp_path / "train"))
   assert [s for s, _ in scalars["loss"]] == [2, 4, 6]
   assert "toy_mix_task0/loss" in scalars and "toy_mix_task1/accuracy" in scalars

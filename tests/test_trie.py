@@ -1,4 +1,4 @@
-"""Prefix trie: OFA semantics on the host, and the same answers from the jit tables."""
+"""Prefix trie: OFA semantics on the host, and the same answers from its device form."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from ofa_jax import trie as trie_lib
+from ofa_jax.decoding import constraints as dc
 from ofa_jax import vocab as vocab_lib
 
 BOS, EOS, V = 0, 2, 40
@@ -63,46 +64,21 @@ def test_off_trie_prefixes_allow_only_eos(seqs, junk):
 @pytest.mark.slow
 @hypothesis.settings(max_examples=12, deadline=None)
 @hypothesis.given(seqs=_seqs, junk=st.lists(st.integers(3, V - 1), min_size=1, max_size=3))
-def test_jit_tables_agree_with_host_trie(seqs, junk):
+def test_device_trie_agrees_with_host_trie(seqs, junk):
   full = _with_specials(seqs)
   t = trie_lib.Trie.from_sequences(full)
-  tables = t.tables()
-  assert tables.start == t.walk([BOS])
-  step = jax.jit(lambda s, tok: trie_lib.next_state(tables, s, tok))
-  mask = jax.jit(lambda s: trie_lib.allowed_mask(tables, s, V))
+  assert t.start == t.walk([BOS])
+  constraint = dc.TrieConstraint(dc.DenseTrie.from_trie(t), eos_id=EOS)
+  step = jax.jit(lambda s, tok: constraint.update(s, tok, jnp.zeros_like(s)))
+  mask = jax.jit(lambda s: constraint.allowed(s, jnp.zeros_like(s), V))
   for path in full + [[BOS] + junk + [EOS]]:
-    state = jnp.int32(tables.start)
+    state = constraint.init_state(1)
     for k in range(1, len(path)):
       want = np.zeros(V, bool)
       want[t.next_allowed(path[:k])] = True
-      np.testing.assert_array_equal(np.asarray(mask(state)), want, err_msg=str(path[:k]))
-      state = step(state, path[k])
-
-
-def test_tables_batched_states():
-  t = trie_lib.Trie.from_sequences([[0, 5, 6, 2], [0, 9, 2]])
-  tables = t.tables()
-  states = jnp.array([[tables.start, tables.dead]], jnp.int32)
-  m = trie_lib.allowed_mask(tables, states, V)
-  assert m.shape == (1, 2, V)
-  assert np.flatnonzero(m[0, 0]).tolist() == [5, 9]
-  assert np.flatnonzero(m[0, 1]).tolist() == [EOS]
-  nxt = trie_lib.next_state(tables, states, jnp.array([[9, 9]]))
-  assert nxt[0, 1] == tables.dead and nxt[0, 0] == t.walk([0, 9])
-
-
-def test_candidate_masks_match_next_allowed():
-  full = [[0, 5, 6, 2], [0, 5, 7, 2], [0, 9, 2]]
-  t = trie_lib.Trie.from_sequences(full)
-  cands = [s[1:] for s in full]
-  length = 4
-  dense = t.candidate_masks(cands, length, V)
-  assert dense.shape == (3, length, V)
-  for c, cand in enumerate(cands):
-    for pos in range(len(cand)):
-      assert np.flatnonzero(dense[c, pos]).tolist() == t.next_allowed([BOS] + cand[:pos])
-  states = t.candidate_states(cands, length)
-  np.testing.assert_array_equal(np.asarray(trie_lib.allowed_mask(t.tables(), states, V)), dense)
+      np.testing.assert_array_equal(np.asarray(mask(state))[0], want,
+                                    err_msg=str(path[:k]))
+      state = step(state, jnp.array([path[k]], jnp.int32))
 
 
 def test_from_answers_with_vocabulary():

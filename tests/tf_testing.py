@@ -26,7 +26,7 @@ def slot_context(task: str, slot_name: str, *, attrs: Optional[Mapping[str, Any]
       task=task, slot_name=slot_name, attrs=attrs or {}, vocab=vocab,
       options=options or {}, is_training=training,
       seed=None if seed is None else tf.constant(seed, tf.int32),
-      image_geometry=None if geometry is None else tf.constant(geometry, tf.float32))
+      geometry=None if geometry is None else tf.constant(geometry, tf.float32))
 
 
 def to_numpy(tree: Any) -> Any:

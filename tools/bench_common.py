@@ -24,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ofa_jax import features as F
+
+from ofa_jax.modalities import image_features
 from ofa_jax.model import config as config_lib
 
 Array = jax.Array
@@ -127,9 +129,9 @@ def train_batch(config: config_lib.OFAConfig, *, batch_size: int,
                                       int(F.TokenKind.TEXT), np.int32),
   }
   if num_images:
-    batch[F.IMAGES] = rs.randn(batch_size, num_images, image_size, image_size,
-                               3).astype(np.float32)
-    batch[F.IMAGE_MASK] = np.ones((batch_size, num_images), np.int32)
+    batch[image_features.IMAGES] = rs.randn(
+        batch_size, num_images, image_size, image_size, 3).astype(np.float32)
+    batch[image_features.IMAGE_MASK] = np.ones((batch_size, num_images), np.int32)
   return batch
 
 

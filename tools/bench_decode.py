@@ -3,7 +3,7 @@
 Each case is one jitted `OFAModel.predict_batch` (encoder once, then the
 `lax.while_loop` of `ofa_jax/decoding.py`). Cached: one position per step
 against the KV cache. Uncached: the decoder reruns over the whole buffer every
-step (`DecodeSettings(use_cache=False)`), as OFA's fairseq generator does.
+step (`DecodingSpec(use_cache=False)`), as OFA's fairseq generator does.
 
 To make every run decode exactly `length` tokens, `</s>` is banned until the last
 position (`min_len = length - 1`): with random weights a row could otherwise end
@@ -25,14 +25,16 @@ from typing import Any, Optional, Sequence
 import jax
 
 from ofa_jax import features as F
-from ofa_jax.decoding.settings import DecodeSettings
+
+from ofa_jax.modalities import image_features
+from ofa_jax.decoding.spec import DecodingSpec
 from ofa_jax.models import OFAModel
 from tools import bench_common as common
 
 
-def _case(model: OFAModel, variables, batch, settings: DecodeSettings,
+def _case(model: OFAModel, variables, batch, spec: DecodingSpec,
           *, repeats: int) -> dict[str, Any]:
-  fn = jax.jit(lambda v, b: model.predict_batch(v, b, decoding=settings))
+  fn = jax.jit(lambda v, b: model.predict_batch(v, b, decoding=spec))
   t0 = time.perf_counter()
   compiled = fn.lower(variables, batch).compile()
   compile_s = time.perf_counter() - t0
@@ -40,7 +42,7 @@ def _case(model: OFAModel, variables, batch, settings: DecodeSettings,
                         warmup=1, repeats=repeats)
   b = batch[F.ENCODER_INPUT_TOKENS].shape[0]
   return {"compile_s": compile_s, **t,
-          "tokens_per_s": b * settings.max_len / t["median_s"]}
+          "tokens_per_s": b * spec.max_free_len / t["median_s"]}
 
 
 def _encode_time(model: OFAModel, variables, batch, *, repeats: int) -> float:
@@ -55,7 +57,7 @@ def _encode_time(model: OFAModel, variables, batch, *, repeats: int) -> float:
 def _batch(cfg, batch_size: int, text_length: int, image_size: int):
   full = common.train_batch(cfg, batch_size=batch_size, text_length=text_length,
                             decoder_length=2, image_size=image_size)
-  keep = (F.ENCODER_INPUT_TOKENS, F.IMAGES, F.IMAGE_MASK)
+  keep = (F.ENCODER_INPUT_TOKENS, image_features.IMAGES, image_features.IMAGE_MASK)
   return {k: full[k] for k in keep if k in full}, full
 
 
@@ -90,12 +92,14 @@ def run_lengths(*, preset: str, lengths: Sequence[int], kind: str,
         if not use_cache and uncached_max_length is not None and (
             length > uncached_max_length):
           continue
-        # Image generation: `length` codes, then `</s>`.
-        max_len = length + 1 if kind == "image_codes" else length
-        settings = DecodeSettings(kind=kind, method=method, beam_size=beams,
-                                  max_len=max_len, max_prompt_len=0,
-                                  min_len=max_len - 1, use_cache=use_cache)
-        res = _case(model, variables, batch, settings, repeats=repeats)
+        # `length` positions: text is length - 1 tokens then `</s>`; image
+        # generation `length` codes, then `</s>`.
+        free = length if kind == "image_codes" else length - 1
+        spec = DecodingSpec(kind=kind, method=method, beam_size=beams,
+                            max_len=free, min_len=free, max_prompt_len=0,
+                            use_cache=use_cache)
+        max_len = spec.max_free_len
+        res = _case(model, variables, batch, spec, repeats=repeats)
         loop_s = max(res["median_s"] - enc, 1e-9)
         res["encoder_s"] = enc
         res["loop_tokens_per_s"] = batch_size * max_len / loop_s

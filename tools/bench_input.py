@@ -18,6 +18,8 @@ from typing import Any, Mapping, Optional, Sequence
 
 from ofa_jax import features as F
 
+from ofa_jax.modalities import image_features
+
 
 def pipeline_rate(name: str, lengths: Mapping[str, int], *, batch_size: int,
                   num_batches: int, warmup_batches: int = 3,
@@ -81,6 +83,6 @@ def run(*, image_size: int = 64, batch_size: int = 32, num_batches: int = 10,
           "encoder_length")},
       "pipeline_over_train_step": {
           p["name"]: p["examples_per_s"] / step_rate for p in pipes},
-      "note": (f"{F.IMAGES} generated and preprocessed on the host by the demo "
-               "world; train step on the same host, so they share its cores"),
+      "note": (f"{image_features.IMAGES} generated and preprocessed on the host "
+               "by the demo world; train step on the same host, so they share its cores"),
   }

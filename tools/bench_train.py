@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 
 from ofa_jax import features as F
+
+from ofa_jax.modalities import image_features
 from ofa_jax import flops as flops_lib
 from ofa_jax import optimizers
 from ofa_jax import train_state as train_state_lib
@@ -115,7 +117,7 @@ def _breakdown(model: OFAModel, cfg, state, batch, rng, *, repeats: int,
   """Seconds of nested sub-computations of the step on the same batch."""
   params = state.params
   stats = state.model_state["batch_stats"]
-  images = batch.get(F.IMAGES)
+  images = batch.get(image_features.IMAGES)
 
   def resnet_fwd(p, s, imgs):
     b, ni = imgs.shape[:2]

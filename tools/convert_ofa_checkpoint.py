@@ -10,10 +10,13 @@ Usage:
       [--vocab_dir DIR] [--override vocab_size=59457] [--ignore REGEX] \
       [--allow_pickle] [--force]
 
-Writes ``OUT_DIR/checkpoint`` (orbax: ``{"params", "batch_stats"}``, read it
-with ``ofa_jax.checkpoint_conversion.load_converted``), ``OUT_DIR/conversion.json``
-(config name and overrides, source, detected naming) and, with ``--vocab_dir``,
-copies OFA's BPE files (``encoder.json``, ``vocab.bpe``, ``dict.txt``) next to it.
+Writes a model directory (its layout is ``ofa_jax.run_dir``'s):
+``OUT_DIR/checkpoint`` (orbax: ``{"params", "batch_stats"}``, read it with
+``ofa_jax.checkpoint_conversion.load_converted``), ``OUT_DIR/conversion.json``
+(config name and overrides, source, detected naming), ``OUT_DIR/model_config.json``
+(the network and vocabulary, so that ``Generalist.load(OUT_DIR)`` needs no
+arguments) and, with ``--vocab_dir``, OFA's BPE files (``encoder.json``,
+``vocab.bpe``, ``dict.txt``) next to them.
 
 Loading uses ``torch.load(weights_only=True)``. Released fairseq files also
 pickle their training arguments, which that refuses; pass ``--allow_pickle``
@@ -26,13 +29,14 @@ import argparse
 import ast
 import hashlib
 import os
-import shutil
 import sys
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-BPE_FILES = ("encoder.json", "vocab.bpe", "dict.txt")
+from ofa_jax import run_dir
+
+BPE_FILES = run_dir.BPE_FILES
 _STATE_DICT_KEYS = ("model", "state_dict", "module")
 
 
@@ -105,19 +109,6 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
   return out
 
 
-def copy_vocab(vocab_dir: str, out_dir: str) -> list[str]:
-  """Copies OFA's BPE files; all three must be there."""
-  missing = [f for f in BPE_FILES
-             if not os.path.isfile(os.path.join(vocab_dir, f))]
-  if missing:
-    raise FileNotFoundError(
-        f"--vocab_dir {vocab_dir}: missing {missing} (OFA's BPE needs "
-        f"{list(BPE_FILES)})")
-  for f in BPE_FILES:
-    shutil.copyfile(os.path.join(vocab_dir, f), os.path.join(out_dir, f))
-  return list(BPE_FILES)
-
-
 def _sha256(path: str) -> str:
   h = hashlib.sha256()
   with open(path, "rb") as f:
@@ -131,30 +122,56 @@ def convert(in_path: str, out_dir: str, size: str, *,
             vocab_dir: str | None = None, ignore: Sequence[str] = (),
             allow_pickle: bool = False, force: bool = False) -> dict[str, Any]:
   """The whole tool as a function; returns the metadata it wrote."""
-  from ofa_jax import checkpoint_conversion as cc  # pylint: disable=g-import-not-at-top
-  from ofa_jax.model import config as config_lib  # pylint: disable=g-import-not-at-top
-  overrides = dict(overrides or {})
-  config = config_lib.get_config(size, **overrides)
-  if (os.path.exists(os.path.join(out_dir, cc.CHECKPOINT_SUBDIR))
-      and not force):
+  _refuse_to_overwrite(out_dir, force)
+  state_dict = load_torch_state_dict(in_path, allow_pickle=allow_pickle)
+  return write_model_dir(
+      state_dict, out_dir, size, overrides=overrides, vocab_dir=vocab_dir,
+      ignore=ignore, force=force,
+      source={"source": os.path.abspath(in_path),
+              "source_sha256": _sha256(in_path)})
+
+
+def _refuse_to_overwrite(out_dir: str, force: bool) -> None:
+  if run_dir.holds_converted_checkpoint(out_dir) and not force:
     raise FileExistsError(
         f"{out_dir} already holds a converted checkpoint; pass --force")
-  state_dict = load_torch_state_dict(in_path, allow_pickle=allow_pickle)
+
+
+def write_model_dir(state_dict: Mapping[str, Any], out_dir: str, size: str, *,
+                    overrides: Mapping[str, Any] | None = None,
+                    vocab_dir: str | None = None, ignore: Sequence[str] = (),
+                    force: bool = False,
+                    source: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """Converts a loaded state dict into a model directory `Generalist.load` reads.
+
+  `source` is recorded in conversion.json (where the weights came from).
+  """
+  from ofa_jax import checkpoint_conversion as cc  # pylint: disable=g-import-not-at-top
+  from ofa_jax.api import model_spec  # pylint: disable=g-import-not-at-top
+  from ofa_jax.model import config as config_lib  # pylint: disable=g-import-not-at-top
+  _refuse_to_overwrite(out_dir, force)
+  overrides = dict(overrides or {})
+  config = config_lib.get_config(size, **overrides)
   variables, naming = cc.convert_state_dict(state_dict, config,
                                             ignore_patterns=ignore)
   metadata = {
       "config_name": size,
       "config_overrides": overrides,
-      "source": os.path.abspath(in_path),
-      "source_sha256": _sha256(in_path),
+      **dict(source or {}),
       "source_naming": naming,
       "ignored_patterns": list(ignore),
       "num_source_keys": len(state_dict),
   }
-  os.makedirs(out_dir, exist_ok=True)
   if vocab_dir:
-    metadata["vocab_files"] = copy_vocab(vocab_dir, out_dir)
+    try:
+      metadata["vocab_files"] = run_dir.copy_bpe_files(vocab_dir, out_dir)
+    except FileNotFoundError as e:
+      raise FileNotFoundError(f"--vocab_dir {e}") from None
   cc.save_converted(variables, out_dir, metadata, force=force)
+  # OFA's BPE vocabulary when its files came along; else the bundled default.
+  bpe = {"fn": "ofa_bpe_vocabulary", "num_codes": config.num_codes,
+         "num_bins": config.num_bins}
+  model_spec.save(out_dir, config, vocab_spec=bpe if vocab_dir else None)
   return metadata
 
 

@@ -5,6 +5,10 @@
         --sequence_length inputs=96 targets=32
     python tools/inspect_task.py my_task --register my_tasks:register -n 3
 
+A task whose streams no model piece consumes yet (an AUDIO, VIDEO or MOTION
+input, a dense target) is registered with `register_task(..., data_only=True)`:
+it is refused for training but inspects like any other.
+
 For each example: the task, the encoder sequence in instruction order (each token
 run decoded, with its ids, and each dense slot where the model will splice it in),
 the decoder targets token by token with their loss mask and kind (prompt tokens
@@ -38,12 +42,14 @@ _KIND_NAMES = {0: "pad", 1: "text", 2: "bin", 3: "code"}
 
 def _parse_lengths(items: Sequence[str], defaults: Mapping[str, int]
                    ) -> dict[str, int]:
+  from ofa_jax import modalities
   lengths = dict(defaults)
+  known = set(lengths) | set(modalities.length_keys())
   for item in items:
     key, sep, value = item.partition("=")
-    if not sep or key not in lengths:
+    if not sep or key not in known:
       raise SystemExit(f"--sequence_length expects KEY=INT with KEY in "
-                       f"{sorted(lengths)}, got {item!r}")
+                       f"{sorted(known)}, got {item!r}")
     try:
       lengths[key] = int(value)
     except ValueError:
@@ -68,21 +74,11 @@ def _stats(x: np.ndarray) -> str:
 def _encoder_lines(ex: Mapping[str, np.ndarray], vocab) -> list[str]:
   """Runs of tokens and dense slots interleaved in instruction order."""
   from ofa_jax import features as F
+  from ofa_jax import modalities
   inputs = ex[F.INPUTS].tolist()
-  slots = []  # (text_offset, rank, description)
-  for k, (off, rank, mask) in enumerate(zip(ex[F.IMAGE_TEXT_OFFSET],
-                                            ex[F.IMAGE_SLOT_RANK],
-                                            ex[F.IMAGE_MASK])):
-    slots.append((int(off), int(rank), f"IMAGE #{k} mask={int(mask)} "
-                  f"{_stats(ex[F.IMAGES][k])}"))
-  for stream in (F.AUDIO, F.VIDEO, F.MOTION):
-    mask = ex[f"{stream}_mask"]
-    if mask.size and mask.sum() > 0:
-      slots.append((int(ex[f"{stream}_text_offset"][0]),
-                    int(ex[f"{stream}_slot_rank"][0]),
-                    f"{stream.upper()} frames={int(mask.sum())}/{mask.size} "
-                    f"{_stats(ex[stream])}"))
-  slots.sort()
+  # (text_offset, rank, description) of every present dense input slot.
+  slots = [(off, rank, desc)
+           for off, rank, _, desc in modalities.input_placements(ex)]
   lines = []
   # Cut the tokens where dense slots go; print each piece after its slots.
   bounds = sorted({0, len(inputs), *[o for o, _, _ in slots]})
@@ -113,6 +109,7 @@ def inspect(name: str, n: int, split: str, lengths: Mapping[str, int],
             out: TextIO = sys.stdout, seed: int = 0) -> None:
   import seqio
   from ofa_jax import features as F
+  from ofa_jax import modalities
   from ofa_jax import plan as plan_lib
   from ofa_jax.feature_converter import OFAFeatureConverter
 
@@ -146,16 +143,21 @@ def inspect(name: str, n: int, split: str, lengths: Mapping[str, int],
     print(f"  sample_weight={float(ex[F.SAMPLE_WEIGHT])} task_id={int(ex[F.TASK_ID])}",
           file=out)
     print("  dense streams:", file=out)
-    for key in (F.IMAGES, F.AUDIO, F.VIDEO, F.MOTION, F.TARGET_IMAGE,
-                F.TARGET_AUDIO, F.TARGET_MOTION):
-      companions = ", ".join(f"{c}={ex[c].tolist()}" for c in F.DENSE_STREAMS[key]
-                             if c != F.IMAGE_GEOMETRY and ex[c].size <= 8)
-      print(f"    {key}: {_stats(ex[key])}  {companions}", file=out)
-    if ex[F.IMAGE_GEOMETRY].size:
-      print(f"    image_geometry (orig_h, orig_w, sy, sx, oy, ox): "
-            f"{np.round(ex[F.IMAGE_GEOMETRY], 3).tolist()}", file=out)
+    for modality in modalities.dense_modalities():
+      for side in (modality.input_streams, modality.target_streams):
+        if not side:
+          continue
+        primary, companions = side[0], side[1:]
+        small = ", ".join(f"{c.name}={np.round(ex[c.name], 3).tolist()}"
+                          for c in companions if ex[c.name].size <= 8)
+        print(f"    {primary.name}: {_stats(ex[primary.name])}  {small}",
+              file=out)
   converter = OFAFeatureConverter(pack=False)
   model_ds = converter(ds.take(max(n, 1)), lengths)
+  data_only = sorted(t.name for t in tasks
+                     if getattr(getattr(t, "plan", None), "data_only", False))
+  if data_only:
+    print(f"\ndata-side only (inspection; not trainable): {data_only}", file=out)
   print("\nmodel features (per example, before batching):", file=out)
   for key, spec in sorted(model_ds.element_spec.items()):
     print(f"  {key}: {spec.dtype.name}{spec.shape.as_list()}", file=out)

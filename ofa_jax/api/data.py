@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import os
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -20,9 +19,8 @@ import tensorflow as tf
 
 from ofa_jax import features as F
 from ofa_jax import instructions
+from ofa_jax import modalities
 from ofa_jax.results import Result
-
-M = F.Modality
 _BUCKET = 16  # token lengths are rounded up to a multiple: fewer recompilations
 
 
@@ -33,7 +31,8 @@ class Prepared:
   plan: Any
   examples: list[dict[str, np.ndarray]]  # task features (for postprocessing)
   model_rows: list[dict[str, np.ndarray]]  # model features, static shapes
-  images: list[Any]  # each example's first input image as given (or None)
+  # Each example's first geometry-giving input (an image) as given, or None.
+  images: list[Any]
   postprocess: Callable[..., Any]
 
 
@@ -43,64 +42,15 @@ def task_name_of(instruction: str) -> str:
   return f"_ofa_api_{digest}_{os.getpid()}"
 
 
-def _image_value(value: Any, where: str) -> Any:
-  """Paths and bytes pass; arrays and PIL images become PNG bytes (one dtype)."""
-  if isinstance(value, (str, os.PathLike)):
-    path = os.fspath(value)
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f"{where}: image file {path!r} does not exist")
-    return path
-  if isinstance(value, (bytes, bytearray)):
-    return bytes(value)
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  if isinstance(value, Image.Image):
-    image = value.convert("RGB")
-  else:
-    arr = np.asarray(value)
-    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4):
-      raise ValueError(f"{where}: an image must be a path, encoded bytes, a PIL "
-                       f"image or uint8 [H, W, 3]; got {arr.dtype} {arr.shape}")
-    image = Image.fromarray(arr[..., :3] if arr.shape[-1] != 1 else arr[..., 0])
-    image = image.convert("RGB")
-  buf = io.BytesIO()
-  image.save(buf, format="PNG")
-  return buf.getvalue()
-
-
-def _tensor(value: Any, modality: M, where: str) -> tf.Tensor:
-  if modality == M.IMAGE:
-    return tf.constant(_image_value(value, where))
-  if isinstance(value, (str, bytes)):
-    return tf.constant(value)
-  if modality == M.BOX:
-    arr = np.asarray(value, np.float32)
-    if arr.shape[-1:] != (4,):
-      raise ValueError(f"{where}: a box is 4 numbers (x0, y0, x1, y1), got shape "
-                       f"{arr.shape}")
-    return tf.constant(arr)
-  if isinstance(value, (list, tuple)) and value and all(
-      isinstance(v, str) for v in value):
-    return tf.constant(list(value), tf.string)
-  arr = np.asarray(value)
-  if arr.dtype.kind == "f":
-    arr = arr.astype(np.float32)
-  elif arr.dtype.kind in "iu":
-    arr = arr.astype(np.int32)
-  elif arr.dtype.kind in "OUS":
-    return tf.constant(arr.astype(str).tolist(), tf.string)
-  return tf.constant(arr)
+def _tensor(value: Any, modality: str, where: str) -> tf.Tensor:
+  """A user's Python value -> a source tensor, as the slot's modality converts it."""
+  return modalities.get(modality).to_tensor(value, where)
 
 
 def _placeholder(slot: Any, grouped: bool, labels: Optional[Sequence[str]]
                  ) -> tf.Tensor:
   """The value of a target field the user cannot give (it is what we predict)."""
-  if slot.modality == M.BOX:
-    return tf.zeros([0, 4] if grouped else [4], tf.float32)
-  if slot.modality == M.IMAGE:
-    return tf.constant(_image_value(np.zeros((8, 8, 3), np.uint8), "placeholder"))
-  if grouped:
-    return tf.zeros([0], tf.string)
-  return tf.constant(labels[0] if labels else "")
+  return modalities.get(slot.modality).placeholder(grouped, labels)
 
 
 def _target_fields(template: instructions.Template
@@ -169,7 +119,7 @@ def feature_lengths(examples: Sequence[Mapping[str, np.ndarray]],
                      f"model's max_source_positions={max_source_positions}")
   lengths[F.INPUTS] = _bucket(longest_in, max_source_positions)
   lengths[F.TARGETS] = _bucket(max(len(ex[F.TARGETS]) for ex in examples))
-  for key in F.LENGTH_KEYS:
+  for key in modalities.length_keys():
     if key not in lengths:
       lengths[key] = max(int(np.shape(ex[key])[0]) for ex in examples)
   return lengths
@@ -205,7 +155,8 @@ def prepare(instruction: str, rows: Sequence[Mapping[str, Any]], *,
   finally:
     seqio.TaskRegistry.remove(name)
   image_fields = [s.name for s in template.alternatives[0].source_slots()
-                  if s.modality == M.IMAGE and s.name is not None]
+                  if s.name is not None and getattr(
+                      modalities.get(s.modality), "provides_geometry", False)]
   images = [row.get(image_fields[0]) if image_fields else None for row in rows]
   return Prepared(plan=task.plan, examples=examples, model_rows=model_rows,
                   images=images, postprocess=task.postprocess_fn)
@@ -214,14 +165,11 @@ def prepare(instruction: str, rows: Sequence[Mapping[str, Any]], *,
 def to_result(prepared: Prepared, i: int, tokens: np.ndarray, score: float,
               kind: str) -> Result:
   """The typed result of example `i` from its decoded tokens."""
-  from ofa_jax.plan import pipeline as plan_pipeline  # pylint: disable=g-import-not-at-top
+  from ofa_jax.decoding import prompts  # pylint: disable=g-import-not-at-top
   vocab = prepared.plan.vocab
   ex = prepared.examples[i]
   decoded = vocab.decode([int(t) for t in np.asarray(tokens).reshape(-1)])
-  text = decoded.strip()
-  prompt = plan_pipeline.prompt_text(ex, vocab)
-  if prompt and text.startswith(prompt):
-    text = text[len(prompt):].strip()
+  text = prompts.answer_text(decoded, ex, vocab)
   value = prepared.postprocess(decoded, example=ex, is_target=False)
   return Result.from_prediction(text=text, value=value, score=score, kind=kind,
                                 tokens=tokens, image=prepared.images[i])

@@ -25,9 +25,12 @@ from typing import Any, Mapping, Optional, Sequence
 import jax
 import numpy as np
 
+from ofa_jax import instructions
 from ofa_jax.api import data as api_data
+from ofa_jax.decoding import prompts
+from ofa_jax.decoding import spec as decoding_spec
+from ofa_jax.decoding.spec import DecodingSpec
 from ofa_jax.evaluation import runner as lib
-from ofa_jax import features as F
 from ofa_jax.results import Result
 
 PyTree = Any
@@ -65,22 +68,25 @@ class Generalist:
            task_options: Optional[Mapping[str, Any]] = None,
            partitioner: Any = None) -> "Generalist":
     """Restores the parameters of `model_dir` (a training MODEL_DIR, one of its
-    step folders, or a converted OFA checkpoint).
+    step folders, or a converted OFA checkpoint: what each holds is
+    `ofa_jax.run_dir`'s).
 
     The network comes from `config` (an `OFAConfig`, a preset name, or a dict
-    `{"name": preset, **overrides}`), else from `<model_dir>/model_config.json`
-    (`save_model_config`), else from the run's `config.gin`. The vocabulary
-    likewise (default: the bundled one). Task options (image size, ...) come
-    from `task_options` or model_config.json.
+    `{"name": preset, **overrides}`), else from the directory's
+    `model_config.json` (`save_model_config`; the trainer and the converter
+    write it), else from the run's `config.gin`. The vocabulary likewise (a
+    converted checkpoint's OFA BPE files; default: the bundled one). Task
+    options (image size, ...) come from `task_options` or model_config.json.
     """
     from ofa_jax.api import model_spec as api_config  # pylint: disable=g-import-not-at-top
+    from ofa_jax import checkpoints  # pylint: disable=g-import-not-at-top
     from ofa_jax import models  # pylint: disable=g-import-not-at-top
     spec = api_config.resolve(model_dir, config=config, vocabulary=vocabulary)
     model = models.OFAModel(spec.config, spec.vocabulary)
     options = {**spec.task_options, **dict(task_options or {})}
     batch = api_config.dummy_model_batch(spec.config,
                                          int(options.get("image_size", 32)))
-    variables = lib.load_variables(model_dir, model, batch, partitioner)
+    variables = checkpoints.load_variables(model_dir, model, batch, partitioner)
     return cls(model, variables, task_options=options, partitioner=partitioner)
 
   # ---- inference ---------------------------------------------------------------
@@ -89,20 +95,24 @@ class Generalist:
                 beam_size: Optional[int] = None, max_len: Optional[int] = None,
                 min_len: Optional[int] = None,
                 closed_set: Optional[Sequence[str]] = None,
-                sampling: bool = False, temperature: float = 1.0, top_k: int = 0,
-                top_p: float = 1.0, no_repeat_ngram_size: int = 0,
+                sampling: bool = False, temperature: Optional[float] = None,
+                top_k: Optional[int] = None, top_p: Optional[float] = None,
+                no_repeat_ngram_size: Optional[int] = None,
                 length_penalty: Optional[float] = None, batch_size: int = 8,
                 seed: int = 0) -> Result | list[Result]:
     """Runs `instruction` on one example (a dict) or several (a list of dicts).
 
     Keys of a dict are the field names of the instruction's slots: an image is
     a path, encoded bytes, a uint8 [H, W, 3] array or a PIL image; text a str; a
-    box 4 pixel coordinates (x0, y0, x1, y1). Decoding keywords override the
-    plan's defaults: `beam_size`, `max_len` / `min_len` (free tokens before
-    `</s>`; text targets only), `closed_set` (labels: trie-constrained decoding),
-    `sampling` with `temperature`, `top_k`, `top_p`, and `no_repeat_ngram_size`.
-    Examples are decoded `batch_size` at a time (one compiled program; the last
-    batch is padded).
+    box 4 pixel coordinates (x0, y0, x1, y1). Decoding keywords given (not
+    None) override the plan's `DecodingSpec`: `beam_size`, `max_len` / `min_len`
+    (free tokens before `</s>`; free-length targets only), `sampling` with
+    `temperature`, `top_k`, `top_p`, `no_repeat_ngram_size`, `length_penalty`.
+    `closed_set` (labels) makes the answer slot a closed set exactly as at
+    training: the instruction's answer slot gets the `closed_set` attribute and
+    the plan builds the label trie (with the slot's `uncased` /
+    `no_punctuation`). Examples are decoded `batch_size` at a time (one compiled
+    program; the last batch is padded).
     """
     single = isinstance(data, Mapping)
     rows = [data] if single else list(data)
@@ -113,22 +123,20 @@ class Generalist:
         raise TypeError(f"inference: data[{i}] is a {type(row).__name__}, "
                         "expected a dict of fields")
     labels = None if closed_set is None else tuple(str(x) for x in closed_set)
+    if labels is not None:
+      instruction = closed_set_instruction(instruction)
     prepared = api_data.prepare(
         instruction, rows, vocabulary=self.vocabulary, options=self.task_options,
         closed_set=labels, converter=self._converter,
         max_source_positions=self.model.config.max_source_positions)
-    overrides = {"beam_size": beam_size, "max_len": max_len, "min_len": min_len,
-                 "sampling": sampling or None}
-    settings = {"temperature": temperature, "top_k": top_k, "top_p": top_p,
-                "no_repeat_ngram_size": no_repeat_ngram_size}
-    if length_penalty is not None:
-      settings["length_penalty"] = length_penalty
-    decoding = lib.with_prompt_room(
-        _decoding(prepared.plan, labels, overrides, settings),
+    decoding = prompts.with_prompt_room(
+        _decoding(prepared.plan, {
+            "beam_size": beam_size, "max_len": max_len, "min_len": min_len,
+            "sampling": sampling, "temperature": temperature, "top_k": top_k,
+            "top_p": top_p, "no_repeat_ngram_size": no_repeat_ngram_size,
+            "length_penalty": length_penalty}),
         lambda: prepared.model_rows)
-    key = (instruction, labels, tuple(sorted(overrides.items())),
-           tuple(sorted(settings.items())),
-           getattr(decoding.settings, "max_prompt_len", None))
+    key = (instruction,)  # the runner adds decoding.cache_key()
     runner = self._runner(batch_size)
     variables = self._get_variables(prepared.model_rows[0])
     rng = jax.random.key(seed)
@@ -138,7 +146,7 @@ class Generalist:
       tokens, scores = runner.predict(key, decoding, variables, batch,
                                       jax.random.fold_in(rng, k))
       outputs.extend((tokens[j], float(scores[j])) for j in range(n))
-    kind = decoding.settings.kind
+    kind = decoding.kind
     results = [api_data.to_result(prepared, i, tokens, score, kind)
                for i, (tokens, score) in enumerate(outputs)]
     return results[0] if single else results
@@ -156,32 +164,43 @@ class Generalist:
     return self._variables
 
 
-def _decoding(plan: Any, labels: Optional[tuple[str, ...]],
-              overrides: Mapping[str, Any], settings: Mapping[str, Any]
-              ) -> lib.TaskDecoding:
-  """The plan's decoding with the call's keyword overrides applied."""
-  from ofa_jax import models  # pylint: disable=g-import-not-at-top
-  spec = plan.decoding
-  if labels is not None and spec.kind != "closed_set":
-    if spec.kind != "text":
-      raise ValueError(f"closed_set= needs a text target; the instruction's target "
-                       f"decodes as {spec.kind!r}")
-    trie = plan.processors[F.Modality.TEXT].label_trie(plan.vocab, list(labels))
-    longest = max(len(s) for s in trie.sequences) - 1
-    spec = dataclasses.replace(spec, kind="closed_set", labels=labels, trie=trie,
-                               max_len=longest)
+def closed_set_instruction(instruction: str) -> str:
+  """The instruction with `closed_set` on each alternative's answer slot.
+
+  Why: a closed set given at inference time must decode like one declared at
+  training, so it goes through the plan's registration (one trie, built with
+  the slot's normalisation and lengths) instead of a trie of the API's own.
+  """
+  template = instructions.parse_template(instruction)
+  alternatives = []
+  for alt in template.alternatives:
+    slot = alt.label_slot()
+    if slot is None:
+      raise ValueError(f"closed_set= needs an answer slot; {instruction!r} has no "
+                       "target slot")
+    if slot.has("closed_set"):
+      alternatives.append(alt.to_string())
+      continue
+    if slot not in alt.target:
+      raise ValueError(f"closed_set= needs the answer slot on its own; in "
+                       f"{instruction!r} {slot.to_string()} is inside a group")
+    marked = dataclasses.replace(
+        slot, attrs=instructions.Attrs({**dict(slot.attrs), "closed_set": True}))
+    target = tuple(marked if e == slot else e for e in alt.target)
+    alternatives.append(dataclasses.replace(alt, target=target).to_string())
+  return " ||| ".join(alternatives)
+
+
+def _decoding(plan: Any, overrides: Mapping[str, Any]) -> DecodingSpec:
+  """The plan's spec with the call's keyword overrides (None: not given)."""
+  spec = plan.decoding.require_token_decoder("inference")
   changes = {k: v for k, v in overrides.items() if v is not None}
   # Only free-length targets take length overrides: a box, a closed-set label
   # and an image's codes have fixed lengths.
-  if spec.kind not in ("text", "text_and_boxes"):
+  if spec.kind in decoding_spec.FIXED_LENGTH_KINDS:
     for k in ("max_len", "min_len"):
       changes.pop(k, None)
-  if changes:
-    spec = dataclasses.replace(spec, **changes)
-  if spec.kind not in models.DecodeSettings.KINDS:
-    raise ValueError(f"the instruction's target decodes as {spec.kind!r}, which "
-                     "the token decoder cannot produce")
-  return lib.TaskDecoding(settings=models.DecodeSettings.from_spec(spec, **settings))
+  return spec.replace(**changes)
 
 
 def save_model_config(model_dir: str, config: Any, *, vocabulary: Any = None,

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ofa_jax import features
+from ofa_jax import trie as trie_lib
 
 PyTree = Any
 
@@ -229,44 +230,28 @@ class DenseTrie:
   @classmethod
   def from_sequences(cls, sequences: Iterable[Sequence[int]]) -> "DenseTrie":
     """Each sequence is an answer's free tokens, normally ending with `</s>`."""
-    children: list[dict[int, int]] = [{}]
-    count = 0
-    for seq in sequences:
-      count += 1
-      node = 0
-      for tok in seq:
-        tok = int(tok)
-        if tok < 0:
-          raise ValueError(
-              f"DenseTrie: negative token {tok} in sequence {list(seq)}")
-        nxt = children[node].get(tok)
-        if nxt is None:
-          nxt = len(children)
-          children[node][tok] = nxt
-          children.append({})
-        node = nxt
-    if count == 0:
+    seqs = [[int(t) for t in seq] for seq in sequences]
+    if not seqs:
       raise ValueError("DenseTrie.from_sequences: the closed set is empty")
-    return cls.from_children(dict(enumerate(children)))
+    for seq in seqs:
+      if any(t < 0 for t in seq):
+        raise ValueError(f"DenseTrie: negative token in sequence {seq}")
+    return cls.from_trie(trie_lib.Trie.from_sequences(seqs, bos_id=None))
 
   @classmethod
   def from_children(cls, children: Mapping[int, Mapping[int, int]]) -> "DenseTrie":
-    """From {node: {token: child}} with root 0 (e.g. a host-side trie's tables)."""
+    """From {node: {token: child}} with root 0 (`Trie.children()`)."""
     edges = [(p, t, c) for p, kids in children.items() for t, c in kids.items()]
     arr = np.array(edges, np.int32).reshape(-1, 3)
     return cls(parent=arr[:, 0].copy(), token=arr[:, 1].copy(),
                child=arr[:, 2].copy(), start=np.int32(0))
 
   @classmethod
-  def from_tables(cls, tables: Any) -> "DenseTrie":
-    """From `ofa_jax.trie.TrieTables` (or `Trie`): its sequences start with <s>,
-    so free decoding starts at `tables.start`, the node after <s>."""
-    if hasattr(tables, "tables"):
-      tables = tables.tables()
-    return cls(parent=np.asarray(tables.edge_parent, np.int32),
-               token=np.asarray(tables.edge_token, np.int32),
-               child=np.asarray(tables.edge_child, np.int32),
-               start=np.int32(tables.start))
+  def from_trie(cls, trie: Any) -> "DenseTrie":
+    """From the host `ofa_jax.trie.Trie` the plan builds: its sequences start
+    with <s>, so free decoding starts at `trie.start`, the node after <s>."""
+    dense = cls.from_children(dict(enumerate(trie.children())))
+    return dense.replace(start=np.int32(trie.start))
 
   @property
   def num_edges(self) -> int:
@@ -283,6 +268,11 @@ class DenseTrie:
 
     return DenseTrie(parent=pad(self.parent, -2), token=pad(self.token, 0),
                      child=pad(self.child, -1), start=self.start)
+
+
+def as_dense_trie(trie: Any) -> DenseTrie:
+  """A `DenseTrie` as is; a host `ofa_jax.trie.Trie` converted (`from_trie`)."""
+  return trie if isinstance(trie, DenseTrie) else DenseTrie.from_trie(trie)
 
 
 @flax.struct.dataclass

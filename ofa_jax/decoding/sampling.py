@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from ofa_jax.decoding import search as decoding
 from ofa_jax.decoding import constraints as dc
+from ofa_jax.decoding import prompts
 
 PyTree = Any
 NEG_INF = decoding.NEG_INF
@@ -96,8 +97,8 @@ def temperature_sample(tokens_to_logits: decoding.TokensToLogits,
     raise ValueError("temperature_sample needs an rng unless it is greedy "
                      "(top_k=1 or temperature=0)")
   rows = b * n
-  f_tok, f_len = decoding._forced_rows(  # pylint: disable=protected-access
-      forced_tokens, forced_lengths, b, length, n)
+  f_tok, f_len = prompts.prompt_rows(forced_tokens, forced_lengths, b, length,
+                                     n)
   seqs0 = jnp.full((rows, length + 1), rules.pad_id, jnp.int32)
   seqs0 = seqs0.at[:, 0].set(rules.bos_id)
   carry0 = _SampleCarry(

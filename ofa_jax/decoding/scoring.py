@@ -18,8 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ofa_jax.decoding import search as decoding
 from ofa_jax.decoding import constraints as dc
+from ofa_jax.decoding import prompts
+from ofa_jax.decoding import search as decoding
 from ofa_jax import features as F
 
 Array = jax.Array
@@ -60,12 +61,13 @@ def score_candidates(module: nn.Module, variables: Mapping[str, Any],
   Args:
     module: an `OFATransformer` (with `encode` and `decode`).
     variables: its variables (eval mode: BatchNorm running statistics).
-    batch: model features; a forced prompt (leading no-loss targets) precedes
+    batch: model features; the forced prompt (`decoding.prompts`) precedes
       each candidate, as in decoding.
     candidates: int [C, Lc] answer tokens after `<s>`, each ending with `</s>`,
       padded with `<pad>`; or an `ofa_jax.trie.Trie` / a closed-set
-      `plan.DecodingSpec` (its trie's sequences, in insertion order).
-    trie: the closed set's trie (default: built from the candidates).
+      `DecodingSpec` (its trie's sequences, in insertion order).
+    trie: the closed set's trie, host `Trie` or `DenseTrie` (default: the
+      candidates').
     chunk: candidates per decoder call.
     mask_with_trie: mask logits to the trie's children before the log-softmax.
 
@@ -74,16 +76,17 @@ def score_candidates(module: nn.Module, variables: Mapping[str, Any],
     log-probs of the candidate tokens).
   """
   if hasattr(candidates, "trie") and not hasattr(candidates, "sequences"):
-    candidates = candidates.trie  # a plan.DecodingSpec of a closed set
+    candidates = candidates.trie  # a closed-set DecodingSpec
   if hasattr(candidates, "sequences"):  # an ofa_jax.trie.Trie
     if trie is None:
-      trie = dc.DenseTrie.from_tables(candidates)
+      trie = candidates
     candidates = candidates_from_trie(candidates)
   cands = _check_candidates(candidates)
   num, lc = cands.shape
   if trie is None:
     trie = dc.DenseTrie.from_sequences(
         [list(row[row != F.PAD_ID]) for row in cands])
+  trie = dc.as_dense_trie(trie)
   states = candidate_trie_states(trie, cands)
   chunk = max(1, min(int(chunk), num))
   extra = (-num) % chunk
@@ -93,13 +96,7 @@ def score_candidates(module: nn.Module, variables: Mapping[str, Any],
 
   encoded = module.apply(variables, batch, train=False, method=module.encode)
   b = encoded.hidden.shape[0]
-  targets = batch.get(F.DECODER_TARGET_TOKENS)
-  if targets is not None and F.DECODER_LOSS_WEIGHTS in batch:
-    prompt, plen = decoding.forced_prompt_from_targets(
-        targets, batch[F.DECODER_LOSS_WEIGHTS])
-  else:
-    prompt = jnp.zeros((b, 0), jnp.int32)
-    plen = jnp.zeros((b,), jnp.int32)
+  prompt, plen = prompts.batch_prompt(batch)
   total = prompt.shape[1] + lc
   prompt = jnp.pad(prompt, ((0, 0), (0, lc)), constant_values=F.PAD_ID)
   t = jnp.arange(total)

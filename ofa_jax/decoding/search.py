@@ -31,10 +31,10 @@ from typing import Any, Callable, Optional, Sequence
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ofa_jax import features
 from ofa_jax.decoding import constraints as dc
+from ofa_jax.decoding import prompts
 
 PyTree = Any
 NEG_INF = float("-inf")
@@ -157,19 +157,6 @@ def gather_rows(tree: PyTree, src: jax.Array, batch_size: int, k: int) -> PyTree
   return jax.tree_util.tree_map(one, tree)
 
 
-def forced_prompt_from_targets(target_tokens: jax.Array, loss_weights: jax.Array,
-                               pad_id: int = features.PAD_ID
-                               ) -> tuple[jax.Array, jax.Array]:
-  """(forced_tokens [B, L], forced_lengths [B]) from decoder targets.
-
-  The prompt is the leading run of non-pad targets that carry no loss (a
-  `no_loss` target slot, or plain target text); free decoding starts after it.
-  """
-  is_prompt = (target_tokens != pad_id) & (loss_weights == 0)
-  lengths = jnp.sum(jnp.cumprod(is_prompt.astype(jnp.int32), axis=1), axis=1)
-  return target_tokens.astype(jnp.int32), lengths.astype(jnp.int32)
-
-
 def banned_ngram_mask(seqs: jax.Array, t: jax.Array, n: int,
                       vocab_size: int) -> jax.Array:
   """bool [rows, V]: tokens that would repeat an n-gram of seqs[:, :t+1]."""
@@ -274,7 +261,7 @@ def beam_search(tokens_to_logits: TokensToLogits, init_cache: PyTree, *,
   if k < 1 or length < 1:
     raise ValueError(f"beam_search: beam_size={k} and max_decode_len={length} "
                      "must be >= 1")
-  f_tok, f_len = _forced_rows(forced_tokens, forced_lengths, b, length, k)
+  f_tok, f_len = prompts.prompt_rows(forced_tokens, forced_lengths, b, length, k)
   seqs0 = jnp.full((b, k, length + 1), rules.pad_id, jnp.int32)
   seqs0 = seqs0.at[:, :, 0].set(rules.bos_id)
   scores0 = jnp.full((b, k), NEG_INF, jnp.float32).at[:, 0].set(0.0)
@@ -352,42 +339,3 @@ def beam_search(tokens_to_logits: TokensToLogits, init_cache: PyTree, *,
   seqs = jax.vmap(lambda s, i: s[i])(seqs, order)[:, :, 1:]
   seqs = jnp.where((scores == NEG_INF)[:, :, None], rules.pad_id, seqs)
   return seqs, scores
-
-
-def _forced_rows(forced_tokens, forced_lengths, b: int, length: int, n: int):
-  """Per-row (tokens [B*n, L], lengths [B*n]) of the forced prompt."""
-  if forced_tokens is None:
-    if forced_lengths is not None:
-      raise ValueError("forced_lengths was given without forced_tokens")
-    return (jnp.full((b * n, length), features.PAD_ID, jnp.int32),
-            jnp.zeros((b * n,), jnp.int32))
-  if tuple(forced_tokens.shape) != (b, length):
-    raise ValueError(f"forced_tokens has shape {tuple(forced_tokens.shape)}; "
-                     f"expected [batch_size={b}, max_decode_len={length}]")
-  if forced_lengths is None:
-    raise ValueError("forced_tokens was given without forced_lengths")
-  return (expand_rows(jnp.asarray(forced_tokens, jnp.int32), n),
-          expand_rows(jnp.asarray(forced_lengths, jnp.int32), n))
-
-
-def answer_tokens(tokens: Any, prompt_lengths: Any = None,
-                  eos_id: int = features.EOS_ID) -> list:
-  """Host side: the free tokens of each decoded row, prompt and `</s>` removed.
-
-  tokens [B, L] (or [B, K, L]) as returned by the decoders; prompt_lengths [B].
-  Returns nested lists of ints with the same leading axes.
-  """
-  arr = np.asarray(tokens)
-  plen = (np.zeros(arr.shape[0], np.int64) if prompt_lengths is None
-          else np.asarray(prompt_lengths))
-
-  def one(row, start):
-    row = [int(x) for x in row[int(start):]]
-    return row[:row.index(eos_id)] if eos_id in row else row
-
-  if arr.ndim == 2:
-    return [one(r, p) for r, p in zip(arr, plen)]
-  if arr.ndim == 3:
-    return [[one(r, p) for r in rows] for rows, p in zip(arr, plen)]
-  raise ValueError(f"answer_tokens: tokens must be [B, L] or [B, K, L], got "
-                   f"shape {arr.shape}")

@@ -8,10 +8,10 @@ measurement indexes axis 0 of every task feature and fails on our rank-0
 features (`sample_weight`, `task_id`), so the few lines that cache each task's
 examples and convert them with the model's feature converter live here.
 
-What seqio cannot know is how an OFA task decodes; that comes from the task plan
-(`evaluation_lib.task_decoding`): beam search for text, exactly 4 bins for a box,
-the label trie (or all-candidate scoring) for a closed set, only codes for an
-image. We add a teacher-forced eval loss per task, and write for every task
+What seqio cannot know is how an OFA task decodes; that comes from the task's
+`DecodingSpec` (`TaskPlan.decoding`): beam search for text, exactly 4 bins for
+a box, the label trie (or all-candidate scoring) for a closed set, only codes
+for an image. We add a teacher-forced eval loss per task, and write for every task
 `<output_dir>/<task>_predictions.jsonl` (decoded input, target, prediction,
 score) next to `<output_dir>/metrics.json`.
 
@@ -22,7 +22,6 @@ every eval period: datasets are cached and nothing recompiles) and offline
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -33,9 +32,13 @@ import seqio
 import tensorflow as tf
 from seqio.metrics import ModelOutputType
 
+from ofa_jax import checkpoints
 from ofa_jax import feature_converter as fc_lib
+from ofa_jax import run_dir
 from ofa_jax.evaluation import runner as lib
 from ofa_jax import features as F
+from ofa_jax.decoding import prompts
+from ofa_jax.decoding import spec as decoding_spec
 
 PyTree = Any
 
@@ -47,7 +50,8 @@ class Evaluator:
     model: an `OFAModel` (or anything with its `predict_batch_with_aux`,
       `score_batch`, `loss_fn`, `get_initial_variables`, `split_variables`).
     mixture_or_task_name: a registered ofa_jax task or mixture.
-    task_feature_lengths: the lengths of `features.LENGTH_KEYS`; examples are
+    task_feature_lengths: the lengths of `modalities.length_keys()` (a missing
+      dense key: the stream is absent); examples are
       padded (and truncated, as the plan does) to them, so shapes are static.
     batch_size: rows per compiled batch; the last batch is padded.
     split: the split to evaluate.
@@ -56,8 +60,12 @@ class Evaluator:
     partitioner: an `ofa_jax.partitioning.Partitioner` (batches split over its
       `data` axis); None runs on the default device.
     feature_converter: default `model.FEATURE_CONVERTER_CLS(pack=False)`.
-    decode_overrides: `DecodeSettings` fields applied to every task (e.g.
-      {"beam_size": 1}); per task: {"task_name": {...}} under `task_overrides`.
+    decode_overrides: `DecodingSpec` fields applied to every task (e.g.
+      {"beam_size": 1}).
+    decoding_overrides: per task, {"task_name": {field: value}}, applied after
+      `decode_overrides` (gin: `evaluation.evaluate_checkpoint.decoding_overrides
+      = {'demo_caption': {'beam_size': 3}}`, or the trainer's `eval_kwargs`). An
+      unknown field or task name is an error before any work.
     score_candidates: force (True) or forbid (False) all-candidate scoring of
       closed sets; None follows each task's `score_candidates` option.
     eval_loss: also compute the teacher-forced loss per task.
@@ -72,7 +80,8 @@ class Evaluator:
                output_dir: Optional[str] = None, partitioner: Any = None,
                feature_converter: Optional[seqio.FeatureConverter] = None,
                decode_overrides: Optional[Mapping[str, Any]] = None,
-               task_overrides: Optional[Mapping[str, Mapping[str, Any]]] = None,
+               decoding_overrides: Optional[
+                   Mapping[str, Mapping[str, Any]]] = None,
                score_candidates: Optional[bool] = None, eval_loss: bool = True,
                require_metrics: bool = True, seed: int = 42):
     if feature_converter is None:
@@ -96,21 +105,26 @@ class Evaluator:
     self._task_ds: dict[str, tf.data.Dataset] = {}
     self._counts: dict[str, int] = {}  # examples per task, from the first pass
     self._model_ds: dict[str, tf.data.Dataset] = {}
-    self._decodings: dict[str, lib.TaskDecoding] = {}
+    self._decodings: dict[str, decoding_spec.DecodingSpec] = {}
+    overrides = decoding_spec.per_task_overrides(
+        self._tasks, decode_overrides, decoding_overrides, "Evaluator")
     skipped = []
     for task in tasks:
       plan = getattr(task, "plan", None)
       if plan is None:
         raise ValueError(f"Evaluator: task {task.name!r} is not an ofa_jax task "
                          "(register it with ofa_jax.plan.register_task)")
-      overrides = {**(decode_overrides or {}),
-                   **(task_overrides or {}).get(task.name, {})}
-      try:
-        self._decodings[task.name] = lib.task_decoding(
-            plan, score_candidates=score_candidates, **overrides)
-      except ValueError as e:
+      if plan.data_only:  # no model piece consumes a stream of it
+        raise ValueError(f"Evaluator: task {task.name!r} was registered with "
+                         "data_only=True (for inspection); it cannot be evaluated")
+      if not plan.decoding.is_token_kind:
         skipped.append(task.name)
-        logging.warning("Evaluator: skipping %s: %s", task.name, e)
+        logging.warning("Evaluator: skipping %s: its target decodes as %r, which "
+                        "has no token decoder", task.name, plan.decoding.kind)
+        continue
+      self._decodings[task.name] = decoding_spec.for_task(
+          plan.decoding, task.name, overrides=overrides[task.name],
+          score_candidates=score_candidates)
     self._skipped = tuple(skipped)
     if not self._decodings:
       raise ValueError(
@@ -174,7 +188,7 @@ class Evaluator:
   # ---------------------------------------------------------------------------
   def _predict_task(self, name: str, variables: dict, rng: jax.Array
                     ) -> dict[int, tuple[np.ndarray, float]]:
-    decoding = self._decodings[name] = lib.with_prompt_room(
+    decoding = self._decodings[name] = prompts.with_prompt_room(
         self._decodings[name], lambda: (ex for _, ex in self._rows(name)))
     out: dict[int, tuple[np.ndarray, float]] = {}
     for k, (indices, batch, n) in enumerate(
@@ -225,6 +239,9 @@ class Evaluator:
     for k, name in enumerate(self.task_names):
       predictions[name] = self._predict_task(name, variables,
                                              jax.random.fold_in(rng, k))
+      progress = ("evaluation", k + 1, len(self.task_names))  # see log_setup.py
+      logging.info("evaluation: decoded %s (%d/%d)", name, *progress[1:],
+                   extra={"progress": progress})
     scores: dict[str, dict[int, float]] = {}
     raw: dict[str, dict[str, Any]] = {}
     for name in self.task_names:
@@ -246,8 +263,10 @@ class Evaluator:
 
   def predict(self, params: PyTree, *, output_dir: Optional[str] = None,
               rng: Optional[jax.Array] = None,
-              filename: str = "{task}_predictions.jsonl") -> dict[str, int]:
+              kind: str = run_dir.PREDICTIONS) -> dict[str, int]:
     """Decodes every task (no metrics); writes one JSONL per task if asked.
+
+    The files are `run_dir.predictions_file(output_dir, task, kind)`.
 
     Returns {task: number of examples}.
     """
@@ -260,7 +279,7 @@ class Evaluator:
       counts[name] = len(predictions)
       if out_dir:
         os.makedirs(out_dir, exist_ok=True)
-        lib.write_jsonl(os.path.join(out_dir, filename.format(task=name)),
+        lib.write_jsonl(run_dir.predictions_file(out_dir, name, kind),
                         self.prediction_rows(name, predictions))
     return counts
 
@@ -322,15 +341,12 @@ class Evaluator:
             step: Optional[int]) -> None:
     os.makedirs(out_dir, exist_ok=True)
     for name in self.task_names:
-      lib.write_jsonl(os.path.join(out_dir, f"{name}_predictions.jsonl"),
+      lib.write_jsonl(run_dir.predictions_file(out_dir, name),
                       self.prediction_rows(name, predictions[name]))
     summary = {"step": step, "mixture_or_task_name": self.mixture_or_task_name,
                "split": self.split, "skipped_tasks": list(self._skipped),
                "tasks": lib.to_jsonable(results)}
-    path = os.path.join(out_dir, "metrics.json")
-    with open(path + ".tmp", "w") as f:
-      json.dump(summary, f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    path = run_dir.write_json(run_dir.metrics_file(out_dir), summary)
     logging.info("evaluation: wrote %s and %d prediction files", path,
                  len(self.task_names))
 
@@ -372,6 +388,8 @@ def evaluate_checkpoint(*, model: Any, checkpoint_path: str,
                         num_examples: Optional[int] = None,
                         partitioner: Any = None,
                         decode_overrides: Optional[Mapping[str, Any]] = None,
+                        decoding_overrides: Optional[
+                            Mapping[str, Mapping[str, Any]]] = None,
                         score_candidates: Optional[bool] = None,
                         register_fns: Sequence[Callable[[], Any]] = (),
                         seed: int = 42) -> dict[str, dict[str, float]]:
@@ -380,7 +398,11 @@ def evaluate_checkpoint(*, model: Any, checkpoint_path: str,
   `checkpoint_path` is a training MODEL_DIR (its latest step), one step folder of
   it, or a converted OFA checkpoint. `register_fns` are called first (the
   functions that register the tasks, as for `trainer.train`: gin
-  `register_fns = [@demo.register_demo_tasks]`).
+  `register_fns = [@demo.register_demo_tasks]`). `decode_overrides` (every
+  task) and `decoding_overrides` ({task: {field: value}}) change the tasks'
+  `DecodingSpec`s, e.g. in gin
+  `evaluation.evaluate_checkpoint.decoding_overrides = {'demo_caption':
+  {'beam_size': 3}}`.
   """
   for fn in register_fns:
     fn()
@@ -388,10 +410,11 @@ def evaluate_checkpoint(*, model: Any, checkpoint_path: str,
       model, mixture_or_task_name, task_feature_lengths, batch_size=batch_size,
       split=split, num_examples=num_examples, output_dir=output_dir,
       partitioner=partitioner, decode_overrides=decode_overrides,
-      score_candidates=score_candidates, seed=seed)
-  variables = lib.load_variables(checkpoint_path, model,
-                                 evaluator.example_batch(), partitioner)
-  step = lib.checkpoint_step(checkpoint_path)
+      decoding_overrides=decoding_overrides, score_candidates=score_candidates,
+      seed=seed)
+  variables = checkpoints.load_variables(checkpoint_path, model,
+                                         evaluator.example_batch(), partitioner)
+  step = run_dir.checkpoint_step(checkpoint_path)
   results = evaluator.evaluate(variables, step=step)
   for name, metrics in results.items():
     logging.info("eval %s (step %s): %s", name, step, metrics)

@@ -3,113 +3,28 @@
 Why a module of its own: the offline evaluator (`evaluation.py`), the inference
 entry point (`infer.py`) and the Python API (`api.py`) all turn batches of model
 features into predictions the same way: the task plan decides the decoding
-(`TaskDecoding`), batches are padded to one static batch size so that one compiled
-program serves every batch (the padded rows are dropped from the results), and the
-compiled functions are cached per decoding so that repeated evaluations during
-training never recompile.
+(`TaskPlan.decoding`, a `DecodingSpec`), batches are padded to one static batch
+size so that one compiled program serves every batch (the padded rows are
+dropped from the results), and the compiled functions are cached per decoding so
+that repeated evaluations during training never recompile.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
-import re
-from typing import Any, Callable, Hashable, Iterable, Iterator, Mapping, Optional
+from typing import Any, Callable, Hashable, Iterable, Iterator, Mapping
 
 import flax.linen as nn
 import jax
 import numpy as np
 
-from ofa_jax.decoding import constraints as dc
 from ofa_jax import features as F
+from ofa_jax import modalities
+from ofa_jax.decoding.spec import DecodingSpec
 
 PyTree = Any
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class TaskDecoding:
-  """How one task's predictions are made: decoding, or all-candidate scoring.
-
-  Exactly one of `settings` (a `models.DecodeSettings`) and `candidates` is set.
-  `candidates` is int32 [C, Lc]: each closed-set answer's tokens after `<s>`,
-  ending with `</s>`, padded with `<pad>`; `trie` masks the scoring logits.
-  """
-
-  settings: Any = None
-  candidates: Optional[np.ndarray] = None
-  trie: Optional[dc.DenseTrie] = None
-
-  @property
-  def scores_candidates(self) -> bool:
-    return self.candidates is not None
-
-
-def task_decoding(plan: Any, *, score_candidates: Optional[bool] = None,
-                  **overrides: Any) -> TaskDecoding:
-  """The decoding of a task plan (`plan.TaskPlan`), with `DecodeSettings` overrides.
-
-  Closed sets are scored candidate by candidate (OFA's evaluation of VQA and
-  ImageNet) when `score_candidates` is True, or, when it is None, when the task
-  asks for it (task option `score_candidates=True`); otherwise they are decoded
-  under the label trie.
-
-  Raises:
-    ValueError: the task's target is not decoded into tokens (audio or motion
-      frames come from their own generators).
-  """
-  from ofa_jax import models  # pylint: disable=g-import-not-at-top
-  spec = plan.decoding
-  if spec.kind not in models.DecodeSettings.KINDS:
-    raise ValueError(f"task {plan.name!r}: its target decodes as {spec.kind!r}, "
-                     "which has no token decoder to evaluate")
-  if score_candidates is None:
-    score_candidates = bool(plan.options.get(
-        "score_candidates", getattr(spec, "score_candidates", False)))
-  if score_candidates and spec.kind == "closed_set":
-    sequences = [list(s) for s in spec.trie.sequences]
-    bos = plan.vocab.bos_id
-    sequences = [s[1:] if s and s[0] == bos else s for s in sequences]
-    width = max(len(s) for s in sequences)
-    cands = np.full((len(sequences), width), F.PAD_ID, np.int32)
-    for i, s in enumerate(sequences):
-      cands[i, :len(s)] = s
-    return TaskDecoding(candidates=cands,
-                        trie=dc.DenseTrie.from_tables(spec.trie))
-  return TaskDecoding(settings=models.DecodeSettings.from_spec(spec, **overrides))
-
-
-def prompt_length(rows: Iterable[Mapping[str, np.ndarray]]) -> int:
-  """Longest forced decoder prompt (leading no-loss target tokens) of the rows."""
-  longest = 0
-  for row in rows:
-    if F.DECODER_PROMPT_MASK in row:  # explicit (a sample weight of 0 is no prompt)
-      longest = max(longest, int(np.asarray(row[F.DECODER_PROMPT_MASK]).sum()))
-      continue
-    targets = np.asarray(row[F.DECODER_TARGET_TOKENS]).reshape(-1)
-    weights = np.asarray(row[F.DECODER_LOSS_WEIGHTS]).reshape(-1)
-    is_prompt = (targets != F.PAD_ID) & (weights == 0)
-    n = int(np.argmin(is_prompt)) if not is_prompt.all() else len(is_prompt)
-    longest = max(longest, n)
-  return longest
-
-
-def with_prompt_room(decoding: TaskDecoding, rows_fn: Callable[[], Iterable[
-    Mapping[str, np.ndarray]]]) -> TaskDecoding:
-  """The decoding with `max_prompt_len` set to the task's longest prompt.
-
-  Why: the decode buffer holds the forced prompt plus `max_len` free tokens; by
-  default the model reserves the whole target length for a prompt, which for
-  most tasks (no prompt) wastes positions and can exceed the position table.
-  """
-  settings = decoding.settings
-  if (settings is None or settings.max_len is None
-      or getattr(settings, "max_prompt_len", 0) is not None):
-    return decoding
-  room = prompt_length(rows_fn())
-  return dataclasses.replace(
-      decoding, settings=dataclasses.replace(settings, max_prompt_len=room))
 
 
 # ---------------------------------------------------------------------------
@@ -196,8 +111,9 @@ def complete_variables(model: Any, params_or_variables: PyTree,
 class BatchRunner:
   """Runs jitted predict / score / loss functions of a model over padded batches.
 
-  Compiled functions are cached under a caller-chosen key (a task name plus the
-  decoding overrides), so a second evaluation reuses them. With a `partitioner`
+  Compiled functions are cached under a caller-chosen key (a task name) and the
+  spec's `cache_key()`, so a second evaluation reuses them and a changed spec
+  compiles anew. With a `partitioner`
   the batch is split over its `data` axis and the functions run under its mesh
   (the variables keep whatever sharding they have, e.g. the trainer's).
   """
@@ -227,20 +143,20 @@ class BatchRunner:
       return dict(batch)
     return self.partitioner.shard_batch(dict(batch))
 
-  def predict(self, key: Hashable, decoding: TaskDecoding, variables: PyTree,
+  def predict(self, key: Hashable, spec: DecodingSpec, variables: PyTree,
               batch: Mapping[str, np.ndarray], rng: jax.Array
               ) -> tuple[np.ndarray, np.ndarray]:
-    """(tokens [B, L], scores [B]) of one padded batch."""
+    """(tokens [B, L], scores [B]) of one padded batch, decoded as `spec` says
+    (a closed set with `score_candidates`: its best-scored label's tokens)."""
     model = self.model
-    if decoding.scores_candidates:
-      cands = decoding.candidates
+    key = (key, spec.cache_key())
+    if spec.scores_candidates:
+      cands = spec.candidates()
 
       def make():
         def fn(variables, batch, rng):
           del rng
-          best, scores = model.score_batch(variables, batch, cands,
-                                           trie=decoding.trie)
-          return best, scores
+          return model.score_batch(variables, batch, spec)
         return fn
 
       best, scores = jax.device_get(self._call(("score_candidates", key), make,
@@ -252,7 +168,7 @@ class BatchRunner:
     def make():
       def fn(variables, batch, rng):
         tokens, aux = model.predict_batch_with_aux(
-            variables, batch, decoding=decoding.settings, rng=rng)
+            variables, batch, decoding=spec, rng=rng)
         return tokens, aux["scores"]
       return fn
 
@@ -281,17 +197,13 @@ class BatchRunner:
 # Host-side helpers
 # ---------------------------------------------------------------------------
 def decode_inputs(example: Mapping[str, Any], vocab: Any) -> str:
-  """The encoder input as text: token runs decoded, `[IMAGE]` where images sit.
+  """The encoder input as text: token runs decoded, `[TYPE]` where dense slots sit.
 
   Why not `vocab.decode`: it stops at the first `</s>`, and the encoder holds one
   `<s> ... </s>` run per group of token slots.
   """
   ids = [int(i) for i in np.asarray(example.get(F.INPUTS, [])).reshape(-1)]
-  offsets = []
-  if F.IMAGE_TEXT_OFFSET in example:
-    mask = np.asarray(example.get(F.IMAGE_MASK, [])).reshape(-1)
-    offs = np.asarray(example[F.IMAGE_TEXT_OFFSET]).reshape(-1)
-    offsets = sorted(int(o) for o, m in zip(offs, mask) if m)
+  offsets = [(o, name) for o, _, name, _ in modalities.input_placements(example)]
   specials = {vocab.bos_id, vocab.eos_id, vocab.pad_id}
   parts, run = [], []
 
@@ -303,9 +215,9 @@ def decode_inputs(example: Mapping[str, Any], vocab: Any) -> str:
       run.clear()
 
   for pos in range(len(ids) + 1):
-    while offsets and offsets[0] == pos:
+    while offsets and offsets[0][0] == pos:
       flush()
-      parts.append("[IMAGE]")
+      parts.append(f"[{offsets[0][1]}]")
       offsets.pop(0)
     if pos == len(ids):
       break
@@ -348,68 +260,3 @@ def write_jsonl(path: str, rows: Iterable[Mapping[str, Any]]) -> int:
       n += 1
   os.replace(path + ".tmp", path)
   return n
-
-
-def checkpoint_step(path: str) -> Optional[int]:
-  """The step of a checkpoint path: a step folder, or a MODEL_DIR's latest."""
-  path = os.path.abspath(path)
-  base = os.path.basename(path.rstrip("/"))
-  if base.isdigit():
-    return int(base)
-  if os.path.isdir(path):
-    steps = [int(d) for d in os.listdir(path) if re.fullmatch(r"[0-9]+", d)]
-    if steps:
-      return max(steps)
-  return None
-
-
-def abstract_variables(model: Any, example_batch: Mapping[str, np.ndarray],
-                       partitioner: Any = None) -> dict[str, PyTree]:
-  """Shapes, dtypes and shardings of every variable collection (for restoring)."""
-  shapes = {k: np.asarray(v).shape for k, v in example_batch.items()}
-  types = {k: np.asarray(v).dtype for k, v in example_batch.items()}
-  boxed = jax.eval_shape(
-      lambda rng: model.get_initial_variables(rng, shapes, types),
-      jax.random.key(0))
-  out = {}
-  for name, tree in boxed.items():
-    if partitioner is not None:
-      shardings = partitioner.logical_to_mesh_shardings(tree)
-    else:
-      device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-      shardings = jax.tree.map(lambda _: device, nn.meta.unbox(tree))
-    out[name] = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-        nn.meta.unbox(tree), shardings)
-  return out
-
-
-def load_variables(path: str, model: Any,
-                   example_batch: Mapping[str, np.ndarray],
-                   partitioner: Any = None) -> dict[str, PyTree]:
-  """`{"params"[, "batch_stats"]}` of a checkpoint (MODEL_DIR, step, converted).
-
-  BatchNorm statistics are loaded when the checkpoint has them; otherwise the
-  model's initial ones are used later (`complete_variables`).
-  """
-  from ofa_jax import checkpoints  # pylint: disable=g-import-not-at-top
-  if not _looks_like_checkpoint(path):
-    raise checkpoints.CheckpointError(
-        f"{path} holds no checkpoint: expected a training MODEL_DIR (step "
-        "folders), one step folder, or a converted checkpoint")
-  abstract = abstract_variables(model, example_batch, partitioner)
-  variables = {"params": checkpoints.load_params(path, abstract["params"])}
-  for name in abstract:
-    if name != "params" and checkpoints.has_collection(path, name):
-      variables[name] = checkpoints.load_params(path, abstract[name],
-                                                collection=name)
-  return variables
-
-
-def _looks_like_checkpoint(path: str) -> bool:
-  """A cheap check before orbax, whose error on an empty folder is obscure."""
-  if not os.path.isdir(path):
-    return False
-  names = os.listdir(path)
-  return any(n.isdigit() or n in ("state", "checkpoint") or n.startswith("_")
-             or n.startswith("manifest") for n in names)

@@ -9,12 +9,12 @@ from ofa_jax.instructions.grammar import (ATTRIBUTES, SOURCE, TARGET, Attrs,
                                           AttrSpec, ContrastiveChoice, Element,
                                           Instruction, InstructionError,
                                           InterleavedGroup, PlainText, Slot,
-                                          Template, expand_group, main, mix_seed,
+                                          Template, main,
                                           parse, parse_template, to_json)
 
 __all__ = [
     "ATTRIBUTES", "AttrSpec", "Attrs", "ContrastiveChoice", "Element",
     "Instruction", "InstructionError", "InterleavedGroup", "PlainText", "SOURCE",
-    "Slot", "TARGET", "Template", "expand_group", "main", "mix_seed", "parse",
+    "Slot", "TARGET", "Template", "main", "parse",
     "parse_template", "to_json",
 ]

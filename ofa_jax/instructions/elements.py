@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Iterator, Mapping, Optional, Union
 
-from ofa_jax import features
+from ofa_jax import modalities
 
 SOURCE = "source"
 TARGET = "target"
@@ -112,7 +112,7 @@ class Slot:
   choice shares the position of that group or choice.
   """
 
-  modality: features.Modality
+  modality: str  # a registered slot type (`ofa_jax.modalities.names()`)
   name: Optional[str]
   attrs: Attrs = Attrs()
   side: str = SOURCE
@@ -120,7 +120,10 @@ class Slot:
   column: int = dataclasses.field(default=0, compare=False)
 
   def __post_init__(self):
-    object.__setattr__(self, "modality", features.Modality(self.modality))
+    object.__setattr__(self, "modality", str(self.modality))
+    if not modalities.is_registered(self.modality):
+      raise ValueError(f"unknown slot type {self.modality!r}; registered: "
+                       f"{list(modalities.names())}")
     if not isinstance(self.attrs, Attrs):
       object.__setattr__(self, "attrs", Attrs(self.attrs))
     _check_side(self.side)
@@ -128,7 +131,7 @@ class Slot:
   @property
   def is_token_based(self) -> bool:
     """True when the slot's value becomes ids of the one token space."""
-    return self.modality in features.TOKEN_MODALITIES
+    return modalities.get(self.modality).token_based
 
   @property
   def is_source(self) -> bool:
@@ -141,7 +144,7 @@ class Slot:
     return bool(self.attrs.get(flag, False))
 
   def to_string(self) -> str:
-    text = self.modality.value
+    text = self.modality
     if self.name is not None:
       text += f":{self.name}"
     for key, value in self.attrs.items_tuple():
@@ -190,7 +193,7 @@ class SlotGroup:
 class InterleavedGroup(SlotGroup):
   """`[[BOX:boxes][TEXT:labels]]*`: repeats its slots over list-valued fields.
 
-  See `ofa_jax.instructions.expand_group` for how the repetitions are counted.
+  The data pipeline (`ofa_jax.plan.build`) repeats them, in TF.
   """
 
   def to_string(self) -> str:
@@ -200,10 +203,6 @@ class InterleavedGroup(SlotGroup):
 @dataclasses.dataclass(frozen=True)
 class ContrastiveChoice(SlotGroup):
   """`[[TEXT:pos]|[TEXT:neg]]`: one of its slots is used per example."""
-
-  def choose(self, seed: int) -> Slot:
-    """The slot used for the example with this seed (deterministic)."""
-    return self.slots[mix_seed(seed, self.position) % len(self.slots)]
 
   def to_string(self) -> str:
     return "[" + "|".join(s.to_string() for s in self.slots) + "]"
@@ -272,7 +271,7 @@ class Instruction:
     return answers[-1] if answers else None
 
   @property
-  def target_modality(self) -> Optional[features.Modality]:
+  def target_modality(self) -> Optional[str]:
     """The modality the decoder produces: that of the last target slot (as OFASys).
 
     A non-token target is always the only target slot, so this is unambiguous for
@@ -305,10 +304,6 @@ class Template:
     if not self.alternatives:
       raise ValueError("a Template needs at least one alternative")
 
-  def choose(self, seed: int) -> Instruction:
-    """The alternative for the example with this seed (deterministic, uniform)."""
-    return self.alternatives[mix_seed(seed) % len(self.alternatives)]
-
   def data_fields(self) -> tuple[str, ...]:
     seen: dict[str, None] = {}
     for alternative in self.alternatives:
@@ -318,20 +313,3 @@ class Template:
 
   def to_string(self) -> str:
     return " ||| ".join(a.to_string() for a in self.alternatives)
-
-
-_MASK64 = (1 << 64) - 1
-
-
-def mix_seed(seed: int, salt: int = 0) -> int:
-  """SplitMix64 of (seed, salt): a process-independent, well-mixed 64-bit integer.
-
-  Why not `hash()` or `random`: Python's string hash is salted per process and a
-  seeded `random.Random` is heavier than needed; the choice must be the same on
-  every host and every run for SeqIO's deterministic pipelines.
-  """
-  z = (int(seed) * 0x9E3779B97F4A7C15 + int(salt) * 0xBF58476D1CE4E5B9
-       + 0x9E3779B97F4A7C15) & _MASK64
-  z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-  z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-  return z ^ (z >> 31)

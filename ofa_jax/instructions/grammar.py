@@ -3,15 +3,17 @@
 An instruction declares a task in one line, e.g.
 `[IMAGE:img] what does the image describe? -> [TEXT:cap]`:
 
-* slots `[TYPE(:name)?(,attr(=value)?)*]`, TYPE one of the 9 `features.Modality`;
+* slots `[TYPE(:name)?(,attr(=value)?)*]`, TYPE a registered modality
+  (`ofa_jax.modalities.names()`);
 * plain text between slots, kept verbatim (leading / trailing spaces of each side
   are dropped: they carry no meaning next to `->` or the ends);
 * exactly one `->`: left = source (encoder), right = target (decoder);
 * an interleaved group `[[BOX:boxes][TEXT:labels]]*`, also written
   `( [BOX:boxes] [TEXT:labels] )*`, repeated over list-valued fields
-  (`expand_group`); a `(` that does not open `( [slot] ... )*` is plain text;
+  (by the data pipeline); a `(` that does not open `( [slot] ... )*` is plain text;
 * a contrastive choice `[[TEXT:a]|[TEXT:b]]`: one slot per example;
-* `|||` between alternative templates (`parse_template`, `Template.choose`).
+* `|||` between alternative templates (`parse_template`; the data pipeline
+  draws one per example).
 
 Why stricter than OFASys: there, a slot that does not match the regex silently
 becomes plain text and an unknown attribute is ignored, so a typo trains a different
@@ -30,21 +32,21 @@ from __future__ import annotations
 import json
 import sys
 import warnings
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Optional, Sequence
 
-from ofa_jax import features
+from ofa_jax import modalities
 from ofa_jax.instructions.parser import parse_alternative
 from ofa_jax.instructions.schema import ATTRIBUTES, AttrSpec
 from ofa_jax.instructions.elements import (SOURCE, TARGET, Attrs,
                                         ContrastiveChoice, Element,
                                         Instruction, InstructionError,
                                         InterleavedGroup, PlainText, Slot,
-                                        Template, mix_seed)
+                                        Template)
 
 __all__ = [
     "ATTRIBUTES", "AttrSpec", "Attrs", "ContrastiveChoice", "Element",
     "Instruction", "InstructionError", "InterleavedGroup", "PlainText", "SOURCE",
-    "Slot", "TARGET", "Template", "expand_group", "main", "mix_seed", "parse",
+    "Slot", "TARGET", "Template", "main", "parse",
     "parse_template", "to_json",
 ]
 
@@ -104,47 +106,8 @@ def parse(text: str) -> Instruction:
   return template.alternatives[0]
 
 
-def expand_group(group: InterleavedGroup, data: Mapping[str, Any]
-                 ) -> list[tuple[Slot, int]]:
-  """The slots of an interleaved group repeated over its list-valued fields.
-
-  Every slot of the group reads a named field whose value is a sequence (a list,
-  a tuple or anything with `len` that is not a string or bytes); all of them must
-  have the same length N. The result is N rounds, each the group's slots in order,
-  paired with the index of the item to take: for `[[BOX:boxes][TEXT:labels]]*`
-  with 2 boxes, `[(BOX, 0), (TEXT, 0), (BOX, 1), (TEXT, 1)]`. N = 0 gives `[]`.
-
-  Raises:
-    ValueError: an unnamed slot, a missing or non-sequence field, or fields of
-      different lengths (every field and its length is named).
-  """
-  lengths: dict[str, int] = {}
-  for slot in group.slots:
-    if slot.name is None:
-      raise ValueError(
-          f"interleaved group {group.to_string()} (column {group.column}): "
-          f"slot {slot.to_string()} has no field name, so it cannot be expanded")
-    if slot.name not in data:
-      raise ValueError(
-          f"interleaved group {group.to_string()} (column {group.column}): "
-          f"the data has no field {slot.name!r} (it has {sorted(data)})")
-    value = data[slot.name]
-    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
-      raise ValueError(
-          f"interleaved group {group.to_string()} (column {group.column}): "
-          f"field {slot.name!r} must be a list, got {type(value).__name__}")
-    lengths[slot.name] = len(value)
-  if len(set(lengths.values())) > 1:
-    detail = ", ".join(f"{k}={v}" for k, v in lengths.items())
-    raise ValueError(
-        f"interleaved group {group.to_string()} (column {group.column}): "
-        f"its fields have different lengths: {detail}")
-  count = next(iter(lengths.values()), 0)
-  return [(slot, i) for i in range(count) for slot in group.slots]
-
-
 def _slot_json(slot: Slot) -> dict[str, Any]:
-  return {"kind": "slot", "type": slot.modality.value, "name": slot.name,
+  return {"kind": "slot", "type": slot.modality, "name": slot.name,
           "attributes": dict(slot.attrs), "side": slot.side,
           "position": slot.position, "column": slot.column}
 
@@ -191,7 +154,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   with_text = "--text" in args
   args = [a for a in args if a != "--text"]
   if not args or any(a in ("-h", "--help") for a in args):
-    usage = _USAGE.format(types=", ".join(m.value for m in features.Modality),
+    usage = _USAGE.format(types=", ".join(modalities.names()),
                           attrs=", ".join(ATTRIBUTES))
     (sys.stdout if args else sys.stderr).write(usage)
     return 0 if args else 2

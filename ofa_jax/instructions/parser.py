@@ -13,7 +13,7 @@ import difflib
 import string
 from typing import NoReturn, Optional, Union
 
-from ofa_jax import features
+from ofa_jax import modalities
 from ofa_jax.instructions.schema import RawAttr, validate_attrs
 from ofa_jax.instructions.elements import (SOURCE, TARGET, ContrastiveChoice,
                                         Element, Instruction,
@@ -23,12 +23,11 @@ from ofa_jax.instructions.elements import (SOURCE, TARGET, ContrastiveChoice,
 _IDENT = frozenset(string.ascii_letters + string.digits + "_")
 _VALUE = _IDENT | frozenset(".+-")
 _SPACE = frozenset(" \t\r\n\f\v")
-_TYPES = tuple(m.value for m in features.Modality)
 
 
 @dataclasses.dataclass
 class _RawSlot:
-  modality: features.Modality
+  modality: str
   name: Optional[str]
   attrs: list[RawAttr]
   column: int
@@ -124,12 +123,13 @@ class _Scanner:
       if k == j:
         self.fail("empty slot '[]'", i)
       self._unexpected(k, "where a slot type is expected")
-    if type_name not in _TYPES:
-      close = [m for m in _TYPES if m == type_name.upper()] or \
-          difflib.get_close_matches(type_name.upper(), _TYPES, n=1)
+    types = modalities.names()
+    if type_name not in types:
+      close = [m for m in types if m == type_name.upper()] or \
+          difflib.get_close_matches(type_name.upper(), types, n=1)
       hint = f"; did you mean {close[0]!r}?" if close else ""
       self.fail(f"unknown slot type {type_name!r} (expected one of "
-                f"{', '.join(_TYPES)}{hint})", i + 1)
+                f"{', '.join(types)}{hint})", i + 1)
     name = None
     if t[k] == ":":
       n = self._skip(k + 1, _IDENT)
@@ -158,7 +158,7 @@ class _Scanner:
         value, k = t[k + 1:value_end], value_end
       attrs.append(RawAttr(key, key_end - len(key), value,
                            key_end + 1))
-    return _RawSlot(features.Modality(type_name), name, attrs, i), j + 1
+    return _RawSlot(type_name, name, attrs, i), j + 1
 
   def _pattern(self, i: int) -> tuple[_RawPattern, int]:
     """`[[a][b]]*` (interleaved) or `[[a]|[b]]` (contrastive) starting at `i`."""
@@ -267,10 +267,10 @@ def _check(source: tuple[Element, ...], target: tuple[Element, ...],
         if slot.modality != first.modality:
           raise InstructionError(
               f"all slots of a contrastive choice must have one type "
-              f"({first.modality.value} vs {slot.modality.value})", template,
+              f"({first.modality} vs {slot.modality})", template,
               slot.column)
-  token_types = ", ".join(m.value for m in features.Modality
-                          if m in features.TOKEN_MODALITIES)
+  token_types = ", ".join(m.name for m in modalities.all_modalities()
+                          if m.token_based)
   for element in bearing[TARGET]:
     slots = (element,) if isinstance(element, Slot) else element.slots
     for slot in slots:
@@ -278,11 +278,11 @@ def _check(source: tuple[Element, ...], target: tuple[Element, ...],
         continue
       if isinstance(element, InterleavedGroup):
         raise InstructionError(
-            f"a {slot.modality.value} target cannot repeat in an interleaved "
+            f"a {slot.modality} target cannot repeat in an interleaved "
             f"group: it must be the only target slot", template, slot.column)
       if len(bearing[TARGET]) > 1:
         raise InstructionError(
-            f"a {slot.modality.value} target must be the only target slot "
+            f"a {slot.modality} target must be the only target slot "
             f"(only token targets, {token_types}, can be combined)", template,
             slot.column)
 

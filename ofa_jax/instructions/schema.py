@@ -6,6 +6,11 @@ the wrong thing. Here every attribute is checked when the instruction is parsed:
 name, the kind of its value, its range, the slot types and the side it applies to.
 The applicability follows OFASys's code (ofasys_reference.md §1), e.g. `no_loss` and
 `closed_set` only make sense on target token slots, `mask_ratio` only on inputs.
+
+The schema is assembled, never hand-kept: the generic attributes below, plus the
+`attributes` each registered modality object declares (the ones its own
+preprocessing reads). An attribute that no code reads cannot be accepted, and one
+that a modality reads cannot be rejected.
 """
 
 from __future__ import annotations
@@ -15,88 +20,94 @@ import difflib
 import math
 import re
 import warnings
-from typing import Callable, Optional
+from typing import Callable, Mapping, Optional
 
-from ofa_jax import features
+from ofa_jax import modalities
 from ofa_jax.instructions.elements import (SOURCE, TARGET, AttrValue,
                                         InstructionError)
+from ofa_jax.modalities.spec import (BOTH_SIDES, TARGET_ONLY, AttrSpec)
 
-M = features.Modality
-_ALL = frozenset(M)
-_TOKEN = frozenset(features.TOKEN_MODALITIES)
-_BOTH = frozenset({SOURCE, TARGET})
-_SRC = frozenset({SOURCE})
-_TGT = frozenset({TARGET})
+_TGT = TARGET_ONLY
+assert SOURCE in BOTH_SIDES and TARGET in BOTH_SIDES  # one spelling of the sides
 
 _INT_RE = re.compile(r"[+-]?[0-9]+\Z")
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_TRUE = frozenset({"true", "yes", "on", "1"})
+_FALSE = frozenset({"false", "no", "off", "0"})
+
+# Attributes of every slot, whatever its type (`token_only`: token slots only).
+GENERIC = (
+    AttrSpec("preprocess", "name", BOTH_SIDES,
+             doc="registered preprocessor variant of the slot"),
+    AttrSpec("no_loss", "flag", TARGET_ONLY, token_only=True,
+             doc="no loss; becomes a forced decoder prompt at inference"),
+    AttrSpec("is_label", "flag", TARGET_ONLY, token_only=True,
+             doc="the field the metrics compare against"),
+    AttrSpec("disable_auto_boseos", "flag", BOTH_SIDES, token_only=True,
+             doc="no automatic <s>/</s> around the merged token run"),
+)
+
+
+def attribute_table() -> dict[str, dict[str, AttrSpec]]:
+  """{key: {slot type: spec}}: the generic attributes for every registered slot
+  type, then each modality's own attributes (assembled, so it cannot drift)."""
+  table: dict[str, dict[str, AttrSpec]] = {}
+  objects = modalities.all_modalities()
+  for spec in GENERIC:
+    table[spec.key] = {m.name: spec for m in objects
+                       if m.token_based or not spec.token_only}
+  for m in objects:
+    for spec in m.attributes:
+      if spec.key in table and any(s in GENERIC for s in table[spec.key].values()):
+        raise ValueError(f"modality {m.name}: attribute {spec.key!r} is generic "
+                         "and cannot be redeclared")
+      table.setdefault(spec.key, {})[m.name] = spec
+  return table
+
+
+class _Attributes(Mapping[str, AttrSpec]):
+  """`ATTRIBUTES[key]`: one spec per key (the first declaring modality's), with
+  `.modalities` / `.sides` widened to every slot type that accepts the key; read
+  from the registry on every access, so added modalities are included."""
+
+  def _merged(self) -> dict[str, AttrSpec]:
+    out = {}
+    for key, per_type in attribute_table().items():
+      first = next(iter(per_type.values()))
+      sides = frozenset().union(*(s.sides for s in per_type.values()))
+      out[key] = _Merged(first, frozenset(per_type), sides)
+    return out
+
+  def __getitem__(self, key: str) -> AttrSpec:
+    return self._merged()[key]
+
+  def __iter__(self):
+    return iter(self._merged())
+
+  def __len__(self) -> int:
+    return len(self._merged())
 
 
 @dataclasses.dataclass(frozen=True)
-class AttrSpec:
-  """One attribute: `kind` is 'flag', 'int', 'ratio' (float in [0, 1]) or 'name'."""
+class _Merged:
+  """A key's spec as the parser sees it across slot types."""
 
-  key: str
-  kind: str
+  spec: AttrSpec
   modalities: frozenset
   sides: frozenset
-  min_int: int = 1  # for 'int': smallest allowed value
-  doc: str = ""
+
+  def __getattr__(self, name: str):
+    return getattr(self.spec, name)
 
 
-_SPECS = (
-    AttrSpec("preprocess", "name", _ALL, _BOTH,
-             doc="registered preprocessor of the slot"),
-    AttrSpec("adaptor", "name", _ALL, _BOTH, doc="registered model adapter"),
-    AttrSpec("no_loss", "flag", _TOKEN, _TGT,
-             doc="no loss; becomes a forced decoder prompt at inference"),
-    AttrSpec("closed_set", "flag", frozenset({M.TEXT, M.CATEGORY}), _TGT,
-             doc="decode under a prefix trie of the answer set"),
-    AttrSpec("is_label", "flag", _TOKEN, _TGT,
-             doc="the field the metrics compare against"),
-    AttrSpec("uncased", "flag", frozenset({M.TEXT, M.STRUCT, M.CATEGORY}),
-             _BOTH, doc="lower-case the value"),
-    AttrSpec("no_punctuation", "flag",
-             frozenset({M.TEXT, M.STRUCT, M.CATEGORY}), _BOTH,
-             doc="strip punctuation"),
-    AttrSpec("disable_auto_boseos", "flag", _TOKEN, _BOTH,
-             doc="no automatic <s>/</s> around the merged token run"),
-    AttrSpec("mask_ratio", "ratio", frozenset({M.TEXT, M.IMAGE, M.PHONE}),
-             _SRC, doc="span masking (text, phone) / centre mask (image)"),
-    AttrSpec("noise_ratio", "ratio", frozenset({M.TEXT}), _BOTH,
-             doc="replace tokens with random text tokens"),
-    AttrSpec("max_length", "int", _TOKEN | {M.MOTION}, _BOTH,
-             doc="truncate tokens; longest motion clip"),
-    AttrSpec("length", "int", frozenset({M.IMAGE}), _TGT,
-             doc="truncate the image code sequence"),
-    AttrSpec("image_size", "int", frozenset({M.IMAGE, M.VIDEO}), _BOTH,
-             doc="resize side in pixels"),
-    AttrSpec("n_frames_per_step", "int", frozenset({M.AUDIO}), _TGT,
-             doc="fbank frames emitted per decoder step (TTS)"),
-    AttrSpec("use_mask", "flag", frozenset({M.AUDIO}), _SRC,
-             doc="wav2vec-style time/channel masking in the adapter"),
-    AttrSpec("sample_rate", "int", frozenset({M.AUDIO, M.MOTION}), _BOTH,
-             doc="audio Hz / motion frames per second"),
-    AttrSpec("max_frames", "int", frozenset({M.AUDIO}), _BOTH,
-             doc="longest fbank sequence"),
-    AttrSpec("n_frames", "int", frozenset({M.VIDEO}), _BOTH,
-             doc="frames sampled uniformly from the clip"),
-    AttrSpec("min_length", "int", frozenset({M.MOTION}), _BOTH,
-             doc="shortest motion clip (shorter clips are skipped)"),
-    AttrSpec("soft_trim", "ratio", frozenset({M.MOTION}), _BOTH,
-             doc="fraction of the clip that may be trimmed from its ends"),
-    AttrSpec("window", "flag", frozenset({M.MOTION}), _BOTH,
-             doc="train on a random span of the clip"),
-    AttrSpec("anchor_frame", "int", frozenset({M.MOTION}), _BOTH, min_int=0,
-             doc="frame the motion is canonicalised to"),
-    AttrSpec("max_image_size", "int", frozenset({M.BOX}), _BOTH,
-             doc="side that the 1000 bins span"),
-)
-ATTRIBUTES = {spec.key: spec for spec in _SPECS}
+ATTRIBUTES = _Attributes()
 
 # Keys that are recognised only to give a better error or a deprecation warning.
 ALIASES = {"preprocessor": "preprocess"}  # a typo of the OFASys docs
 _REMOVED = {
+    "adaptor": "the model piece of a slot is named by its modality object "
+               "(ofa_jax/modalities/<name>.py: adapter / head) and registered in "
+               "ofa_jax/model/registry.py; remove the attribute",
     "add_bos": "BOS/EOS are added automatically around merged token slots "
                "(OFASys >= 0.1.0-patch1); use disable_auto_boseos to turn it off",
     "add_eos": "BOS/EOS are added automatically around merged token slots "
@@ -104,8 +115,8 @@ _REMOVED = {
 }
 
 
-def _names(modalities) -> str:
-  return ", ".join(m.value for m in M if m in modalities)
+def _names(types) -> str:
+  return ", ".join(n for n in modalities.names() if n in types)
 
 
 def _parse_value(spec: AttrSpec, raw: str, fail: Callable[[str], None]
@@ -130,6 +141,20 @@ def _parse_value(spec: AttrSpec, raw: str, fail: Callable[[str], None]
       fail(f"attribute {spec.key!r} expects a name ([A-Za-z_][A-Za-z0-9_]*), "
            f"got {raw!r}")
     return raw
+  if spec.kind == "bool":
+    if raw.lower() in _TRUE:
+      return True
+    if raw.lower() in _FALSE:
+      return False
+    fail(f"attribute {spec.key!r} expects true or false, got {raw!r}")
+  if spec.kind == "float":
+    try:
+      value = float(raw)
+    except ValueError:
+      fail(f"attribute {spec.key!r} expects a number, got {raw!r}")
+    if math.isnan(value) or value <= 0:
+      fail(f"attribute {spec.key!r} must be > 0, got {raw}")
+    return value
   raise AssertionError(spec.kind)
 
 
@@ -143,7 +168,7 @@ class RawAttr:
   value_column: int
 
 
-def validate_attrs(modality: M, side: str, raw_attrs: list[RawAttr],
+def validate_attrs(modality: str, side: str, raw_attrs: list[RawAttr],
                    template: str, deprecations: Optional[list[str]] = None
                    ) -> dict[str, AttrValue]:
   """Checks the attributes of one slot and returns their typed values.
@@ -158,6 +183,7 @@ def validate_attrs(modality: M, side: str, raw_attrs: list[RawAttr],
   """
   values: dict[str, AttrValue] = {}
   columns: dict[str, int] = {}
+  table = attribute_table() if raw_attrs else {}
   for raw in raw_attrs:
     def fail(reason: str, column: int = raw.key_column) -> None:
       raise InstructionError(reason, template, column)
@@ -174,25 +200,28 @@ def validate_attrs(modality: M, side: str, raw_attrs: list[RawAttr],
       else:
         deprecations.append(message)
       key = ALIASES[key]
-    spec = ATTRIBUTES.get(key)
-    if spec is None:
-      close = difflib.get_close_matches(key, list(ATTRIBUTES), n=1)
+    per_type = table.get(key)
+    if per_type is None:
+      close = difflib.get_close_matches(key, list(table), n=1)
       hint = f" (did you mean {close[0]!r}?)" if close else ""
       fail(f"unknown attribute {key!r}{hint}")
     if key in values:
       fail(f"duplicate attribute {key!r} (first at column {columns[key]})")
-    if modality not in spec.modalities:
-      fail(f"attribute {key!r} does not apply to {modality.value} slots "
-           f"(it applies to {_names(spec.modalities)})")
+    if modality not in per_type:
+      fail(f"attribute {key!r} does not apply to {modality} slots "
+           f"(it applies to {_names(per_type)})")
+    spec = per_type[modality]
     if side not in spec.sides:
       where = ("target slots (right of '->')" if spec.sides == _TGT else
                "source slots (left of '->')")
       fail(f"attribute {key!r} applies only to {where}")
-    if spec.kind == "flag":
+    if spec.kind == "bool" and raw.value is None:
+      value: AttrValue = True
+    elif spec.kind == "flag":
       if raw.value is not None:
         fail(f"flag {key!r} takes no value (write {key!r} alone)",
              raw.value_column - 1)
-      value: AttrValue = True
+      value = True
     else:
       if raw.value is None:
         fail(f"attribute {key!r} needs a value ({key}=<{spec.kind}>)")

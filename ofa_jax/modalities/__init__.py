@@ -1,35 +1,146 @@
-"""Registry of modality processors: one file per modality, one line here.
+"""The modality registry: one line per modality, each one object in its own file.
 
-The mapping is immutable; `get_processor` imports the file on first use so that a
-process that never touches audio never imports the audio code.
+Why a registry of objects: everything that depends on what a slot type is (the
+parser's attributes, the feature layout, preprocessing, value conversion,
+postprocessing, decoding, the model pieces) is asked of the slot type's object,
+so no other module names a particular modality. The built-in table is immutable;
+a modality from outside the package (a plugin, a test) is added with `register`
+and dropped with `remove`, as seqio's registries do. Files are imported on first
+use, so a process that never touches audio never imports the audio code.
 """
 
 from __future__ import annotations
 
 import importlib
 import types
-from typing import Any
+from typing import Any, Mapping, Optional
 
-from ofa_jax import features
-
-# Modality -> "module:ClassName" (relative to this package). Adding a modality is
-# one file in this folder and one line here.
-_PROCESSORS = types.MappingProxyType({
-    features.Modality.TEXT: "text:TextProcessor",
-    features.Modality.BOX: "box:BoxProcessor",
-    features.Modality.CATEGORY: "category:CategoryProcessor",
-    features.Modality.STRUCT: "struct:StructProcessor",
-    features.Modality.PHONE: "phone:PhoneProcessor",
-    features.Modality.IMAGE: "image:ImageProcessor",
-    features.Modality.AUDIO: "audio:AudioProcessor",
-    features.Modality.VIDEO: "video:VideoProcessor",
-    features.Modality.MOTION: "motion:MotionProcessor",
+# Slot type -> "module:OBJECT" (module relative to this package, or absolute).
+_BUILTIN: Mapping[str, str] = types.MappingProxyType({
+    "TEXT": "text:TEXT",
+    "IMAGE": "image:IMAGE",
+    "BOX": "box:BOX",
+    "AUDIO": "audio:AUDIO",
+    "PHONE": "phone:PHONE",
+    "VIDEO": "video:VIDEO",
+    "MOTION": "motion:MOTION",
+    "STRUCT": "struct:STRUCT",
+    "CATEGORY": "category:CATEGORY",
 })
 
 
-def get_processor(modality: features.Modality | str, **kwargs: Any):
-  """Returns a new processor for `modality` (kwargs go to its constructor)."""
-  modality = features.Modality(modality)
-  module_name, class_name = _PROCESSORS[modality].split(":")
-  module = importlib.import_module(f"{__name__}.{module_name}")
-  return getattr(module, class_name)(**kwargs)
+class _Extra:
+  """Modalities registered from outside the package (seqio-style registry)."""
+
+  _paths: dict[str, str] = {}
+
+
+def register(name: str, path: str) -> None:
+  """Adds the modality `name` whose object is at "package.module:OBJECT"."""
+  if not name or not name.isupper() or not name.replace("_", "").isalnum():
+    raise ValueError(f"modality name {name!r} must be upper case letters, digits "
+                     "and '_' (it is written as a slot type: [NAME:field])")
+  if name in _BUILTIN or name in _Extra._paths:
+    raise ValueError(f"modality {name!r} is already registered")
+  if ":" not in path:
+    raise ValueError(f"modality {name!r}: expected 'package.module:OBJECT', got "
+                     f"{path!r}")
+  _Extra._paths[name] = path
+
+
+def remove(name: str) -> None:
+  """Drops a modality added with `register` (built-in ones cannot be removed)."""
+  if name in _BUILTIN:
+    raise ValueError(f"modality {name!r} is built in and cannot be removed")
+  _Extra._paths.pop(name, None)
+
+
+def names() -> tuple[str, ...]:
+  """Every registered slot type, built-in ones first."""
+  return tuple(_BUILTIN) + tuple(_Extra._paths)
+
+
+def is_registered(name: str) -> bool:
+  return name in _BUILTIN or name in _Extra._paths
+
+
+def get(name: str) -> Any:
+  """The modality object of a slot type (importing its file on first use)."""
+  path = _BUILTIN.get(name) or _Extra._paths.get(name)
+  if path is None:
+    raise ValueError(f"unknown modality {name!r}; registered: {list(names())}")
+  module_name, _, attr = path.partition(":")
+  if name in _BUILTIN:
+    module_name = f"{__name__}.{module_name}"
+  try:
+    obj = getattr(importlib.import_module(module_name), attr)
+  except (ImportError, AttributeError) as e:
+    raise ValueError(f"cannot load modality {name!r} from {path!r}: {e}") from e
+  if getattr(obj, "name", None) != name:
+    raise ValueError(f"modality object at {path!r} is named "
+                     f"{getattr(obj, 'name', None)!r}, registered as {name!r}")
+  return obj
+
+
+def get_processor(name: str) -> Any:
+  """The modality object (the former per-slot-type processor)."""
+  return get(str(name))
+
+
+def all_modalities() -> tuple[Any, ...]:
+  return tuple(get(n) for n in names())
+
+
+def dense_modalities() -> tuple[Any, ...]:
+  """The registered modalities with streams of their own, in registry order."""
+  return tuple(m for m in all_modalities() if not m.token_based)
+
+
+def streams() -> tuple[Any, ...]:
+  """Every dense task-feature stream (`spec.Stream`) of every registered modality."""
+  return tuple(s for m in dense_modalities() for s in m.streams)
+
+
+def length_keys() -> tuple[str, ...]:
+  """The keys of `sequence_length`: the two token streams, then every stream
+  whose leading axis is padded to a length of its own."""
+  return ("inputs", "targets") + tuple(
+      s.name for s in streams() if s.length == s.name)
+
+
+def stream(name: str) -> Optional[Any]:
+  """The `spec.Stream` of a dense feature name (None for other features)."""
+  for s in streams():
+    if s.name == name:
+      return s
+  return None
+
+
+def owner_of(name: str) -> Optional[Any]:
+  """The modality whose streams include the feature `name` (None otherwise)."""
+  for m in dense_modalities():
+    if any(s.name == name for s in m.streams):
+      return m
+  return None
+
+
+def closed_set_trie(vocab: Any, labels: Any, uncased: bool = False,
+                    no_punctuation: bool = False) -> Any:
+  """The trie of a free-text closed set given at call time (the inference API's
+  `closed_set=`), normalized as a text target slot would normalize it."""
+  return get("TEXT").label_trie(vocab, labels, uncased, no_punctuation)
+
+
+def input_placements(example: Mapping[str, Any]
+                     ) -> list[tuple[int, int, str, str]]:
+  """(text offset, slot rank, modality name, description) of every present dense
+  input slot of a host-side task example, in instruction order."""
+  out = []
+  for m in dense_modalities():
+    out += m.placements(example)
+  return sorted(out)
+
+
+__all__ = ["all_modalities", "closed_set_trie", "dense_modalities", "get",
+           "get_processor", "input_placements", "is_registered", "length_keys",
+           "names", "owner_of", "register", "remove", "stream", "streams"]

@@ -36,10 +36,11 @@ from typing import Any, Mapping, NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from ofa_jax import features
 from ofa_jax.modalities import image_ops
 from ofa_jax.modalities import options
-from ofa_jax.modalities.base import DenseSlotOutput, SlotContext
+from ofa_jax.modalities.base import (DenseModality, DenseSlotOutput, SlotContext,
+                                     single_slot_streams, dense_target_streams)
+from ofa_jax.modalities.spec import BOTH_SIDES, AttrSpec, Stream
 
 DEFAULT_SAMPLE_RATE = 16000
 DEFAULT_NUM_MEL_BINS = 80
@@ -50,6 +51,10 @@ LOW_FREQ_HZ = 20.0
 POVEY_POWER = 0.85
 LOG_FLOOR = float(np.finfo(np.float32).eps)
 CMVN_VAR_FLOOR = 1e-10
+
+AUDIO_STREAM = "audio"                 # float32 [Ta, 80] log-mel fbank (+ mask,
+                                       # text offset [1], slot rank [1])
+TARGET_AUDIO = "target_audio"          # float32 [Tta, 80] fbank frames (TTS)
 
 
 class FbankConfig(NamedTuple):
@@ -138,10 +143,35 @@ def utterance_cmvn(feats: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
   return (feats - mean) * tf.math.rsqrt(tf.maximum(var, CMVN_VAR_FLOOR)) * weight
 
 
-class AudioProcessor:
-  """The AUDIO modality (see the module docstring for the options)."""
+class AudioProcessor(DenseModality):
+  """The AUDIO modality (see the module docstring for the options).
 
-  modality = features.Modality.AUDIO
+  Data side only for now: no encoder adapter `audio` nor head `target_audio` is
+  registered in the model registry, so AUDIO tasks register with data_only=True
+  (inspection) and are refused for training.
+  """
+
+  name = "AUDIO"
+  attributes = (
+      AttrSpec("sample_rate", "int", BOTH_SIDES, doc="audio Hz"),
+      AttrSpec("num_mel_bins", "int", BOTH_SIDES, doc="fbank bins"),
+      AttrSpec("max_frames", "int", BOTH_SIDES, doc="longest fbank sequence"),
+      AttrSpec("preemphasis", "ratio", BOTH_SIDES, doc="0 disables it"),
+      AttrSpec("input_scale", "float", BOTH_SIDES,
+               doc="float waveform -> 16-bit range"),
+      AttrSpec("cmvn", "bool", BOTH_SIDES, doc="utterance-level CMVN"),
+  )
+  adapter = AUDIO_STREAM
+  head = TARGET_AUDIO
+  input_streams = single_slot_streams(AUDIO_STREAM, 2)
+  target_streams = dense_target_streams(TARGET_AUDIO, 2)
+  length_options = {AUDIO_STREAM: ("audio_max_frames",),
+                    TARGET_AUDIO: ("target_audio_max_frames",)}
+
+  def absent_dims(self, stream: Stream, options: Mapping[str, Any]
+                  ) -> tuple[int, ...]:
+    del stream
+    return (int(options.get("audio_num_mel_bins", DEFAULT_NUM_MEL_BINS)),)
 
   def _config(self, ctx: SlotContext) -> FbankConfig:
     opt = lambda name, default, kind: options.slot_option(  # noqa: E731
@@ -240,3 +270,6 @@ class AudioProcessor:
     if mask is not None:
       feats = feats[np.asarray(mask).astype(bool)]
     return feats
+
+
+AUDIO = AudioProcessor()

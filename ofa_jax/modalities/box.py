@@ -4,7 +4,7 @@ Preprocessing (both sides): a box `[x0, y0, x1, y1]` in ORIGINAL image pixels (o
 [n, 4] boxes, or a string "x0,y0,x1,y1" as in OFA's TSV files) is
 
 1. co-transformed with the example's first input image: processed = orig * scale +
-   offset, from `ctx.image_geometry` (features.IMAGE_GEOMETRY: orig_h, orig_w,
+   offset, from `ctx.geometry` (image.IMAGE_GEOMETRY: orig_h, orig_w,
    scale_y, scale_x, offset_y, offset_x); without an image the box is taken as is;
 2. clipped to the processed image [0, image_size]; a box that had to be clipped is
    counted in `num_clipped` (the plan reports it), never dropped;
@@ -21,17 +21,22 @@ inverse geometry. A round trip is exact to half a bin in processed pixels.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping, Optional
 
 import numpy as np
 import tensorflow as tf
 
 from ofa_jax import features
-from ofa_jax.modalities.base import SlotContext, TokenSlotOutput
+from ofa_jax.modalities import image as image_lib
+from ofa_jax.modalities.base import SlotContext, TokenModality, TokenSlotOutput
 from ofa_jax.modalities.options import slot_option
+from ofa_jax.modalities.spec import BOTH_SIDES, AttrSpec
 from ofa_jax.modalities.text import require_vocab
 
-DEFAULT_IMAGE_SIZE = 480  # the IMAGE modality's default resize target
+DEFAULT_IMAGE_SIZE = image_lib.DEFAULT_IMAGE_SIZE  # boxes live in its frame
+_SIZE_KEYS = ("image_size", "max_image_size")
+_BIN_RE = re.compile(r"<bin_[0-9]+>")
 
 
 def box_sizes(ctx: SlotContext | Mapping[str, Any]) -> tuple[float, float]:
@@ -113,17 +118,71 @@ def dequantize_boxes(bins: np.ndarray, geometry: Optional[np.ndarray],
   return boxes.astype(np.float32)
 
 
-class BoxProcessor:
-  """The BOX modality (see the module docstring)."""
+class BoxProcessor(TokenModality):
+  """The BOX modality (see the module docstring).
 
-  modality = features.Modality.BOX
+  As a target it decodes as exactly 4 bins ("box"); trained together with text
+  (detection's `[BOX][TEXT]` groups) every target token may be text or a bin
+  ("text_and_boxes"), and the prediction becomes (box, label) pairs.
+  """
+
+  name = "BOX"
+  attributes = (AttrSpec("max_image_size", "int", BOTH_SIDES,
+                         doc="side that the 1000 bins span"),)
+  uses_geometry = True
+  solo_decoding = ("box", {"max_len": 4, "min_len": 4})
+  mixed_decoding = "text_and_boxes"
+  mixed_token_kind = int(features.TokenKind.TEXT_OR_BIN)
+
+  def to_tensor(self, value: Any, where: str) -> tf.Tensor:
+    if isinstance(value, (str, bytes)):
+      return tf.constant(value)
+    arr = np.asarray(value, np.float32)
+    if arr.shape[-1:] != (4,):
+      raise ValueError(f"{where}: a box is 4 numbers (x0, y0, x1, y1), got shape "
+                       f"{arr.shape}")
+    return tf.constant(arr)
+
+  def placeholder(self, grouped: bool, labels: Any) -> tf.Tensor:
+    del labels
+    return tf.zeros([0, 4] if grouped else [4], tf.float32)
+
+  def postprocess_prediction(self, text: str, plan: Any,
+                             example: Optional[Mapping[str, Any]], kind: str
+                             ) -> Any:
+    """"box": a box [4] in original pixels (None when no complete box was
+    decoded: a metric counts a miss, never crashes); "text_and_boxes":
+    [(box, label), ...]."""
+    if kind == self.mixed_decoding:
+      return self._box_label_pairs(plan, text, example)
+    ids = plan.vocab.encode(text)
+    box = np.asarray(self.postprocess(np.asarray(ids), _box_ctx(plan, example)),
+                     np.float64)
+    return box.tolist() if np.all(np.isfinite(box)) else None
+
+  def _box_label_pairs(self, plan: Any, text: str, example: Any
+                       ) -> list[tuple[list[float], str]]:
+    """`<bin>x4 label <bin>x4 label ...` -> [(box in pixels, label), ...]."""
+    ctx = _box_ctx(plan, example)
+    out = []
+    bins = list(_BIN_RE.finditer(text))
+    k = 0
+    while k + 4 <= len(bins):
+      group = bins[k:k + 4]
+      end = bins[k + 4].start() if k + 4 < len(bins) else len(text)
+      label = text[group[-1].end():end].strip()
+      ids = plan.vocab.encode("".join(b.group(0) for b in group))
+      box = self.postprocess(np.asarray(ids), ctx)
+      out.append((np.asarray(box, np.float64).tolist(), label))
+      k += 4
+    return out
 
   def _tokens(self, value: Any, ctx: SlotContext) -> TokenSlotOutput:
     vocab = require_vocab(ctx)
     _check_bins(ctx, vocab)
     image_size, max_size = box_sizes(ctx)
     boxes = _as_boxes(value, ctx)
-    k, num_clipped = quantize_boxes(boxes, ctx.image_geometry, image_size, max_size,
+    k, num_clipped = quantize_boxes(boxes, ctx.geometry, image_size, max_size,
                                     vocab.num_bins)
     ids = tf.reshape(vocab.bin_id(k), [-1])
     kinds = tf.fill(tf.shape(ids), int(features.TokenKind.BIN))
@@ -157,3 +216,26 @@ class BoxProcessor:
     if len(bins) < 4:
       return np.full([4], np.nan, np.float32)
     return dequantize_boxes(bins[None, :4], geometry, max_size, vocab.num_bins)[0]
+
+
+def _box_ctx(plan: Any, example: Optional[Mapping[str, Any]]) -> dict[str, Any]:
+  """The postprocessing context of a task's boxes: the sizes preprocessing used
+  (the first input image slot's attributes win over the task options) and the
+  example's first image geometry."""
+  ctx: dict[str, Any] = {"vocab": plan.vocab}
+  for k in _SIZE_KEYS:
+    if k in plan.options:
+      ctx[k] = plan.options[k]
+  image = next((s for s in plan.template.alternatives[0].source_slots()
+                if s.modality == image_lib.IMAGE.name), None)
+  for k in _SIZE_KEYS:
+    if image is not None and image.attrs.get(k) is not None:
+      ctx[k] = image.attrs[k]
+  if example is not None and image_lib.IMAGE_GEOMETRY in example:
+    geometry = np.asarray(example[image_lib.IMAGE_GEOMETRY])
+    if geometry.ndim == 2 and geometry.shape[0] > 0:
+      ctx["image_geometry"] = geometry[0]
+  return ctx
+
+
+BOX = BoxProcessor()

@@ -14,17 +14,23 @@ from typing import Any
 
 import tensorflow as tf
 
-from ofa_jax import features
 from ofa_jax.modalities.base import SlotContext, TokenSlotOutput
 from ofa_jax.modalities.options import slot_option
-from ofa_jax.modalities.text import (TextProcessor, encode_text, max_length_option,
-                                     require_vocab, token_kinds, _normalize_label)
+from ofa_jax.modalities.text import (CLOSED_SET, MAX_LENGTH, NO_PUNCTUATION,
+                                     UNCASED, TextProcessor, encode_text,
+                                     max_length_option, require_vocab,
+                                     token_kinds, _normalize_label)
 
 
 class CategoryProcessor(TextProcessor):
   """The CATEGORY modality (see the module docstring)."""
 
-  modality = features.Modality.CATEGORY
+  name = "CATEGORY"
+  attributes = (UNCASED, NO_PUNCTUATION, MAX_LENGTH, CLOSED_SET)
+
+  def is_closed_set(self, slot) -> bool:
+    del slot  # a category target always decodes under its label set
+    return True
 
   def _tokens(self, value: Any, ctx: SlotContext) -> TokenSlotOutput:
     vocab = require_vocab(ctx)
@@ -47,3 +53,6 @@ class CategoryProcessor(TextProcessor):
 
   # The same tokens on either side: no masking or noise applies to this modality.
   preprocess_target = preprocess_input
+
+
+CATEGORY = CategoryProcessor()

@@ -29,15 +29,24 @@ example. Options (slot attribute, else task option, else default):
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import io
+import os
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 
-from ofa_jax import features
 from ofa_jax.modalities import image_ops
 from ofa_jax.modalities import options
-from ofa_jax.modalities.base import DenseSlotOutput, SlotContext
+from ofa_jax.modalities import base as base_lib
+from ofa_jax.modalities.base import (DenseModality, DenseSlotOutput, Placed,
+                                     SlotContext)
+# The names of its task features (TF-free: the model's image adapter reads them).
+from ofa_jax.modalities.image_features import (IMAGE_GEOMETRY, IMAGE_MASK,
+                                               IMAGE_SLOT_RANK,
+                                               IMAGE_TEXT_OFFSET, IMAGES,
+                                               TARGET_IMAGE, TARGET_IMAGE_MASK)
+from ofa_jax.modalities.spec import (BOTH_SIDES, SOURCE_ONLY, AttrSpec, Stream)
 
 DEFAULT_IMAGE_SIZE = 480
 DEFAULT_TARGET_IMAGE_SIZE = 256
@@ -45,6 +54,7 @@ DEFAULT_CROP_PCT = 0.875
 _INPUT_VARIANTS = ("image", "imagenet")
 _TARGET_VARIANTS = ("image", "image_vqgan")
 _SOURCES = ("auto", "bytes", "base64", "path")
+
 
 
 def image_source(ctx: SlotContext) -> str:
@@ -63,10 +73,87 @@ def input_image_size(ctx: SlotContext, keys: tuple[str, ...] = ("image_size",)
   return int(image_ops.positive(ctx, "image_size", size))
 
 
-class ImageProcessor:
+class ImageProcessor(DenseModality):
   """The IMAGE modality (see the module docstring for the options)."""
 
-  modality = features.Modality.IMAGE
+  name = "IMAGE"
+  attributes = (
+      AttrSpec("image_size", "int", BOTH_SIDES,
+               doc="resize side in pixels (target: the target image side)"),
+      AttrSpec("mask_ratio", "ratio", SOURCE_ONLY, doc="centre mask"),
+      AttrSpec("crop_pct", "ratio", SOURCE_ONLY,
+               doc="imagenet variant: resize to image_size / crop_pct, crop"),
+      AttrSpec("augment", "bool", SOURCE_ONLY,
+               doc="random crop position in training (imagenet variant)"),
+      AttrSpec("source", "name", BOTH_SIDES,
+               doc="how strings are read: auto, bytes, base64 or path"),
+  )
+  adapter = IMAGES  # the ResNet adapter of the model registry
+  head = TARGET_IMAGE  # the VQ image-code head: a later issue, not registered yet
+  input_streams = (
+      Stream(IMAGES, "float32", 4, IMAGES),
+      Stream(IMAGE_MASK, "int32", 1, IMAGES),
+      Stream(IMAGE_TEXT_OFFSET, "int32", 1, IMAGES),
+      Stream(IMAGE_SLOT_RANK, "int32", 1, IMAGES),
+      Stream(IMAGE_GEOMETRY, "float32", 2, IMAGES, trailing=(6,)),
+  )
+  target_streams = (
+      Stream(TARGET_IMAGE, "float32", 3, TARGET_IMAGE, padded_axes=2),
+      Stream(TARGET_IMAGE_MASK, "int32", 1, 1, empty_length=1),
+  )
+  max_input_slots = None
+  length_options = {TARGET_IMAGE: ("target_image_size",)}
+  provides_geometry = True
+  shared_attrs = ("image_size", "max_image_size")
+
+  def absent_dims(self, stream: Stream, options: Mapping[str, Any]
+                  ) -> tuple[int, ...]:
+    if stream.name == IMAGES:
+      size = int(options.get("image_size", DEFAULT_IMAGE_SIZE))
+      return (size, size, 3)
+    return (3,)
+
+  def layout_inputs(self, placed: Sequence[Placed]) -> dict[str, tf.Tensor]:
+    """Every input image of the example, stacked in instruction order."""
+    return {
+        IMAGES: tf.stack([tf.cast(r.values, tf.float32) for r, _, _ in placed]),
+        IMAGE_MASK: tf.concat([tf.reshape(tf.cast(r.mask, tf.int32), [-1])[:1]
+                               for r, _, _ in placed], 0),
+        IMAGE_TEXT_OFFSET: tf.stack([o for _, o, _ in placed]),
+        IMAGE_SLOT_RANK: tf.constant([k for _, _, k in placed], tf.int32),
+        IMAGE_GEOMETRY: tf.stack([tf.cast(r.geometry, tf.float32)
+                                  for r, _, _ in placed]),
+    }
+
+  def placements(self, example: Mapping[str, Any]
+                 ) -> list[tuple[int, int, str, str]]:
+    if IMAGE_TEXT_OFFSET not in example:
+      return []
+    out = []
+    for k, (off, rank, mask) in enumerate(zip(
+        np.asarray(example[IMAGE_TEXT_OFFSET]).reshape(-1),
+        np.asarray(example[IMAGE_SLOT_RANK]).reshape(-1),
+        np.asarray(example.get(IMAGE_MASK, [])).reshape(-1))):
+      if mask:
+        out.append((int(off), int(rank), self.name,
+                    f"IMAGE #{k} {base_lib._stats(np.asarray(example[IMAGES][k]))}"))
+    return out
+
+  def target_decoding(self, template: Any, options: Mapping[str, Any]
+                      ) -> tuple[str, dict[str, Any]]:
+    """Image codes: a grid of (side / 8)^2 codes, sampled, no prompt."""
+    side = _target_image_size(template, options) // 8
+    return "image_codes", dict(beam_size=1, max_len=side * side,
+                               min_len=side * side, sampling=True,
+                               max_prompt_len=0)
+
+  def to_tensor(self, value: Any, where: str) -> tf.Tensor:
+    return tf.constant(image_value(value, where))
+
+  def placeholder(self, grouped: bool, labels: Optional[Sequence[str]]
+                  ) -> tf.Tensor:
+    del grouped, labels
+    return tf.constant(image_value(np.zeros((8, 8, 3), np.uint8), "placeholder"))
 
   def _input_settings(self, ctx: SlotContext) -> dict[str, Any]:
     variant = options.slot_option(ctx, "preprocess", (), "image", str)
@@ -159,3 +246,40 @@ def _as_tensor(value: Any, ctx: SlotContext) -> tf.Tensor:
     raise ValueError(f"{ctx.where()}: an IMAGE value must be a string (encoded "
                      f"bytes or a path) or uint8 [H, W, 3], got {value.dtype.name}")
   return value
+
+
+def _target_image_size(template: Any, options: Mapping[str, Any]) -> int:
+  """Side of the target image: the target IMAGE slot's `image_size` attribute,
+  else the task option `target_image_size`, else 256 (preprocess_target's rule)."""
+  for alt in template.alternatives:
+    for slot in alt.target_slots():
+      if slot.modality == IMAGE.name and slot.get("image_size") is not None:
+        return int(slot.get("image_size"))
+  return int(options.get("target_image_size", DEFAULT_TARGET_IMAGE_SIZE))
+
+
+def image_value(value: Any, where: str) -> Any:
+  """Paths and bytes pass; arrays and PIL images become PNG bytes (one dtype)."""
+  if isinstance(value, (str, os.PathLike)):
+    path = os.fspath(value)
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"{where}: image file {path!r} does not exist")
+    return path
+  if isinstance(value, (bytes, bytearray)):
+    return bytes(value)
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  if isinstance(value, Image.Image):
+    image = value.convert("RGB")
+  else:
+    arr = np.asarray(value)
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4):
+      raise ValueError(f"{where}: an image must be a path, encoded bytes, a PIL "
+                       f"image or uint8 [H, W, 3]; got {arr.dtype} {arr.shape}")
+    image = Image.fromarray(arr[..., :3] if arr.shape[-1] != 1 else arr[..., 0])
+    image = image.convert("RGB")
+  buf = io.BytesIO()
+  image.save(buf, format="PNG")
+  return buf.getvalue()
+
+
+IMAGE = ImageProcessor()

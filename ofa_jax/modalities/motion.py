@@ -40,14 +40,17 @@ from typing import Any, Iterable, Mapping, Optional
 import numpy as np
 import tensorflow as tf
 
-from ofa_jax import features
 from ofa_jax.modalities import image_ops
 from ofa_jax.modalities import options
-from ofa_jax.modalities.base import DenseSlotOutput, SlotContext
+from ofa_jax.modalities.base import (DenseModality, DenseSlotOutput, SlotContext,
+                                     single_slot_streams, dense_target_streams)
+from ofa_jax.modalities.spec import BOTH_SIDES, AttrSpec, Stream
 
 DEFAULT_MIN_LENGTH = 10
 DEFAULT_MAX_LENGTH = 1000
 STD_FLOOR = 1e-6
+MOTION_STREAM = "motion"         # float32 [Tm, Dm] joint features (+ companions)
+TARGET_MOTION = "target_motion"  # float32 [Ttm, Dm]
 
 
 def compute_motion_stats(clips: Iterable[np.ndarray]) -> dict[str, np.ndarray]:
@@ -135,10 +138,59 @@ def _stats(ctx: SlotContext) -> tuple[np.ndarray, np.ndarray] | None:
   return mean, np.maximum(std, STD_FLOOR)
 
 
-class MotionProcessor:
-  """The MOTION modality (see the module docstring for the options)."""
+def motion_dim(options_: Mapping[str, Any]) -> int:
+  """D of motion frames: `motion_dim`, else the length of `motion_stats` mean.
 
-  modality = features.Modality.MOTION
+  The processor accepts either; an absent stream must have the same D as the
+  present ones of the task, or the two cannot batch together.
+  """
+  if options_.get("motion_dim") is not None:
+    return int(options_["motion_dim"])
+  stats = options_.get("motion_stats")
+  if isinstance(stats, Mapping) and stats.get("mean") is not None:
+    return len(stats["mean"])
+  return 0
+
+
+class MotionProcessor(DenseModality):
+  """The MOTION modality (see the module docstring for the options).
+
+  Data side only for now: no encoder adapter `motion` nor head `target_motion`
+  is registered in the model registry.
+  """
+
+  name = "MOTION"
+  attributes = (
+      AttrSpec("min_length", "int", BOTH_SIDES,
+               doc="shortest motion clip (shorter clips are skipped)"),
+      AttrSpec("max_length", "int", BOTH_SIDES, doc="longest motion clip"),
+      AttrSpec("length", "int", BOTH_SIDES, doc="padded length"),
+      AttrSpec("sample_rate", "int", BOTH_SIDES, doc="keep every k-th frame"),
+      AttrSpec("soft_trim", "ratio", BOTH_SIDES,
+               doc="fraction of the clip that may be trimmed from its ends"),
+      AttrSpec("window", "flag", BOTH_SIDES,
+               doc="train on a random span of the clip"),
+      AttrSpec("anchor_frame", "int", BOTH_SIDES, min_int=0,
+               doc="refused with an explanation (BVH canonicalisation)"),
+  )
+  adapter = MOTION_STREAM
+  head = TARGET_MOTION
+  input_streams = single_slot_streams(MOTION_STREAM, 2)
+  target_streams = dense_target_streams(TARGET_MOTION, 2)
+  length_options = {MOTION_STREAM: ("motion_length", "motion_max_length"),
+                    TARGET_MOTION: ("motion_length", "motion_max_length")}
+
+  def absent_dims(self, stream: Stream, options_: Mapping[str, Any]
+                  ) -> tuple[int, ...]:
+    del stream
+    return (motion_dim(options_),)
+
+  def effective_options(self, options_: dict[str, Any]) -> dict[str, Any]:
+    """A max length set from the sequence lengths keeps min_length <= it."""
+    if "motion_max_length" in options_:
+      options_.setdefault("motion_min_length",
+                          min(DEFAULT_MIN_LENGTH, options_["motion_max_length"]))
+    return options_
 
   def _process(self, value: tf.Tensor, ctx: SlotContext, seed_slot: int
                ) -> DenseSlotOutput:
@@ -235,3 +287,6 @@ class MotionProcessor:
       std = np.maximum(np.asarray(stats["std"], np.float32), STD_FLOOR)
       frames = frames * std + np.asarray(stats["mean"], np.float32)
     return frames
+
+
+MOTION = MotionProcessor()

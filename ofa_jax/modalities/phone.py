@@ -20,9 +20,9 @@ from typing import Any, Mapping
 import numpy as np
 import tensorflow as tf
 
-from ofa_jax import features
 from ofa_jax import vocab as vocab_lib
-from ofa_jax.modalities.base import SlotContext, TokenSlotOutput
+from ofa_jax.modalities.base import SlotContext, TokenModality, TokenSlotOutput
+from ofa_jax.modalities.spec import BOTH_SIDES, SOURCE_ONLY, AttrSpec
 from ofa_jax.modalities.text import (max_length_option, ratio_option, require_vocab,
                                      string_scalar, token_kinds)
 
@@ -50,10 +50,14 @@ def mask_phones(ids: tf.Tensor, ratio: float, mask_id: int, replacements: tf.Ten
   return tf.where(picked, tf.where(use_random, random_ids, mask_id), ids)
 
 
-class PhoneProcessor:
+class PhoneProcessor(TokenModality):
   """The PHONE modality (see the module docstring)."""
 
-  modality = features.Modality.PHONE
+  name = "PHONE"
+  attributes = (
+      AttrSpec("max_length", "int", BOTH_SIDES, doc="truncate tokens"),
+      AttrSpec("mask_ratio", "ratio", SOURCE_ONLY,
+               doc="mask or replace phones"))
 
   def _tokens(self, value: Any, ctx: SlotContext, allow_mask: bool) -> TokenSlotOutput:
     vocab = require_vocab(ctx)
@@ -96,3 +100,6 @@ class PhoneProcessor:
     """Ids -> "HH AH L OW" (cut at </s>; specials skipped)."""
     text = require_vocab(ctx).decode(np.asarray(tokens).reshape(-1).tolist())
     return " ".join(re.sub(r"<ph_([A-Z]+)>", r" \1 ", text).split())
+
+
+PHONE = PhoneProcessor()

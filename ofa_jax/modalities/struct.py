@@ -28,12 +28,12 @@ from typing import Any
 
 import tensorflow as tf
 
-from ofa_jax import features
 from ofa_jax.modalities.base import SlotContext, TokenSlotOutput
 from ofa_jax.modalities.options import slot_option
-from ofa_jax.modalities.text import (TextProcessor, encode_text, max_length_option,
-                                     normalize_text, require_vocab, string_scalar,
-                                     token_kinds)
+from ofa_jax.modalities.text import (MAX_LENGTH, NO_PUNCTUATION, UNCASED,
+                                     TextProcessor, encode_text,
+                                     max_length_option, normalize_text,
+                                     require_vocab, string_scalar, token_kinds)
 
 
 def _cell(x: Any) -> str:
@@ -91,7 +91,12 @@ def serialize_json(text: str, where: str = "STRUCT") -> str:
 class StructProcessor(TextProcessor):
   """The STRUCT modality (see the module docstring)."""
 
-  modality = features.Modality.STRUCT
+  name = "STRUCT"
+  attributes = (UNCASED, NO_PUNCTUATION, MAX_LENGTH)
+
+  def is_closed_set(self, slot) -> bool:
+    del slot
+    return False
 
   def _tokens(self, value: Any, ctx: SlotContext) -> TokenSlotOutput:
     vocab = require_vocab(ctx)
@@ -113,3 +118,6 @@ class StructProcessor(TextProcessor):
 
   # The same tokens on either side: no masking or noise applies to this modality.
   preprocess_target = preprocess_input
+
+
+STRUCT = StructProcessor()

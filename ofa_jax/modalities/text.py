@@ -34,10 +34,20 @@ import tensorflow as tf
 
 from ofa_jax import features
 from ofa_jax import trie as trie_lib
-from ofa_jax.modalities.base import SlotContext, TokenSlotOutput
+from ofa_jax.modalities.base import SlotContext, TokenModality, TokenSlotOutput
 from ofa_jax.modalities.options import slot_option
+from ofa_jax.modalities.spec import (BOTH_SIDES, SOURCE_ONLY, TARGET_ONLY,
+                                     AttrSpec)
 
 POISSON_LAMBDA = 3.0
+
+# Attributes shared by the text-like modalities (TEXT, CATEGORY, STRUCT).
+UNCASED = AttrSpec("uncased", "flag", BOTH_SIDES, doc="lower-case the value")
+NO_PUNCTUATION = AttrSpec("no_punctuation", "flag", BOTH_SIDES,
+                          doc="strip punctuation")
+MAX_LENGTH = AttrSpec("max_length", "int", BOTH_SIDES, doc="truncate tokens")
+CLOSED_SET = AttrSpec("closed_set", "flag", TARGET_ONLY,
+                      doc="decode under a prefix trie of the answer set")
 
 
 # ---------------------------------------------------------------------------
@@ -160,10 +170,18 @@ def word_starts(vocab, ids: tf.Tensor) -> tf.Tensor:
 # ---------------------------------------------------------------------------
 # The processor
 # ---------------------------------------------------------------------------
-class TextProcessor:
+class TextProcessor(TokenModality):
   """The TEXT modality (see the module docstring for the options)."""
 
-  modality = features.Modality.TEXT
+  name = "TEXT"
+  attributes = (
+      UNCASED, NO_PUNCTUATION, MAX_LENGTH, CLOSED_SET,
+      AttrSpec("mask_ratio", "ratio", SOURCE_ONLY, doc="BART span masking"),
+      AttrSpec("noise_ratio", "ratio", BOTH_SIDES,
+               doc="replace tokens with random text tokens"))
+
+  def is_closed_set(self, slot) -> bool:
+    return slot.has("closed_set")
 
   def _normalized(self, value: Any, ctx: SlotContext) -> tf.Tensor:
     return normalize_text(string_scalar(value, ctx),
@@ -198,7 +216,7 @@ class TextProcessor:
     prev_output_tokens while the loss sees the clean targets). Unchanged otherwise,
     and always unchanged for CATEGORY (a label is never noised).
     """
-    if self.modality != features.Modality.TEXT or not ctx.is_training:
+    if self.name != "TEXT" or not ctx.is_training:
       return ids
     ratio = ratio_option(ctx, "noise_ratio")
     if ratio <= 0:
@@ -252,3 +270,6 @@ def _normalize_label(label: str, uncased: bool, no_punctuation: bool) -> str:
 def num_masked_words(num_words: int, ratio: float) -> int:
   """How many words `span_mask_tokens` masks (before overlaps): ceil(ratio * words)."""
   return int(math.ceil(num_words * ratio))
+
+
+TEXT = TextProcessor()

@@ -23,13 +23,15 @@ from typing import Any, Mapping
 
 import tensorflow as tf
 
-from ofa_jax import features
 from ofa_jax.modalities import image as image_lib
 from ofa_jax.modalities import image_ops
 from ofa_jax.modalities import options
-from ofa_jax.modalities.base import DenseSlotOutput, SlotContext
+from ofa_jax.modalities.base import (DenseModality, DenseSlotOutput, SlotContext,
+                                     single_slot_streams)
+from ofa_jax.modalities.spec import SOURCE_ONLY, AttrSpec, Stream
 
 DEFAULT_N_FRAMES = 8
+VIDEO_STREAM = "video"  # float32 [F, S, S, 3] frames (+ mask, offset, rank)
 
 
 def sample_frame_indices(num_frames: tf.Tensor, n_frames: int,
@@ -59,10 +61,32 @@ def sample_frame_indices(num_frames: tf.Tensor, n_frames: int,
   return indices, mask
 
 
-class VideoProcessor:
-  """The VIDEO modality (see the module docstring for the options)."""
+class VideoProcessor(DenseModality):
+  """The VIDEO modality (see the module docstring for the options).
 
-  modality = features.Modality.VIDEO
+  Input only, and data side only for now (no encoder adapter `video` is
+  registered in the model registry).
+  """
+
+  name = "VIDEO"
+  attributes = (
+      AttrSpec("n_frames", "int", SOURCE_ONLY,
+               doc="frames sampled uniformly from the clip"),
+      AttrSpec("image_size", "int", SOURCE_ONLY, doc="frame side in pixels"),
+      AttrSpec("source", "name", SOURCE_ONLY,
+               doc="how encoded frames are read: auto, bytes or path"),
+  )
+  adapter = VIDEO_STREAM
+  input_streams = single_slot_streams(VIDEO_STREAM, 4)
+  input_only = True
+  length_options = {VIDEO_STREAM: ("video_n_frames",)}
+
+  def absent_dims(self, stream: Stream, options: Mapping[str, Any]
+                  ) -> tuple[int, ...]:
+    del stream
+    size = int(options.get("video_image_size", options.get(
+        "image_size", image_lib.DEFAULT_IMAGE_SIZE)))
+    return (size, size, 3)
 
   def preprocess_input(self, value: tf.Tensor, ctx: SlotContext) -> DenseSlotOutput:
     """Frames -> float32 [F, S, S, 3] and mask int32 [F] (1 = a real frame)."""
@@ -140,3 +164,6 @@ class VideoProcessor:
   def postprocess(self, tokens: Any, ctx: Mapping[str, Any]) -> Any:
     raise ValueError("VIDEO is an input-only modality (the plan refuses VIDEO "
                      "targets at registration): there is nothing to postprocess")
+
+
+VIDEO = VideoProcessor()

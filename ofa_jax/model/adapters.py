@@ -1,12 +1,12 @@
 """Modality adapters: how a dense input stream enters the encoder.
 
 Why a registry of adapters: the encoder core knows only text tokens and a list
-of `AdapterOutput`s. Each dense stream of `ofa_jax.features` (images, audio,
+of `AdapterOutput`s. Each dense input stream of a modality (images, audio,
 video, motion) gets one adapter that turns the stream into embeddings, a mask,
 normalized absolute-position embeddings (for OFA's decoupled position bias)
-and ids for its kind of relative bias. Adding a modality is one adapter class
-plus one entry in `ADAPTERS` (a "module:Class" path, imported lazily, so the
-adapter may live anywhere); `OFAConfig.encoder_adapters` picks the streams.
+and ids for its kind of relative bias. Adapters are registered by name in
+`ofa_jax/model/registry.py` (with the target heads); `OFAConfig.encoder_adapters`
+picks the ones a model builds.
 
 Protocol of an adapter class (a flax Module):
   - constructed as `cls(config, name=stream)`;
@@ -27,7 +27,6 @@ Parameter names of the image adapter (module `encoder/images`), with the OFA
 
 from __future__ import annotations
 
-import importlib
 import types
 from typing import Any, Mapping, Optional
 
@@ -36,9 +35,10 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from ofa_jax import features
+from ofa_jax.modalities import image_features
 from ofa_jax.model import layers
 from ofa_jax.model import position
+from ofa_jax.model import registry as model_registry
 from ofa_jax.model.config import OFAConfig
 from ofa_jax.model.resnet import ResNet
 
@@ -104,11 +104,12 @@ class ImageAdapter(nn.Module):
   def __call__(self, batch: Mapping[str, Any], *, type_embedding: Array,
                train: bool) -> Optional[AdapterOutput]:
     cfg = self.config
-    images = batch.get(features.IMAGES)
+    images = batch.get(image_features.IMAGES)
     if images is None or images.shape[1] == 0:
       return None
     if images.ndim != 5 or images.shape[-1] != 3:
-      raise ValueError(f"Feature {features.IMAGES!r} must be [B, Ni, S, S, 3]; "
+      raise ValueError(f"Feature {image_features.IMAGES!r} must be "
+                       f"[B, Ni, S, S, 3]; "
                        f"got shape {tuple(images.shape)}")
     b, ni, height, width, _ = images.shape
     feats = ResNet(cfg, name="embed_images")(
@@ -131,14 +132,14 @@ class ImageAdapter(nn.Module):
     pos = layers.apply_ln(layers.layer_norm(cfg, name="image_pos_ln"),
                           table[ids], cfg.compute_dtype)
 
-    mask = batch.get(features.IMAGE_MASK)
+    mask = batch.get(image_features.IMAGE_MASK)
     if mask is None:
       mask = jnp.ones((b, ni), jnp.bool_)
     if tuple(mask.shape) != (b, ni):
-      raise ValueError(f"Feature {features.IMAGE_MASK!r} has shape "
+      raise ValueError(f"Feature {image_features.IMAGE_MASK!r} has shape "
                        f"{tuple(mask.shape)}; expected {(b, ni)}")
-    offset, rank = slot_placement(batch, features.IMAGE_TEXT_OFFSET,
-                                  features.IMAGE_SLOT_RANK, b, ni)
+    offset, rank = slot_placement(batch, image_features.IMAGE_TEXT_OFFSET,
+                                  image_features.IMAGE_SLOT_RANK, b, ni)
     n = h * w
     return AdapterOutput(
         embeddings=x,
@@ -148,24 +149,13 @@ class ImageAdapter(nn.Module):
         text_offset=offset, slot_rank=rank, rel_kind=REL_IMAGE_2D)
 
 
-# stream name -> "module:Class". Immutable: a new modality adds a line here.
-ADAPTERS: Mapping[str, str] = types.MappingProxyType({
-    features.IMAGES: "ofa_jax.model.adapters:ImageAdapter",
-})
+# stream name -> "module:Class": the adapters of the model registry.
+ADAPTERS: Mapping[str, str] = types.MappingProxyType(model_registry.adapters())
 
 
 def get_adapter_class(stream: str) -> type:
   """The adapter class of a stream name (or of an explicit 'module:Class')."""
-  path = ADAPTERS.get(stream, stream if ":" in stream else None)
-  if path is None:
-    raise ValueError(f"No encoder adapter for stream {stream!r}; known: "
-                     f"{sorted(ADAPTERS)} (or give 'module:Class')")
-  module_name, _, class_name = path.partition(":")
-  try:
-    return getattr(importlib.import_module(module_name), class_name)
-  except (ImportError, AttributeError) as e:
-    raise ValueError(f"Cannot load encoder adapter {path!r} for stream "
-                     f"{stream!r}: {e}") from e
+  return model_registry.get_adapter_class(stream)
 
 
 def adapter_name(stream: str) -> str:

@@ -37,8 +37,12 @@ class OFAConfig:
     use_dot_product_attention: route attention through
       `jax.nn.dot_product_attention` (with OFA's additive bias) where no
       attention-probability dropout is needed.
-    encoder_adapters: stream names (keys of `ofa_jax.model.adapters`) whose
-      dense inputs the encoder embeds, in addition to text tokens.
+    encoder_adapters: names of encoder adapters (`ofa_jax/model/registry.py`,
+      one per input stream) whose dense inputs the encoder embeds, in addition
+      to text tokens.
+    target_heads: names of target heads (`ofa_jax/model/registry.py`, one per
+      dense target stream) the model trains. A task whose instruction uses a
+      stream without its adapter or head here is refused before training.
     entangle_position_embedding: OFA's flag of the same name: also ADD the raw
       absolute position embeddings (text, image patch, decoder text / code) to
       the token streams before their embedding LayerNorms, so that the values
@@ -85,6 +89,7 @@ class OFAConfig:
   remat: bool = False
   use_dot_product_attention: bool = False
   encoder_adapters: tuple[str, ...] = ("images",)
+  target_heads: tuple[str, ...] = ()
   entangle_position_embedding: bool = False
   ordered_init: bool = False
 
@@ -116,6 +121,7 @@ class OFAConfig:
     # Accept lists (gin, json) but keep the dataclass hashable.
     object.__setattr__(self, "resnet_layers", tuple(self.resnet_layers))
     object.__setattr__(self, "encoder_adapters", tuple(self.encoder_adapters))
+    object.__setattr__(self, "target_heads", tuple(self.target_heads))
 
   @property
   def head_dim(self) -> int:

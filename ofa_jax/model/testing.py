@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ofa_jax import features
+from ofa_jax.modalities import image_features
 from ofa_jax.model.config import OFAConfig, get_config
 from ofa_jax.model.transformer import OFATransformer
 
@@ -46,9 +47,9 @@ def random_batch(config: OFAConfig, seed: int = 0, batch_size: int = 2,
   batch = {features.ENCODER_INPUT_TOKENS: enc,
            features.DECODER_INPUT_TOKENS: dec}
   if num_images:
-    batch[features.IMAGES] = rs.randn(batch_size, num_images, image_size,
+    batch[image_features.IMAGES] = rs.randn(batch_size, num_images, image_size,
                                       image_size, 3).astype(np.float32)
-    batch[features.IMAGE_MASK] = np.ones((batch_size, num_images), np.int32)
+    batch[image_features.IMAGE_MASK] = np.ones((batch_size, num_images), np.int32)
   return batch
 
 

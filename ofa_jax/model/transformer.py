@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ofa_jax import features
+from ofa_jax.modalities import image_features
 from ofa_jax.model import layers
 from ofa_jax.model.config import OFAConfig
 from ofa_jax.model.decoder import OFADecoder
@@ -138,9 +139,9 @@ def dummy_batch(config: OFAConfig, batch_size: int = 1, input_length: int = 8,
                                              np.int32),
   }
   if num_images:
-    batch[features.IMAGES] = np.zeros(
+    batch[image_features.IMAGES] = np.zeros(
         (batch_size, num_images, image_size, image_size, 3), np.float32)
-    batch[features.IMAGE_MASK] = np.ones((batch_size, num_images), np.int32)
+    batch[image_features.IMAGE_MASK] = np.ones((batch_size, num_images), np.int32)
   return batch
 
 

@@ -18,22 +18,21 @@ from typing import Any, Mapping, Optional
 import tensorflow as tf
 
 from ofa_jax import features as F
+from ofa_jax import modalities
 from ofa_jax.instructions import (ContrastiveChoice, Instruction,
                                   InterleavedGroup, PlainText, Slot)
-from ofa_jax.modalities.base import DenseSlotOutput, SlotContext
+from ofa_jax.modalities.base import DenseSlotOutput, Placed, SlotContext
 
-M = F.Modality
-DENSE_INPUT_STREAMS = {M.IMAGE: F.IMAGES, M.AUDIO: F.AUDIO, M.VIDEO: F.VIDEO,
-                       M.MOTION: F.MOTION}
-DENSE_TARGET_STREAMS = {M.IMAGE: F.TARGET_IMAGE, M.AUDIO: F.TARGET_AUDIO,
-                        M.MOTION: F.TARGET_MOTION}
 VALID_KEY = "_valid_{}"        # bool [] per dense modality (False: drop example)
 CLIPPED_KEY = "_num_clipped"   # int32 []: values repaired by token modalities
 DENSE_CLIPPED_KEY = "_clipped_{}"  # int32 [] per dense modality: frames cut off
 TRUNCATED_KEY = "_truncated_{}"  # bool [] per token stream (inputs / targets)
 TEXT = int(F.TokenKind.TEXT)
-# Attributes of an input IMAGE slot that BOX slots of the example must honour.
-_IMAGE_SIZE_ATTRS = ("image_size", "max_image_size")
+
+
+def reason_name(modality: str) -> str:
+  """The lower-case name of a modality in private keys and skip reasons."""
+  return modality.lower()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,8 +42,7 @@ class BuildConfig:
   task: str
   vocab: Any
   options: Mapping[str, Any]
-  processors: Mapping[F.Modality, Any]
-  dense_dims: Mapping[str, tuple[int, ...]]  # trailing dims of absent streams
+  processors: Mapping[str, Any]  # slot type -> its modality object
   decoder_plain_with_loss: bool = False
   sample_weight_field: Optional[str] = None
   # Plain text of the instruction -> its ids, tokenized once in Python (outside
@@ -53,13 +51,20 @@ class BuildConfig:
       default_factory=dict)
 
 
-def mixes_boxes_and_text(alt) -> bool:
-  """True when the trained target of an alternative has box slots and other token
-  slots (detection's `[BOX][TEXT]` groups): its tokens are then TEXT_OR_BIN."""
+def mixing_modality(alt) -> Optional[str]:
+  """The modality whose slots are trained together with other token slots and
+  then decide the target's kind (detection's `[BOX][TEXT]` groups: BOX, whose
+  `mixed_token_kind` lets every token be text or a bin); None otherwise."""
   trained = [s for s in alt.target_slots()
              if s.is_token_based and not s.has("no_loss")]
-  boxes = [s for s in trained if s.modality == F.Modality.BOX]
-  return bool(boxes) and len(boxes) < len(trained)
+  for slot in trained:
+    modality = modalities.get(slot.modality)
+    if modality.mixed_decoding is None:
+      continue
+    mine = [s for s in trained if s.modality == slot.modality]
+    if len(mine) < len(trained):
+      return slot.modality
+  return None
 
 
 def plain_text_tokens(vocab, template) -> dict[str, tuple[int, ...]]:
@@ -94,13 +99,14 @@ class _Walker:
     self.is_training, self.alt_index = is_training, alt_index
     self.num_clipped = tf.constant(0, tf.int32)
     self.geometry: Optional[tf.Tensor] = None
-    self.valid = {m: tf.constant(True) for m in DENSE_INPUT_STREAMS}
-    self.dense_clipped = {m: tf.constant(0, tf.int32) for m in DENSE_INPUT_STREAMS}
-    # Size attributes of the first input IMAGE slot: its boxes are quantized in
-    # the frame that slot was resized to, so BOX slots must see the same size.
-    self.image_options: dict[str, Any] = {}
+    dense = [m for m, p in cfg.processors.items() if not p.token_based]
+    self.valid = {m: tf.constant(True) for m in dense}
+    self.dense_clipped = {m: tf.constant(0, tf.int32) for m in dense}
+    # Shared attributes of the first geometry-giving input slot (an image's
+    # size): token slots that use its frame (boxes) must see the same size.
+    self.shared_options: dict[str, Any] = {}
 
-  def add_dense(self, modality: F.Modality, res: DenseSlotOutput) -> None:
+  def add_dense(self, modality: str, res: DenseSlotOutput) -> None:
     """Validity and clipped-frame count of one dense slot's output."""
     self.valid[modality] = tf.logical_and(self.valid[modality],
                                           tf.cast(res.valid, tf.bool))
@@ -115,12 +121,13 @@ class _Walker:
     if item is not None:
       seed = _slot_seed(seed, item)
     options = self.cfg.options
-    if slot.modality == M.BOX and self.image_options:
-      options = {**options, **self.image_options}
+    if self.shared_options and getattr(self.cfg.processors[slot.modality],
+                                       "uses_geometry", False):
+      options = {**options, **self.shared_options}
     return SlotContext(
         task=self.cfg.task, slot_name=slot.name, attrs=dict(slot.attrs),
         vocab=self.cfg.vocab, options=options,
-        is_training=self.is_training, seed=seed, image_geometry=self.geometry)
+        is_training=self.is_training, seed=seed, geometry=self.geometry)
 
   def value(self, slot: Slot) -> tf.Tensor:
     if slot.name is None or slot.name not in self.ex:
@@ -238,21 +245,10 @@ def _disables_boseos(element) -> bool:
 
 
 def empty_features(cfg: BuildConfig) -> dict[str, tf.Tensor]:
-  """Every dense stream absent: zero-length (or mask 0), right rank and dims."""
+  """Every stream of every registered dense modality, absent."""
   out = {}
-  for name, dims in cfg.dense_dims.items():
-    out[name] = tf.zeros([0, *dims], tf.float32)
-  out[F.IMAGE_MASK] = tf.zeros([0], tf.int32)
-  out[F.IMAGE_TEXT_OFFSET] = tf.zeros([0], tf.int32)
-  out[F.IMAGE_SLOT_RANK] = tf.zeros([0], tf.int32)
-  out[F.IMAGE_GEOMETRY] = tf.zeros([0, 6], tf.float32)
-  for prefix in ("audio", "video", "motion"):
-    out[f"{prefix}_mask"] = tf.zeros([0], tf.int32)
-    out[f"{prefix}_text_offset"] = tf.zeros([1], tf.int32)
-    out[f"{prefix}_slot_rank"] = tf.zeros([1], tf.int32)
-  out[F.TARGET_IMAGE_MASK] = tf.zeros([1], tf.int32)
-  out[F.TARGET_AUDIO_MASK] = tf.zeros([0], tf.int32)
-  out[F.TARGET_MOTION_MASK] = tf.zeros([0], tf.int32)
+  for modality in modalities.dense_modalities():
+    out.update(modality.empty_features(cfg.options))
   return out
 
 
@@ -272,17 +268,17 @@ def build_alternative(cfg: BuildConfig, alt: Instruction, alt_index: int,
       res = proc.preprocess_input(w.value(element), w.ctx(element, salts[element]))
       dense[i] = res
       w.add_dense(element.modality, res)
-      if element.modality == M.IMAGE and w.geometry is None:
+      if proc.provides_geometry and w.geometry is None:
         w.geometry = res.geometry
-        w.image_options = {k: element.attrs[k] for k in _IMAGE_SIZE_ATTRS
-                           if element.attrs.get(k) is not None}
+        w.shared_options = {k: element.attrs[k] for k in proc.shared_attrs
+                            if element.attrs.get(k) is not None}
 
   # 2. Encoder layout in instruction order: token runs and dense slots.
   pieces: list[tf.Tensor] = []
   run: list[tf.Tensor] = []
   run_boseos = True
   n_tokens = tf.constant(0, tf.int32)
-  images: list[tuple[DenseSlotOutput, tf.Tensor, int]] = []
+  placed: dict[str, list[Placed]] = {}
   rank = 0
 
   def close_run():
@@ -303,25 +299,12 @@ def build_alternative(cfg: BuildConfig, alt: Instruction, alt_index: int,
         run_boseos = run_boseos and not _disables_boseos(element)
       continue
     close_run()
-    res, modality = dense[i], element.modality
-    if modality == M.IMAGE:
-      images.append((res, n_tokens, rank))
-    else:
-      prefix = DENSE_INPUT_STREAMS[modality]
-      out[prefix] = tf.cast(res.values, tf.float32)
-      out[f"{prefix}_mask"] = _ids(res.mask)
-      out[f"{prefix}_text_offset"] = tf.reshape(n_tokens, [1])
-      out[f"{prefix}_slot_rank"] = tf.constant([rank], tf.int32)
+    placed.setdefault(element.modality, []).append((dense[i], n_tokens, rank))
     rank += 1
   close_run()
   out[F.INPUTS] = tf.concat(pieces, 0) if pieces else tf.zeros([0], tf.int32)
-  if images:
-    out[F.IMAGES] = tf.stack([tf.cast(r.values, tf.float32) for r, _, _ in images])
-    out[F.IMAGE_MASK] = tf.concat([_ids(r.mask)[:1] for r, _, _ in images], 0)
-    out[F.IMAGE_TEXT_OFFSET] = tf.stack([o for _, o, _ in images])
-    out[F.IMAGE_SLOT_RANK] = tf.constant([k for _, _, k in images], tf.int32)
-    out[F.IMAGE_GEOMETRY] = tf.stack(
-        [tf.cast(r.geometry, tf.float32) for r, _, _ in images])
+  for modality, slots in placed.items():
+    out.update(cfg.processors[modality].layout_inputs(slots))
 
   # 3. Decoder side: tokens, loss mask, kinds; a dense target fills its stream.
   tokens, kinds, loss, dec_inputs = [], [], [], []
@@ -330,9 +313,7 @@ def build_alternative(cfg: BuildConfig, alt: Instruction, alt_index: int,
     if isinstance(element, Slot) and not element.is_token_based:
       proc = cfg.processors[element.modality]
       res = proc.preprocess_target(w.value(element), w.ctx(element, salts[element]))
-      name = DENSE_TARGET_STREAMS[element.modality]
-      out[name] = tf.cast(res.values, tf.float32)
-      out[f"{name}_mask"] = _ids(res.mask)
+      out.update(proc.layout_target(res))
       w.add_dense(element.modality, res)
       continue
     res = w.element_tokens(element, salts, target=True)
@@ -358,10 +339,11 @@ def build_alternative(cfg: BuildConfig, alt: Instruction, alt_index: int,
     loss.append(tf.constant([0 if dense_target else 1], tf.int32))
   cat = lambda xs: tf.concat(xs, 0) if xs else tf.zeros([0], tf.int32)  # noqa: E731
   out[F.TARGETS], out[F.TARGET_KINDS] = cat(tokens), cat(kinds)
-  if mixes_boxes_and_text(alt):
+  mixing = mixing_modality(alt)
+  if mixing is not None:
     kinds = out[F.TARGET_KINDS]
     out[F.TARGET_KINDS] = tf.where(kinds == int(F.TokenKind.PAD), kinds,
-                                   int(F.TokenKind.TEXT_OR_BIN))
+                                   cfg.processors[mixing].mixed_token_kind)
   out[F.TARGET_LOSS_MASK] = cat(loss)
   out[F.TARGET_INPUTS] = cat(dec_inputs)
 
@@ -371,9 +353,9 @@ def build_alternative(cfg: BuildConfig, alt: Instruction, alt_index: int,
   else:
     out[F.SAMPLE_WEIGHT] = tf.constant(1.0, tf.float32)
   out[F.TASK_ID] = tf.constant(F.task_id_of(cfg.task), tf.int32)
-  for m in DENSE_INPUT_STREAMS:
-    out[VALID_KEY.format(m.value.lower())] = w.valid[m]
-    out[DENSE_CLIPPED_KEY.format(m.value.lower())] = w.dense_clipped[m]
+  for m in w.valid:
+    out[VALID_KEY.format(reason_name(m))] = w.valid[m]
+    out[DENSE_CLIPPED_KEY.format(reason_name(m))] = w.dense_clipped[m]
   out[CLIPPED_KEY] = w.num_clipped
   return out
 

@@ -13,7 +13,6 @@ Pipeline per task (all graph mode, stateless randomness from SeqIO's seeds):
 
 from __future__ import annotations
 
-import re
 from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
@@ -22,25 +21,15 @@ import tensorflow as tf
 
 from ofa_jax import data_stats
 from ofa_jax import features as F
+from ofa_jax import modalities
+from ofa_jax.decoding import prompts
 from ofa_jax.plan import build as B
-from ofa_jax.instructions import InterleavedGroup
 from ofa_jax.plan.source import EVAL_KEY, TRAIN_KEY, is_training_dataset
 
-M = F.Modality
 
-# sequence_length key -> the processor options it sets unless the task sets them.
-_LENGTH_OPTIONS = {
-    F.AUDIO: ("audio_max_frames",),
-    F.TARGET_AUDIO: ("target_audio_max_frames",),
-    F.VIDEO: ("video_n_frames",),
-    F.MOTION: ("motion_length", "motion_max_length"),
-    F.TARGET_MOTION: ("motion_length", "motion_max_length"),
-    F.TARGET_IMAGE: ("target_image_size",),
-}
-
-
-def _used_modalities(plan) -> set[F.Modality]:
-  return {s.modality for alt in plan.template.alternatives for s in alt.slots()}
+def _dense_used(plan) -> list[Any]:
+  """The dense modality objects the task's instruction uses."""
+  return [p for p in plan.processors.values() if not p.token_based]
 
 
 def check_fields(plan) -> Callable[[tf.data.Dataset], tf.data.Dataset]:
@@ -66,30 +55,35 @@ def check_fields(plan) -> Callable[[tf.data.Dataset], tf.data.Dataset]:
 def _effective_options(plan, sequence_length: Optional[Mapping[str, int]]
                        ) -> dict[str, Any]:
   options = dict(plan.options)
-  used = _used_modalities(plan)
-  for key, names in _LENGTH_OPTIONS.items():
-    length = (sequence_length or {}).get(key)
-    if length:
-      for name in names:
-        options.setdefault(name, int(length))
-  if M.MOTION in used and "motion_max_length" in options:
-    options.setdefault("motion_min_length", min(10, options["motion_max_length"]))
+  for modality in modalities.dense_modalities():
+    for key, names in modality.length_options.items():
+      length = (sequence_length or {}).get(key)
+      if length:
+        for name in names:
+          options.setdefault(name, int(length))
+  for modality in _dense_used(plan):
+    options = modality.effective_options(options)
   return options
 
 
 def _check_static_lengths(plan, out: Mapping[str, tf.Tensor],
                           sequence_length: Optional[Mapping[str, int]]) -> None:
-  """A dense stream longer than its length key is a configuration error."""
-  for key in (F.IMAGES, F.AUDIO, F.VIDEO, F.MOTION, F.TARGET_AUDIO,
-              F.TARGET_MOTION, F.TARGET_IMAGE):
-    if sequence_length is None or key not in sequence_length:
+  """A dense stream longer than its length key is a configuration error; a key
+  missing from `sequence_length` means the stream is absent (length 0)."""
+  if sequence_length is None:
+    return
+  for stream in modalities.streams():
+    if stream.length != stream.name:
       continue
+    key = stream.name
+    limit = sequence_length.get(key, 0)
     n = out[key].shape[0]
-    if n is not None and n > sequence_length[key]:
+    if n is not None and n > limit:
+      said = (f"sequence_length[{key!r}] is {limit}" if key in sequence_length
+              else f"sequence_length has no {key!r} (the stream is absent)")
       raise ValueError(
           f"task {plan.name!r}: {key!r} has {n} along its first axis but "
-          f"sequence_length[{key!r}] is {sequence_length[key]}; raise the length "
-          "or set the modality option (e.g. audio_max_frames, video_n_frames)")
+          f"{said}; raise the length or set the modality option")
 
 
 def build_config(plan, sequence_length: Optional[Mapping[str, int]] = None
@@ -98,7 +92,7 @@ def build_config(plan, sequence_length: Optional[Mapping[str, int]] = None
   return B.BuildConfig(
       task=plan.name, vocab=plan.vocab,
       options=_effective_options(plan, sequence_length),
-      processors=plan.processors, dense_dims=plan.dense_dims,
+      processors=plan.processors,
       decoder_plain_with_loss=bool(plan.options.get("decoder_plain_with_loss",
                                                     False)),
       sample_weight_field=plan.options.get("sample_weight_field"),
@@ -135,15 +129,14 @@ def build_examples(plan) -> Callable[..., tf.data.Dataset]:
 
 def filter_and_count(plan) -> Callable[[tf.data.Dataset], tf.data.Dataset]:
   counters: data_stats.SkipCounters = plan.counters
-  dense_used = [m for m in B.DENSE_INPUT_STREAMS if m in _used_modalities(plan)]
+  dense_used = [B.reason_name(m.name) for m in _dense_used(plan)]
 
   def fn(ds: tf.data.Dataset) -> tf.data.Dataset:
     for m in dense_used:
-      key = B.VALID_KEY.format(m.value.lower())
+      key = B.VALID_KEY.format(m)
       ds = data_stats.filter_invalid(ds, lambda ex, key=key: ex[key], counters,
-                                     f"invalid_{m.value.lower()}")
-    clipped = {f"clipped_{m.value.lower()}": B.DENSE_CLIPPED_KEY.format(
-        m.value.lower()) for m in dense_used}
+                                     f"invalid_{m}")
+    clipped = {f"clipped_{m}": B.DENSE_CLIPPED_KEY.format(m) for m in dense_used}
     for reason in ("clipped_boxes", "truncated_inputs", "truncated_targets",
                    *clipped):
       counters._variable(reason)  # pylint: disable=protected-access
@@ -180,83 +173,25 @@ def _text(value: Any, vocab) -> str:
   return vocab.decode(np.asarray(value).reshape(-1).tolist())
 
 
-def prompt_text(example: Optional[Mapping[str, Any]], vocab) -> str:
-  """The forced decoder prompt of an example: its leading loss-0 target tokens."""
-  if not example or F.TARGETS not in example or F.TARGET_LOSS_MASK not in example:
-    return ""
-  mask = np.asarray(example[F.TARGET_LOSS_MASK]).reshape(-1)
-  n = int(np.argmax(mask > 0)) if np.any(mask > 0) else len(mask)
-  targets = np.asarray(example[F.TARGETS]).reshape(-1)[:n]
-  return vocab.decode(targets.tolist()).strip() if n else ""
-
-
-def _strip_prompt(text: str, prompt: str) -> str:
-  text = text.strip()
-  if prompt and text.startswith(prompt):
-    return text[len(prompt):].strip()
-  return text
-
-
-def _box_ctx(plan, example) -> dict[str, Any]:
-  ctx: dict[str, Any] = {"vocab": plan.vocab}
-  for k in ("image_size", "max_image_size"):
-    if k in plan.options:
-      ctx[k] = plan.options[k]
-  # The first input IMAGE slot's size attributes win, as in preprocessing.
-  image = next((s for s in plan.template.alternatives[0].source_slots()
-                if s.modality == M.IMAGE), None)
-  for k in ("image_size", "max_image_size"):
-    if image is not None and image.attrs.get(k) is not None:
-      ctx[k] = image.attrs[k]
-  if example is not None and F.IMAGE_GEOMETRY in example:
-    geometry = np.asarray(example[F.IMAGE_GEOMETRY])
-    if geometry.ndim == 2 and geometry.shape[0] > 0:
-      ctx["image_geometry"] = geometry[0]
-  return ctx
-
-
-_BIN_RE = re.compile(r"<bin_[0-9]+>")
-
-
-def _box_label_pairs(plan, text: str, example) -> list[tuple[list[float], str]]:
-  """`<bin>x4 label <bin>x4 label ...` -> [(box in pixels, label), ...]."""
-  box_proc = plan.processors[M.BOX]
-  ctx = _box_ctx(plan, example)
-  out = []
-  bins = list(_BIN_RE.finditer(text))
-  k = 0
-  while k + 4 <= len(bins):
-    group = bins[k:k + 4]
-    end = bins[k + 4].start() if k + 4 < len(bins) else len(text)
-    label = text[group[-1].end():end].strip()
-    ids = plan.vocab.encode("".join(b.group(0) for b in group))
-    box = box_proc.postprocess(np.asarray(ids), ctx)
-    out.append((np.asarray(box, np.float64).tolist(), label))
-    k += 4
-  return out
-
-
 def default_postprocess_fn(plan) -> Callable[..., Any]:
-  """Decoded text -> the target modality's value (str, box [4] in pixels, ...)."""
-  alt = plan.template.alternatives[0]
-  detection = any(isinstance(e, InterleavedGroup)
-                  and {s.modality for s in e.slots} >= {M.BOX}
-                  for e in alt.target)
+  """Decoded text -> the task's value (str, box [4] in pixels, ...).
+
+  The modality whose rule chose the decoding kind (`plan.decoding_modality`)
+  turns the decoded text into its value; a dense target's output is returned as
+  generated; free text is the text without its forced prompt.
+  """
+  owner = (plan.processors[plan.decoding_modality]
+           if plan.decoding_modality is not None else None)
+  dense = owner is not None and not owner.token_based
 
   def postprocess(output: Any, example: Optional[Mapping[str, Any]] = None,
                   is_target: bool = False) -> Any:
     del is_target  # targets and predictions decode the same way
-    if plan.decoding.kind in ("image_codes", "audio_frames", "motion_frames"):
+    if dense:
       return output
-    text = _strip_prompt(_text(output, plan.vocab), prompt_text(example, plan.vocab))
-    if plan.decoding.kind == "box":
-      ids = plan.vocab.encode(text)
-      box = np.asarray(plan.processors[M.BOX].postprocess(
-          np.asarray(ids), _box_ctx(plan, example)), np.float64)
-      # No complete box decoded: None (a metric counts a miss, never crashes).
-      return box.tolist() if np.all(np.isfinite(box)) else None
-    if detection:
-      return _box_label_pairs(plan, text, example)
-    return text
+    text = prompts.answer_text(_text(output, plan.vocab), example, plan.vocab)
+    if owner is None:
+      return text
+    return owner.postprocess_prediction(text, plan, example, plan.decoding.kind)
 
   return postprocess

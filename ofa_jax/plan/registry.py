@@ -6,7 +6,9 @@ at registration, and gives a frozen `TaskPlan` that travels with the `seqio.Task
 (`OFATask.plan`): the parsed template, a processor per modality, the target
 modality, the decoding kind and its defaults (beam size, lengths, the closed-set
 trie), the options, and the task's skip counters. The per-example work (graph-mode
-TF inside tf.data) is in `plan_build.py`.
+TF inside tf.data) is in `plan/build.py`; everything that depends on a slot's
+type is asked of its modality object (`ofa_jax.modalities.get`). `plan/checks.py`
+refuses a task whose streams the model cannot consume.
 
 Registration is explicit (no import side effects) and idempotent only when asked:
 registering a name that exists raises unless `replace=True`.
@@ -24,42 +26,14 @@ import tensorflow as tf
 from ofa_jax import data_stats
 from ofa_jax import features as F
 from ofa_jax import instructions
+from ofa_jax import modalities
+from ofa_jax.decoding import spec as decoding_spec
+from ofa_jax.decoding.spec import DecodingSpec  # re-exported: plan.DecodingSpec
 from ofa_jax.plan import build as plan_build
+from ofa_jax.plan import checks as plan_checks
 from ofa_jax.plan import pipeline as plan_pipeline
-from ofa_jax.modalities import get_processor
 from ofa_jax.modalities.base import SlotContext
 from ofa_jax.plan.source import SplitTaggedSource
-
-M = F.Modality
-DEFAULT_IMAGE_SIZE = 480  # the IMAGE processor's default
-
-
-@dataclasses.dataclass(frozen=True)
-class DecodingSpec:
-  """How `predict_batch` decodes this task (defaults; callers may override).
-
-  kind: "text" (free text), "box" (exactly 4 bins), "text_and_boxes" (text with
-  boxes of 4 bins in it, e.g. detection), "closed_set" (a label trie),
-  "image_codes" (only <code_k>), "audio_frames" / "motion_frames" (dense heads).
-  `max_len` / `min_len` count the tokens before `</s>` (OFA's max_len_b), so a
-  box is min_len = max_len = 4. `trie` is an `ofa_jax.trie.Trie` over
-  `[<s>] + label tokens + [</s>]` for closed sets (None otherwise); `labels` the
-  label strings in the order given (`trie.sequences[i]` is `labels[i]`'s).
-  `max_prompt_len` is the longest forced decoder prompt an alternative can put
-  before the answer (0: none, so the decode buffer is just `max_len`; None: not
-  known at registration, e.g. a `no_loss` target slot, and decoding reserves the
-  batch's target length). Task options `beam_size`, `max_len`, `min_len`,
-  `max_prompt_len` override the defaults.
-  """
-
-  kind: str
-  beam_size: int = 5
-  max_len: int = 32
-  min_len: int = 1
-  labels: tuple[str, ...] = ()
-  trie: Any = None
-  sampling: bool = False
-  max_prompt_len: Optional[int] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,13 +42,17 @@ class TaskPlan:
 
   name: str
   template: instructions.Template
-  target_modality: Optional[F.Modality]
+  target_modality: Optional[str]
   decoding: DecodingSpec
   options: Mapping[str, Any]
-  processors: Mapping[F.Modality, Any]
+  processors: Mapping[str, Any]  # slot type -> its modality object
   vocab: Any
   counters: data_stats.SkipCounters
-  dense_dims: Mapping[str, tuple[int, ...]]
+  # The modality whose rule chose `decoding.kind` (it postprocesses predictions).
+  decoding_modality: Optional[str] = None
+  # Registered for inspection only: a stream of it has no model piece, so the
+  # trainer refuses it (`checks.check_task_for_model`).
+  data_only: bool = False
 
   @property
   def task_id(self) -> int:
@@ -96,12 +74,14 @@ class OFATask(seqio.Task):
 # ---------------------------------------------------------------------------
 # Output features: one layout for every task.
 # ---------------------------------------------------------------------------
-_DENSE_RANKS = {F.IMAGES: 4, F.AUDIO: 2, F.VIDEO: 4, F.MOTION: 2,
-                F.TARGET_IMAGE: 3, F.TARGET_AUDIO: 2, F.TARGET_MOTION: 2}
+def _dense_feature(stream) -> seqio.ContinuousFeature:
+  return seqio.ContinuousFeature(
+      dtype=tf.float32 if stream.is_float else tf.int32, rank=stream.rank)
 
 
 def output_features(vocab) -> dict[str, seqio.Feature]:
-  """Every task feature of `ofa_jax/features.py` (mixtures keep only these)."""
+  """The token features of `ofa_jax/features.py` and every stream of every
+  registered dense modality (mixtures keep only these)."""
   out = {
       F.INPUTS: seqio.Feature(vocab, add_eos=False),
       F.TARGETS: seqio.Feature(vocab, add_eos=False),
@@ -111,13 +91,8 @@ def output_features(vocab) -> dict[str, seqio.Feature]:
       F.SAMPLE_WEIGHT: seqio.ContinuousFeature(dtype=tf.float32, rank=0),
       F.TASK_ID: seqio.ContinuousFeature(dtype=tf.int32, rank=0),
   }
-  for name, rank in _DENSE_RANKS.items():
-    out[name] = seqio.ContinuousFeature(dtype=tf.float32, rank=rank)
-  for name, companions in F.DENSE_STREAMS.items():
-    for c in companions:
-      rank = 2 if c == F.IMAGE_GEOMETRY else 1
-      dtype = tf.float32 if c == F.IMAGE_GEOMETRY else tf.int32
-      out[c] = seqio.ContinuousFeature(dtype=dtype, rank=rank)
+  for stream in modalities.streams():
+    out[stream.name] = _dense_feature(stream)
   return out
 
 
@@ -127,7 +102,7 @@ def output_features(vocab) -> dict[str, seqio.Feature]:
 def _check_instruction(name: str, template: instructions.Template) -> None:
   """Structural limits of the feature layout, checked before any data is read."""
   for alt in template.alternatives:
-    counts: dict[F.Modality, int] = {}
+    counts: dict[str, int] = {}
     for element in alt.source + alt.target:
       if isinstance(element, (instructions.InterleavedGroup,
                               instructions.ContrastiveChoice)):
@@ -143,51 +118,14 @@ def _check_instruction(name: str, template: instructions.Template) -> None:
       if slot.is_source and not slot.is_token_based:
         counts[slot.modality] = counts.get(slot.modality, 0) + 1
     for m, n in counts.items():
-      if m != M.IMAGE and n > 1:
-        raise ValueError(f"task {name!r}: {n} {m.value} input slots; the layout "
-                         f"carries one {m.value} stream per example")
+      limit = modalities.get(m).max_input_slots
+      if limit is not None and n > limit:
+        raise ValueError(f"task {name!r}: {n} {m} input slots; the layout "
+                         f"carries {limit} {m} stream per example")
     for slot in alt.target_slots():
-      if slot.modality == M.VIDEO:
-        raise ValueError(f"task {name!r}: VIDEO cannot be a target")
-
-
-def _motion_dim(options: Mapping[str, Any]) -> int:
-  """D of motion frames: `motion_dim`, else the length of `motion_stats` mean.
-
-  The MOTION processor accepts either; an absent stream must have the same D as
-  the present ones of the task, or the two cannot batch together.
-  """
-  if options.get("motion_dim") is not None:
-    return int(options["motion_dim"])
-  stats = options.get("motion_stats")
-  if isinstance(stats, Mapping) and stats.get("mean") is not None:
-    return len(stats["mean"])
-  return 0
-
-
-def _target_image_size(template: instructions.Template,
-                       options: Mapping[str, Any]) -> int:
-  """Side of the target image: the target IMAGE slot's `image_size` attribute,
-  else the task option `target_image_size`, else 256 (the IMAGE processor's rule)."""
-  for alt in template.alternatives:
-    for slot in alt.target_slots():
-      if slot.modality == M.IMAGE and slot.get("image_size") is not None:
-        return int(slot.get("image_size"))
-  return int(options.get("target_image_size", 256))
-
-
-def _dense_dims(options: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
-  """Trailing dims of each dense stream when a task does not use it."""
-  size = int(options.get("image_size", DEFAULT_IMAGE_SIZE))
-  video = int(options.get("video_image_size", size))
-  motion = _motion_dim(options)
-  return {
-      F.IMAGES: (size, size, 3), F.AUDIO: (int(options.get("audio_num_mel_bins", 80)),),
-      F.VIDEO: (video, video, 3), F.MOTION: (motion,),
-      F.TARGET_IMAGE: (0, 3),
-      F.TARGET_AUDIO: (int(options.get("audio_num_mel_bins", 80)),),
-      F.TARGET_MOTION: (motion,),
-  }
+      if getattr(modalities.get(slot.modality), "input_only", False):
+        raise ValueError(f"task {name!r}: {slot.modality} cannot be a target "
+                         f"(slot {slot.to_string()})")
 
 
 def _max_prompt_len(template: instructions.Template, vocab,
@@ -242,8 +180,15 @@ def _check_distinct_labels(name: str, slot, proc, vocab, labels: Sequence[str],
 
 
 def _decoding(name: str, template: instructions.Template, vocab,
-              processors: Mapping[F.Modality, Any], options: Mapping[str, Any]
-              ) -> DecodingSpec:
+              processors: Mapping[str, Any], options: Mapping[str, Any]
+              ) -> tuple[DecodingSpec, Optional[str]]:
+  """The task's decoding and the modality whose rule chose it.
+
+  The target's modality decides: a dense target its own kind; among token
+  targets a closed-set slot (its trie), then a lone trained slot's kind (a box
+  is exactly 4 bins), then a kind for slots trained together (boxes in text),
+  else free text.
+  """
   alt = template.alternatives[0]
   trained = [s for s in alt.target_slots() if not s.has("no_loss")]
   overrides = {k: options[k] for k in ("beam_size", "max_len", "min_len",
@@ -252,15 +197,13 @@ def _decoding(name: str, template: instructions.Template, vocab,
                **overrides}
   target = alt.target_modality
   if target is None:
-    return DecodingSpec(kind="text", **overrides)
-  if target == M.IMAGE:
-    side = _target_image_size(template, options) // 8
-    return DecodingSpec(kind="image_codes", beam_size=1, max_len=side * side,
-                        min_len=side * side, sampling=True, max_prompt_len=0)
-  if target in (M.AUDIO, M.MOTION):
-    return DecodingSpec(kind=f"{target.value.lower()}_frames", beam_size=1,
-                        max_prompt_len=overrides["max_prompt_len"])
-  closed = [s for s in trained if s.has("closed_set") or s.modality == M.CATEGORY]
+    return DecodingSpec(kind="text", **overrides), None
+  if not alt.is_token_target:
+    kind, defaults = processors[target].target_decoding(template, options)
+    if "max_prompt_len" not in defaults:
+      defaults = {**defaults, "max_prompt_len": overrides["max_prompt_len"]}
+    return DecodingSpec(kind=kind, **defaults), target
+  closed = [s for s in trained if processors[s.modality].is_closed_set(s)]
   if closed:
     slot = closed[-1]
     proc = processors[slot.modality]
@@ -275,12 +218,16 @@ def _decoding(name: str, template: instructions.Template, vocab,
     _check_distinct_labels(name, slot, proc, vocab, labels, trie)
     longest = max(len(s) for s in trie.sequences) - 2  # without <s>, </s>
     return DecodingSpec(kind="closed_set", labels=tuple(labels), trie=trie,
-                        **{"max_len": longest, **overrides})
-  if len(trained) == 1 and trained[0].modality == M.BOX:
-    return DecodingSpec(kind="box", **{"max_len": 4, "min_len": 4, **overrides})
-  if plan_build.mixes_boxes_and_text(alt):
-    return DecodingSpec(kind="text_and_boxes", **overrides)
-  return DecodingSpec(kind="text", **overrides)
+                        **{"max_len": longest, **overrides}), slot.modality
+  if len(trained) == 1:
+    kind, defaults = processors[trained[0].modality].solo_decoding
+    return (DecodingSpec(kind=kind, **{**defaults, **overrides}),
+            trained[0].modality)
+  mixing = plan_build.mixing_modality(alt)
+  if mixing is not None:
+    return (DecodingSpec(kind=processors[mixing].mixed_decoding, **overrides),
+            mixing)
+  return DecodingSpec(kind="text", **overrides), None
 
 
 def register_task(name: str, instruction: str, source: seqio.DataSourceInterface,
@@ -291,6 +238,7 @@ def register_task(name: str, instruction: str, source: seqio.DataSourceInterface
                   replace: bool = False, vocabulary=None,
                   train_splits: Sequence[str] = ("train",),
                   shuffle_buffer_size: Optional[int] = 1000,
+                  model_config: Any = None, data_only: bool = False,
                   **options: Any) -> OFATask:
   """Builds and registers the seqio task of one instruction line.
 
@@ -308,16 +256,28 @@ def register_task(name: str, instruction: str, source: seqio.DataSourceInterface
     train_splits: splits on which training-only processing (masking, noise,
       augmentation) runs.
     shuffle_buffer_size: seqio's per-task shuffle buffer.
+    model_config: an `OFAConfig` the task must be trainable with: every dense
+      input stream needs its adapter in `encoder_adapters`, every dense target
+      its head in `target_heads`. Without it, the pieces must at least exist in
+      the model registry (`ofa_jax/model/registry.py`).
+    data_only: register a task whose streams no model piece consumes (AUDIO,
+      VIDEO, MOTION inputs and dense targets today) for inspection
+      (`tools/inspect_task.py`); the trainer refuses it.
     **options: task-level modality options (image_size, closed_set=[...],
       decoder_plain_with_loss, sample_weight_field, beam_size, max_len, ...).
 
   Raises:
     instructions.InstructionError: the instruction does not parse (caret message).
-    ValueError: a duplicate name without `replace`, or an instruction the layout
-      cannot carry.
+    ValueError: a duplicate name without `replace`, an instruction the layout
+      cannot carry, or (without `data_only`) a stream no model piece consumes.
   """
   template = instructions.parse_template(instruction)
   _check_instruction(name, template)
+  if data_only and model_config is not None:
+    raise ValueError(f"task {name!r}: data_only=True registers a task that is "
+                     "not trained; do not also pass model_config")
+  if not data_only:
+    plan_checks.check_consumable(name, template, model_config)
   if name in seqio.TaskRegistry.names():
     if not replace:
       raise ValueError(f"task {name!r} is already registered; pass replace=True "
@@ -326,15 +286,18 @@ def register_task(name: str, instruction: str, source: seqio.DataSourceInterface
   if vocabulary is None:
     from ofa_jax import vocab as vocab_lib  # local: loading the model is slow
     vocabulary = vocab_lib.default_vocabulary()
-  modalities = {s.modality for alt in template.alternatives for s in alt.slots()}
-  processors = types.MappingProxyType({m: get_processor(m) for m in modalities})
+  used = {s.modality for alt in template.alternatives for s in alt.slots()}
+  processors = types.MappingProxyType({m: modalities.get(m) for m in used})
   options = types.MappingProxyType(dict(options))
+  decoding, decoding_modality = _decoding(name, template, vocabulary, processors,
+                                          options)
+  decoding = decoding_spec.with_task_options(decoding, options, task=name)
   plan = TaskPlan(
       name=name, template=template,
       target_modality=template.alternatives[0].target_modality,
-      decoding=_decoding(name, template, vocabulary, processors, options),
-      options=options, processors=processors, vocab=vocabulary,
-      counters=data_stats.SkipCounters(name), dense_dims=_dense_dims(options))
+      decoding=decoding, options=options, processors=processors,
+      vocab=vocabulary, counters=data_stats.SkipCounters(name),
+      decoding_modality=decoding_modality, data_only=bool(data_only))
   if postprocess_fn is not None and make_postprocess_fn is not None:
     raise ValueError(f"task {name!r}: give postprocess_fn or make_postprocess_fn, "
                      "not both")
