@@ -23,7 +23,7 @@ test: $(STAMP)
 	OFA_JAX_REQUIRE_PARITY=1 $(PY) -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow" $(PYTEST_ARGS)
+	OFA_JAX_REQUIRE_PARITY=1 $(PY) -m pytest -q -n 2 --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

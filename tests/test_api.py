@@ -47,7 +47,7 @@ def tiny_config(vocabulary) -> config_lib.OFAConfig:
 def save_initial_checkpoint(model_dir: str, model: models.OFAModel,
                             image_size: int = IMAGE_SIZE) -> dict:
   """Saves freshly initialized params as step 0 of a MODEL_DIR; returns them."""
-  batch = api_config.dummy_model_batch(model.config, image_size)
+  batch = api_config.dummy_model_batch(model.config, {"image_size": image_size})
   variables = jax.jit(lambda rng: nn.meta.unbox(
       model.get_initial_variables(rng, batch)))(jax.random.key(0))
   params = variables["params"]

@@ -345,6 +345,7 @@ def _write_pt(path, sd, **extra):
 
 
 @pytest.mark.slow
+@pytest.mark.parity
 def test_tool_converts_a_fairseq_pt_file(demo, tmp_path):
   tool = load_tool()
   _, _, variables = demo

@@ -87,7 +87,7 @@ def test_read_inputs_errors_name_the_line(tmp_path):
     infer.read_inputs(str(tmp_path))
   good = tmp_path / "good.jsonl"
   good.write_text('{"img": "a.png", "q": "why?"}\n\n{"img": "/abs/b.png"}\n')
-  rows = infer.read_inputs(str(good), image_field="img", fields={"q": "what?"})
+  rows = infer.read_inputs(str(good), file_field="img", fields={"q": "what?"})
   assert rows == [{"img": str(tmp_path / "a.png"), "q": "why?"},
                   {"img": "/abs/b.png", "q": "what?"}]
 

@@ -11,7 +11,6 @@ import pathlib
 import pytest
 
 pytest_plugins = ["pytester"]
-pytestmark = pytest.mark.slow  # eight pytest runs, a few seconds each
 
 CONFTEST = pathlib.Path(__file__).with_name("conftest.py").read_text()
 

@@ -284,6 +284,7 @@ def _train_merges(words: list[str], num_merges: int) -> list[tuple[str, str]]:
 
 
 @pytest.mark.slow
+@pytest.mark.parity
 def test_bpe_matches_transformers_gpt2_tokenizer(tmp_path):
   transformers = pytest.importorskip("transformers")
   spec = importlib.util.spec_from_file_location("build_sp2", ROOT / "tools/build_sentencepiece.py")
