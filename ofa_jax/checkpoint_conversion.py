@@ -50,9 +50,20 @@ Path = tuple[str, ...]
 _PREFIX_RENAMES: tuple[tuple[Path, tuple[str, ...]], ...] = (
     # The shared embedding lives at the model level in Flax.
     (("embed_tokens",), ("encoder", "embed_tokens")),
-    # The image adapter is a submodule of the encoder in Flax only.
-    (("encoder", "images"), ("encoder",)),
 )
+
+
+def _prefix_renames() -> tuple[tuple[Path, tuple[str, ...]], ...]:
+  """`_PREFIX_RENAMES`, then each registered encoder adapter's: an adapter is
+  a submodule of the Flax encoder, and its class says where OFA keeps its
+  parameters (`ofa_key_prefix`, e.g. directly under `encoder.`)."""
+  from ofa_jax.model import adapters  # pylint: disable=g-import-not-at-top
+  renames = list(_PREFIX_RENAMES)
+  for name, cls in adapters.registered_classes():
+    prefix = getattr(cls, "ofa_key_prefix", None)
+    if prefix is not None:
+      renames.append((("encoder", adapters.adapter_name(name)), tuple(prefix)))
+  return tuple(renames)
 
 # Single segments: Flax module name -> PyTorch attribute path.
 _SEGMENT_RENAMES: Mapping[str, tuple[str, ...]] = {
@@ -60,9 +71,10 @@ _SEGMENT_RENAMES: Mapping[str, tuple[str, ...]] = {
     "downsample_bn": ("downsample", "1"),
 }
 
-# Per-layer relative-position tables sit inside each Flax layer but in one
-# list per stack in PyTorch: {stack}.layers_{i}.X -> {stack}.X_list.{i}.weight.
-_PER_LAYER_TABLES = ("token_rel_pos_table", "image_rel_pos_table")
+# Per-layer relative-position tables (one per kind of relative bias: tokens,
+# image patches) sit inside each Flax layer but in one list per stack in
+# PyTorch: {stack}.layers_{i}.X -> {stack}.X_list.{i}.weight.
+_PER_LAYER_TABLE_SUFFIX = "_rel_pos_table"
 
 # Leaf names: (collection, flax leaf) -> torch leaf. Other raw `self.param`
 # leaves are torch Embedding / Parameter tensors: `c_attn` keeps its name, the
@@ -89,12 +101,12 @@ def flax_path_to_torch_key(collection: str, path: Path) -> str:
   if not path:
     raise ValueError(f"flax_path_to_torch_key: empty path in {collection!r}")
   path = tuple(path)
-  for flax_prefix, torch_prefix in _PREFIX_RENAMES:
+  for flax_prefix, torch_prefix in _prefix_renames():
     if path[:len(flax_prefix)] == flax_prefix:
       path = torch_prefix + path[len(flax_prefix):]
       break
   leaf = path[-1]
-  if (leaf in _PER_LAYER_TABLES and len(path) == 3
+  if (leaf.endswith(_PER_LAYER_TABLE_SUFFIX) and len(path) == 3
       and re.fullmatch(r"layers_\d+", path[1])):
     return f"{path[0]}.{leaf}_list.{path[1].split('_')[1]}.weight"
   parts: list[str] = []

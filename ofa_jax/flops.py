@@ -22,52 +22,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+from ofa_jax.model import adapters
 from ofa_jax.model.config import OFAConfig
-
-
-def _conv_out(size: int, kernel: int, stride: int, pad: int) -> int:
-  return (size + 2 * pad - kernel) // stride + 1
-
-
-def resnet_grid(config: OFAConfig, image_size: int) -> int:
-  """Side of the ResNet feature grid (patches per side) for a square image."""
-  del config
-  if image_size < 1:
-    raise ValueError(f"image_size must be >= 1, got {image_size}")
-  s = _conv_out(image_size, 7, 2, 3)  # stem conv
-  s = _conv_out(s, 3, 2, 1)  # max-pool
-  for stage in range(3):
-    if stage:
-      s = _conv_out(s, 3, 2, 1)  # the stride sits on the first 3x3 conv
-  return s
-
-
-def num_patches(config: OFAConfig, image_size: int) -> int:
-  """Encoder positions one image occupies (196 at 224 px)."""
-  return resnet_grid(config, image_size) ** 2
-
-
-def resnet_flops(config: OFAConfig, image_size: int) -> dict[str, int]:
-  """Forward FLOPs of the ResNet on one image: {"stem": ..., "blocks": ...}."""
-  w = config.resnet_width
-  s = _conv_out(image_size, 7, 2, 3)
-  stem = 2 * s * s * 7 * 7 * 3 * w
-  s = _conv_out(s, 3, 2, 1)
-  blocks = 0
-  inplanes = w
-  for stage, num_blocks in enumerate(config.resnet_layers):
-    planes = w * 2 ** stage
-    for b in range(num_blocks):
-      stride = 2 if (stage and b == 0) else 1
-      so = _conv_out(s, 3, stride, 1)
-      blocks += 2 * s * s * inplanes * planes  # conv1 1x1
-      blocks += 2 * so * so * 9 * planes * planes  # conv2 3x3 (strided)
-      blocks += 2 * so * so * planes * 4 * planes  # conv3 1x1
-      if b == 0 and (stride != 1 or inplanes != 4 * planes):
-        blocks += 2 * so * so * inplanes * 4 * planes  # downsample 1x1
-      inplanes = 4 * planes
-      s = so
-  return {"stem": stem, "blocks": blocks}
+# The image path's shape and cost live with its adapter; re-exported here for
+# the benchmarks.
+from ofa_jax.model.adapters import num_patches, resnet_flops, resnet_grid  # pylint: disable=unused-import
 
 
 def encoder_flops(config: OFAConfig, length: int) -> dict[str, int]:
@@ -115,19 +74,24 @@ class StepShape:
   image_size: int = 224
 
   def __post_init__(self):
-    bad = [f"{k}={getattr(self, k)}" for k in
-           ("batch_size", "text_length", "decoder_length")
-           if getattr(self, k) < 1]
-    bad += [f"{k}={getattr(self, k)}" for k in ("num_images", "image_size")
-            if getattr(self, k) < 0]
+    required = ("batch_size", "text_length", "decoder_length")
+    bad = [f"{k}={getattr(self, k)}" for k in required if getattr(self, k) < 1]
+    # The adapters' inputs (the fields after the token lengths) may be absent.
+    bad += [f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self)
+            if f.name not in required and getattr(self, f.name) < 0]
     if bad:
       raise ValueError("Invalid StepShape: " + ", ".join(bad))
 
   def encoder_length(self, config: OFAConfig) -> int:
-    if not self.num_images:
-      return self.text_length
-    return self.text_length + self.num_images * num_patches(config,
-                                                            self.image_size)
+    """Text tokens plus the positions every configured adapter adds."""
+    return self.text_length + sum(
+        cls.encoder_positions(config, self) for _, cls in _costed(config))
+
+
+def _costed(config: OFAConfig) -> list[tuple[str, type]]:
+  """The configured adapters that declare their cost (`forward_flops`)."""
+  return [(name, cls) for name, cls in adapters.configured(config)
+          if hasattr(cls, "forward_flops")]
 
 
 def forward_flops(config: OFAConfig, shape: StepShape) -> dict[str, int]:
@@ -135,14 +99,8 @@ def forward_flops(config: OFAConfig, shape: StepShape) -> dict[str, int]:
   b = shape.batch_size
   s = shape.encoder_length(config)
   parts: dict[str, int] = {}
-  if shape.num_images:
-    res = resnet_flops(config, shape.image_size)
-    p = num_patches(config, shape.image_size)
-    images = b * shape.num_images
-    parts["resnet_stem"] = images * res["stem"]
-    parts["resnet_blocks"] = images * res["blocks"]
-    parts["image_proj"] = images * 2 * p * config.resnet_out_channels * (
-        config.d_model)
+  for _, cls in _costed(config):
+    parts.update(cls.forward_flops(config, shape))
   for k, v in encoder_flops(config, s).items():
     parts["encoder_" + k] = b * v
   for k, v in decoder_flops(config, shape.decoder_length, s).items():
@@ -154,7 +112,10 @@ def forward_flops(config: OFAConfig, shape: StepShape) -> dict[str, int]:
 def train_step_flops(config: OFAConfig, shape: StepShape) -> int:
   """Model FLOPs of one training step (forward + backward, see module doc)."""
   fwd = forward_flops(config, shape)
-  return 3 * fwd["total"] - fwd.get("resnet_stem", 0)
+  # An adapter's first layer reads data, which gets no gradient.
+  data_parts = sum(fwd.get(getattr(cls, "data_input_part", ""), 0)
+                   for _, cls in _costed(config))
+  return 3 * fwd["total"] - data_parts
 
 
 def xla_flops(compiled: Any) -> float:

@@ -8,8 +8,12 @@ Two modes:
   input, target when the split has one, prediction, score) for every task;
 * files (no gin): `--checkpoint=DIR --instruction="[IMAGE:img] ... -> [TEXT:cap]"
   --input=X --output=OUT.jsonl`, where X is a JSONL file of field dicts (one
-  example per line; relative image paths are taken relative to the file) or a
-  directory of images (each becomes `{image_field: path, **--field values}`).
+  example per line; relative file paths are taken relative to the file) or a
+  directory of files (each becomes `{file_field: path, **--field values}`; the
+  file field is the first input slot whose modality reads files, e.g. an IMAGE
+  slot for .png / .jpg files; `--file_field`, alias `--image_field`, names it).
+  The options a model was trained with that it depends on (the modalities' run
+  options, e.g. `--image_size`) are flags too; the model directory records them.
   Every example gives one line `{"input": ..., "text": ..., "score": ..., ...}`
   (see `results.Result.to_json`). The model comes from `Generalist.load`.
 """
@@ -22,8 +26,6 @@ import logging
 import os
 import sys
 from typing import Any, Callable, Mapping, Optional, Sequence
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
 # Binds `infer_task` to its macros; parsed before the command line's files.
 RUN_GIN = "runs/infer.gin"
@@ -64,20 +66,28 @@ def infer_task(*, model: Any, checkpoint_path: str, mixture_or_task_name: str,
   return counts
 
 
-def read_inputs(path: str, *, image_field: Optional[str] = None,
-                fields: Optional[Mapping[str, Any]] = None
+def read_inputs(path: str, *, file_field: Optional[str] = None,
+                fields: Optional[Mapping[str, Any]] = None,
+                suffixes: Optional[Sequence[str]] = None
                 ) -> list[dict[str, Any]]:
-  """Examples from a JSONL file of field dicts or from a directory of images."""
+  """Examples from a JSONL file of field dicts or from a directory of files.
+
+  A directory's files are those ending in `suffixes` (default: every suffix a
+  registered modality reads); each fills `file_field`.
+  """
+  from ofa_jax import modalities  # pylint: disable=g-import-not-at-top
   fields = dict(fields or {})
   if os.path.isdir(path):
-    if not image_field:
-      raise ValueError(f"{path} is a directory: name the field its images fill "
-                       "(--image_field, the IMAGE slot's name)")
-    names = sorted(n for n in os.listdir(path)
-                   if n.lower().endswith(IMAGE_SUFFIXES))
+    if not file_field:
+      raise ValueError(f"{path} is a directory: name the field its files fill "
+                       "(--file_field, the name of an input slot that reads "
+                       "files)")
+    suffixes = tuple(suffixes or modalities.file_suffixes())
+    names = sorted(n for n in os.listdir(path) if n.lower().endswith(suffixes))
     if not names:
-      raise ValueError(f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)})")
-    return [{image_field: os.path.join(path, n), **fields} for n in names]
+      raise ValueError(f"{path}: no files of field {file_field!r} "
+                       f"({', '.join(suffixes)})")
+    return [{file_field: os.path.join(path, n), **fields} for n in names]
   if not os.path.isfile(path):
     raise FileNotFoundError(f"input {path!r} does not exist")
   rows = []
@@ -94,34 +104,44 @@ def read_inputs(path: str, *, image_field: Optional[str] = None,
         raise ValueError(f"{path}:{lineno}: expected a JSON object of fields, got "
                          f"{type(row).__name__}")
       row = {**fields, **row}
-      if image_field and isinstance(row.get(image_field), str):
-        p = row[image_field]
+      if file_field and isinstance(row.get(file_field), str):
+        p = row[file_field]
         if not os.path.isabs(p) and not os.path.exists(p):
-          row[image_field] = os.path.join(base, p)
+          row[file_field] = os.path.join(base, p)
       rows.append(row)
   if not rows:
     raise ValueError(f"{path}: no examples")
   return rows
 
 
-def image_field_of(instruction: str) -> Optional[str]:
-  """The field of the instruction's first IMAGE input slot (None without one)."""
+def file_slot_of(instruction: str) -> tuple[Optional[str], tuple[str, ...]]:
+  """(field, file suffixes) of the instruction's first input slot whose
+  modality reads files ((None, ()) without one)."""
   from ofa_jax import instructions  # pylint: disable=g-import-not-at-top
+  from ofa_jax import modalities  # pylint: disable=g-import-not-at-top
   template = instructions.parse_template(instruction)
-  images = [s.name for s in template.alternatives[0].source_slots()
-            if getattr(s.modality, "value", s.modality) == "IMAGE" and s.name]
-  return images[0] if images else None
+  for slot in template.alternatives[0].source_slots():
+    suffixes = modalities.file_reader_of(
+        str(getattr(slot.modality, "value", slot.modality)))
+    if suffixes and slot.name:
+      return slot.name, suffixes
+  return None, ()
+
+
+def file_field_of(instruction: str) -> Optional[str]:
+  """The field of the instruction's first input slot that reads files."""
+  return file_slot_of(instruction)[0]
 
 
 def infer_files(generalist: Any, instruction: str, input_path: str,
-                output_path: str, *, image_field: Optional[str] = None,
+                output_path: str, *, file_field: Optional[str] = None,
                 fields: Optional[Mapping[str, Any]] = None, batch_size: int = 8,
                 **decode_kwargs: Any) -> int:
   """Runs `instruction` over the inputs; writes one JSON line per example."""
   from ofa_jax.evaluation import runner as lib  # pylint: disable=g-import-not-at-top
-  if image_field is None:
-    image_field = image_field_of(instruction)
-  rows = read_inputs(input_path, image_field=image_field, fields=fields)
+  found, suffixes = file_slot_of(instruction)
+  rows = read_inputs(input_path, file_field=file_field or found, fields=fields,
+                     suffixes=suffixes or None)
   results = generalist.inference(instruction, rows, batch_size=batch_size,
                                  **decode_kwargs)
   out_dir = os.path.dirname(os.path.abspath(output_path))
@@ -137,12 +157,26 @@ def _file_parser() -> argparse.ArgumentParser:
   parser.add_argument("--instruction", required=True)
   parser.add_argument("--input", required=True, help="a JSONL file or a folder")
   parser.add_argument("--output", required=True, help="the JSONL to write")
-  parser.add_argument("--image_field", default=None)
+  # `--file_field`, and `--<modality>_field` for each modality that reads files
+  # (e.g. `--image_field`): the field a directory's files fill.
+  from ofa_jax import modalities  # pylint: disable=g-import-not-at-top
+  readers = [m.name.lower() for m in modalities.all_modalities()
+             if m.file_suffixes]
+  parser.add_argument("--file_field",
+                      *[f"--{name}_field" for name in readers],
+                      dest="file_field", default=None,
+                      help="the field a directory's files fill (default: the "
+                      "first input slot whose modality reads files)")
   parser.add_argument("--field", action="append", default=[],
                       help="NAME=VALUE added to every example (repeatable)")
   parser.add_argument("--config", default=None,
                       help="preset name when the folder does not say")
-  parser.add_argument("--image_size", type=int, default=None)
+  # The run options of the modalities (e.g. --image_size): default, what the
+  # model directory recorded.
+  for option in modalities.run_options():
+    parser.add_argument(f"--{option.key}", type=option.type, default=None,
+                        help=f"{option.doc} (default: as the model directory "
+                        "records)")
   parser.add_argument("--batch_size", type=int, default=8)
   parser.add_argument("--beam_size", type=int, default=None)
   parser.add_argument("--max_len", type=int, default=None)
@@ -174,14 +208,17 @@ def _file_mode(argv: Sequence[str]) -> int:
       parser.error(f"--field {item!r}: expected NAME=VALUE")
     fields[name] = value
   from ofa_jax import api  # pylint: disable=g-import-not-at-top
+  from ofa_jax import modalities  # pylint: disable=g-import-not-at-top
   # The inputs are checked before the (slow) model load.
-  read_inputs(args.input, fields=fields,
-              image_field=args.image_field or image_field_of(args.instruction))
-  options = {} if args.image_size is None else {"image_size": args.image_size}
+  found, suffixes = file_slot_of(args.instruction)
+  read_inputs(args.input, fields=fields, file_field=args.file_field or found,
+              suffixes=suffixes or None)
+  options = {o.key: getattr(args, o.key) for o in modalities.run_options()
+             if getattr(args, o.key) is not None}
   generalist = api.Generalist.load(args.checkpoint, config=args.config,
                                    task_options=options)
   n = infer_files(generalist, args.instruction, args.input, args.output,
-                  image_field=args.image_field, fields=fields,
+                  file_field=args.file_field, fields=fields,
                   batch_size=args.batch_size, **_decode_kwargs(args))
   print(f"ofa_jax.infer: wrote {n} results to {args.output}")
   return 0

@@ -322,7 +322,7 @@ class OFAModel:
     forced_tokens = forced_lengths = None
     if prompts.has_prompt(batch):
       forced_tokens, forced_lengths = prompts.batch_prompt(batch, length)
-    if s.kind == "image_codes":
+    if s.decoding_kind.code_targets:
       encoded = encoded.replace(code_mask=jnp.ones((b,), jnp.bool_))
     n = s.num_hypotheses
     enc_rows = decoding_lib.expand_rows(encoded, n)

@@ -39,10 +39,20 @@ Rule = tuple[str, Any]
 Rules = tuple[Rule, ...]
 
 # Logical names that are always replicated (listed so that the rule table
-# documents them; flax replicates unknown names as well).
+# documents them; flax replicates unknown names as well). The encoder adapters
+# add the axes of their own activations (`replicated_axes` of their classes).
 _REPLICATED_AXES = ("length", "kv", "relpos_buckets", "abspos_buckets", "layers",
-                    "stack", "image_patch", "channels", "conv_height",
-                    "conv_width", "norm", "type")
+                    "stack", "channels", "conv_height", "conv_width", "norm",
+                    "type")
+
+
+def _replicated_axes() -> tuple[str, ...]:
+  """`_REPLICATED_AXES` plus every registered adapter's own axes."""
+  from ofa_jax.model import adapters  # pylint: disable=g-import-not-at-top
+  out = list(_REPLICATED_AXES)
+  for _, cls in adapters.registered_classes():
+    out += [a for a in getattr(cls, "replicated_axes", ()) if a not in out]
+  return tuple(out)
 
 
 def make_mesh(num_partitions: int = 1,
@@ -86,7 +96,7 @@ def standard_logical_axis_rules(*, fsdp: bool = False,
     # their output channels brings FSDP's per-device state to ~1/8 (BENCHMARKS.md).
     rules += [("embed", DATA_AXIS), ("conv_out", DATA_AXIS)]
   rules += [("embed", None), ("mlp_activations", None)]
-  rules += [(name, None) for name in _REPLICATED_AXES]
+  rules += [(name, None) for name in _replicated_axes()]
   return tuple(rules)
 
 

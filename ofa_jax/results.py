@@ -15,12 +15,15 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import types
 from typing import Any, Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 Box = tuple[float, float, float, float]
+# Field metadata of a Result's typed views.
+_VIEW = types.MappingProxyType({"view": True})
 
 
 def load_image(image: Any) -> Image.Image:
@@ -43,15 +46,6 @@ def load_image(image: Any) -> Image.Image:
     return Image.fromarray(arr.astype(np.uint8), "RGB")
   raise ValueError(f"cannot read an image from a {type(image).__name__} "
                    "(expected a path, encoded bytes, uint8 [H, W, 3] or a PIL image)")
-
-
-def _as_box(value: Any) -> Optional[Box]:
-  if value is None:
-    return None
-  arr = np.asarray(value, np.float64).reshape(-1)
-  if arr.shape != (4,) or not np.all(np.isfinite(arr)):
-    return None
-  return tuple(float(x) for x in arr)  # type: ignore[return-value]
 
 
 @dataclasses.dataclass
@@ -78,27 +72,36 @@ class Result:
   kind: str
   tokens: np.ndarray = dataclasses.field(repr=False,
                                          default_factory=lambda: np.zeros(0))
-  box: Optional[Box] = None
-  boxes: list[tuple[Box, str]] = dataclasses.field(default_factory=list)
-  label: Optional[str] = None
+  # The typed views (`_VIEW`): filled by the decoding kind's `views`.
+  box: Optional[Box] = dataclasses.field(default=None, metadata=_VIEW)
+  boxes: list[tuple[Box, str]] = dataclasses.field(default_factory=list,
+                                                   metadata=_VIEW)
+  label: Optional[str] = dataclasses.field(default=None, metadata=_VIEW)
   image: Any = dataclasses.field(default=None, repr=False)
 
   @classmethod
   def from_prediction(cls, *, text: str, value: Any, score: float, kind: str,
                       tokens: Any = None, image: Any = None) -> "Result":
-    """Fills the typed views from the postprocessed value of the target slot."""
-    box = _as_box(value) if kind == "box" else None
-    boxes: list[tuple[Box, str]] = []
-    if isinstance(value, list) and value and all(
-        isinstance(v, (list, tuple)) and len(v) == 2 for v in value):
-      for b, lab in value:
-        b = _as_box(b)
-        if b is not None:
-          boxes.append((b, str(lab)))
-    label = value if kind == "closed_set" and isinstance(value, str) else None
+    """Fills the typed views from the postprocessed value of the target slot.
+
+    The modalities say which views a value has: those they recognize in any
+    prediction (`Modality.prediction_views`, e.g. (box, label) pairs), then
+    those of the decoding kind (`DecodingKind.views`, e.g. a box target's
+    box), so no kind is named here.
+    """
+    from ofa_jax import modalities  # pylint: disable=g-import-not-at-top
+    from ofa_jax.decoding import spec as decoding_spec  # pylint: disable=g-import-not-at-top
+    views = modalities.prediction_views(value)
+    views_fn = decoding_spec.kind_of(kind).views
+    if views_fn is not None:
+      views.update(views_fn(value))
+    unknown = sorted(set(views) - set(VIEWS))
+    if unknown:
+      raise ValueError(f"decoding kind {kind!r} gives views {unknown}, which are "
+                       f"not Result fields; the views are {list(VIEWS)}")
     return cls(text=text, value=value, score=float(score), kind=kind,
                tokens=np.asarray(tokens if tokens is not None else []),
-               box=box, boxes=boxes, label=label, image=image)
+               image=image, **views)
 
   # ---- drawing ---------------------------------------------------------------
   def _all_boxes(self) -> list[tuple[Box, str]]:
@@ -141,13 +144,23 @@ class Result:
     from ofa_jax.evaluation import runner as evaluation_lib  # pylint: disable=g-import-not-at-top
     out: dict[str, Any] = {"text": self.text, "value": self.value,
                            "score": self.score, "kind": self.kind}
-    if self.box is not None:
-      out["box"] = list(self.box)
-    if self.boxes:
-      out["boxes"] = [[list(b), lab] for b, lab in self.boxes]
-    if self.label is not None:
-      out["label"] = self.label
+    for name in VIEWS:  # the views a prediction has (None / empty: absent)
+      view = getattr(self, name)
+      if view is not None and not (isinstance(view, list) and not view):
+        out[name] = _lists(view)
     return evaluation_lib.to_jsonable(out)
+
+
+# The typed views a decoding kind may fill (`DecodingKind.views`), in JSON order.
+VIEWS = tuple(f.name for f in dataclasses.fields(Result) if f.metadata.get(
+    "view"))
+
+
+def _lists(value: Any) -> Any:
+  """Tuples (a box, a (box, label) pair) as lists, as JSON writes them."""
+  if isinstance(value, (list, tuple)):
+    return [_lists(v) for v in value]
+  return value
 
 
 def draw_results(results: Sequence[Result], path: str, *, columns: int = 4,

@@ -86,11 +86,14 @@ def _task_names(mixture_or_task_name: str) -> dict[int, str]:
   return {task_id_of(t.name): t.name for t in _tasks_of(mixture_or_task_name)}
 
 
-def _image_options(mixture_or_task_name: str) -> dict[str, Any]:
-  """The image size the tasks were registered with (for `Generalist.load`)."""
-  sizes = {t.plan.options["image_size"] for t in _tasks_of(mixture_or_task_name)
-           if "image_size" in getattr(getattr(t, "plan", None), "options", {})}
-  return {"image_size": sizes.pop()} if len(sizes) == 1 else {}
+def _run_options(mixture_or_task_name: str) -> dict[str, Any]:
+  """The options the tasks were registered with that the trained model depends
+  on (the modalities' run options, e.g. the input image side), for
+  `Generalist.load`."""
+  from ofa_jax import modalities  # pylint: disable=g-import-not-at-top
+  return modalities.recorded_run_options(
+      getattr(getattr(t, "plan", None), "options", {})
+      for t in _tasks_of(mixture_or_task_name))
 
 
 def _input_shapes(spec: Mapping[str, Any], batch_size: int):
@@ -275,7 +278,7 @@ def _save_model_config(model_dir: str, model: Any,
   from ofa_jax.api import model_spec  # pylint: disable=g-import-not-at-top
   model_spec.save(model_dir, model.config,
                   vocabulary=getattr(model, "vocabulary", None),
-                  task_options=_image_options(mixture_or_task_name))
+                  task_options=_run_options(mixture_or_task_name))
 
 
 # ---- shard and compile -------------------------------------------------------------

@@ -167,3 +167,34 @@ def test_inference_closed_set_is_the_plans_trie(registered, vocab):
   assert got.max_len == want.max_len and got.labels == want.labels
   lowered = trie_lib.Trie.from_answers(vocab, [x.lower() for x in labels])
   assert got.trie.sequences == lowered.sequences
+
+
+def test_kinds_are_declared_by_the_modalities():
+  from ofa_jax import modalities
+  from ofa_jax.decoding import constraints as dc
+  from ofa_jax.results import Result
+  declared = {k.name for k in modalities.decoding_kinds()}
+  assert {"box", "text_and_boxes", "image_codes", "audio_frames",
+          "motion_frames"} <= declared
+  assert "video_frames" not in declared  # VIDEO is input-only
+  codes = DecodingSpec(kind="image_codes", max_len=4)
+  assert (codes.method, codes.top_k, codes.fixed_length) == ("sample", 256, True)
+  assert codes.decoding_kind.code_targets
+  assert not DecodingSpec().decoding_kind.code_targets
+  assert DecodingSpec(kind="box").fixed_length and not DecodingSpec().fixed_length
+  layout = dc.IdLayout.from_vocabulary(vocab_lib.default_vocabulary())
+  assert type(DecodingSpec(kind="box").constraints(layout)[0]) is type(
+      dc.box_constraint(layout, 1))
+  with pytest.raises(ValueError, match="image_codes decoding needs max_len"):
+    DecodingSpec(kind="image_codes", max_len=None).constraints(layout)
+  with pytest.raises(ValueError, match="expected one of"):
+    DecodingSpec(kind="pixels")
+  # The views of a prediction come from the modalities and the kind.
+  box = Result.from_prediction(text="", value=[1, 2, 3, 4], score=0.0, kind="box")
+  assert box.box == (1.0, 2.0, 3.0, 4.0) and box.label is None
+  assert Result.from_prediction(text="", value=[1, 2, 3, 4], score=0.0,
+                                kind="text").box is None
+  label = Result.from_prediction(text="a", value="a", score=0.0,
+                                 kind="closed_set")
+  assert label.label == "a" and label.to_json()["label"] == "a"
+  assert box.to_json()["box"] == [1.0, 2.0, 3.0, 4.0]

@@ -114,3 +114,19 @@ def test_infer_task_writes_one_line_per_example_of_the_split(tmp_path):
   answers = set(demo.CLOSED_SETS["vqa"])
   assert all(r["prediction"] in answers for r in rows)
   assert all(r["inputs"].startswith("[IMAGE]") for r in rows)
+
+
+def test_cli_flags_and_file_slot_come_from_the_modalities(tmp_path):
+  # The old flags keep working: --image_size is IMAGE's run option and
+  # --image_field an alias of --file_field (IMAGE reads files).
+  args = infer._file_parser().parse_args(
+      ["--checkpoint=c", "--instruction=i", "--input=x", "--output=y",
+       "--image_size=48", "--image_field=pic"])
+  assert args.image_size == 48 and args.file_field == "pic"
+  assert infer.file_slot_of(CAPTION)[0] == "img"
+  assert ".png" in infer.file_slot_of(CAPTION)[1]
+  assert infer.file_slot_of("[TEXT:q] -> [TEXT:a]") == (None, ())
+  (tmp_path / "a.png").write_bytes(b"x")
+  (tmp_path / "notes.txt").write_text("not an image")
+  rows = infer.read_inputs(str(tmp_path), file_field="img")
+  assert rows == [{"img": str(tmp_path / "a.png")}]

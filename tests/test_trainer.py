@@ -247,3 +247,13 @@ def test_dropout_prng_impl_is_deterministic_and_changes_the_masks(tmp_path):
   differs = jax.tree.leaves(jax.tree.map(
       lambda a, b: not np.array_equal(a, b), params[0], params[2]))
   assert any(differs)  # other dropout masks, other updates (same init)
+
+
+def test_run_options_recorded_are_the_ones_the_tasks_agree_on():
+  from ofa_jax import modalities
+  assert "image_size" in {o.key for o in modalities.run_options()}
+  assert modalities.recorded_run_options(
+      [{"image_size": 64}, {}, {"image_size": 64, "other": 1}]) == {
+          "image_size": 64}
+  assert modalities.recorded_run_options(
+      [{"image_size": 64}, {"image_size": 32}]) == {}

@@ -28,7 +28,6 @@ import numpy as np
 from ofa_jax import instructions
 from ofa_jax.api import data as api_data
 from ofa_jax.decoding import prompts
-from ofa_jax.decoding import spec as decoding_spec
 from ofa_jax.decoding.spec import DecodingSpec
 from ofa_jax.evaluation import runner as lib
 from ofa_jax.results import Result
@@ -84,8 +83,7 @@ class Generalist:
     spec = api_config.resolve(model_dir, config=config, vocabulary=vocabulary)
     model = models.OFAModel(spec.config, spec.vocabulary)
     options = {**spec.task_options, **dict(task_options or {})}
-    batch = api_config.dummy_model_batch(spec.config,
-                                         int(options.get("image_size", 32)))
+    batch = api_config.dummy_model_batch(spec.config, options)
     variables = checkpoints.load_variables(model_dir, model, batch, partitioner)
     return cls(model, variables, task_options=options, partitioner=partitioner)
 
@@ -197,7 +195,7 @@ def _decoding(plan: Any, overrides: Mapping[str, Any]) -> DecodingSpec:
   changes = {k: v for k, v in overrides.items() if v is not None}
   # Only free-length targets take length overrides: a box, a closed-set label
   # and an image's codes have fixed lengths.
-  if spec.kind in decoding_spec.FIXED_LENGTH_KINDS:
+  if spec.fixed_length:
     for k in ("max_len", "min_len"):
       changes.pop(k, None)
   return spec.replace(**changes)

@@ -216,19 +216,22 @@ def _gin_config(path: str, bindings: Mapping[str, Mapping[str, Any]],
 def _from_gin(path: str) -> tuple[Any, Any, dict[str, Any]]:
   """(OFAConfig, vocabulary, task options) from a run's gin config.
 
-  The task options are the `image_size` bound to any configurable (e.g.
-  `demo.register_demo_tasks.image_size = 64`): the resolution trained at.
+  The task options are the modalities' run options bound to any configurable
+  (e.g. `demo.register_demo_tasks.image_size = 64`: the resolution trained at),
+  the first binding of the option's type for each.
   """
+  from ofa_jax import modalities  # pylint: disable=g-import-not-at-top
   macros, bindings = _read_gin(path)
   resolve_value = _macro_resolver(path, macros)
   vocabulary = _gin_vocabulary(macros, bindings, resolve_value)
   config = _gin_config(path, bindings, resolve_value, vocabulary)
   options = {}
-  for args in bindings.values():
-    size = resolve_value(args.get("image_size"))
-    if isinstance(size, int) and not isinstance(size, bool):
-      options["image_size"] = size
-      break
+  for option in modalities.run_options():
+    for args in bindings.values():
+      value = resolve_value(args.get(option.key))
+      if option.accepts(value):
+        options[option.key] = value
+        break
   return config, vocabulary, options
 
 
@@ -279,9 +282,13 @@ def resolve(model_dir: str, *, config: Any = None, vocabulary: Any = None
                    task_options=task_options)
 
 
-def dummy_model_batch(config: Any, image_size: int = 32) -> dict[str, np.ndarray]:
-  """A one-row batch of model features, enough to derive the parameter shapes."""
+def dummy_model_batch(config: Any, task_options: Optional[Mapping[str, Any]] = None
+                      ) -> dict[str, np.ndarray]:
+  """A one-row batch of model features, enough to derive the parameter shapes;
+  each configured adapter sizes its inputs from the task options."""
+  from ofa_jax.model import adapters  # pylint: disable=g-import-not-at-top
   from ofa_jax.model import transformer  # pylint: disable=g-import-not-at-top
-  batch = transformer.dummy_batch(config, batch_size=1, image_size=image_size)
+  batch = transformer.dummy_batch(config, batch_size=1)
+  batch.update(adapters.dummy_inputs(config, task_options or {}, batch_size=1))
   batch.setdefault(F.DECODER_TARGET_TOKENS, batch[F.DECODER_INPUT_TOKENS])
   return batch

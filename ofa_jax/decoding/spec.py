@@ -32,15 +32,52 @@ import dataclasses
 import difflib
 from typing import Any, Mapping, Optional
 
-KINDS = ("text", "box", "text_and_boxes", "closed_set", "image_codes",
-         "audio_frames", "motion_frames")
-# Kinds the token decoder produces; the others come from dense output heads.
-TOKEN_KINDS = ("text", "box", "text_and_boxes", "closed_set", "image_codes")
+from ofa_jax.modalities.spec import DecodingKind
+
 METHODS = ("beam", "greedy", "sample")
-# Kinds whose answer length the target fixes (a box, a label of the set, an
-# image's codes): free-length overrides (`max_len`, `min_len`) do not apply.
-FIXED_LENGTH_KINDS = ("box", "closed_set", "image_codes")
-_IMAGE_CODES_TOP_K = 256  # OFA's text-to-image sampling
+
+
+def _text_constraints(spec: "DecodingSpec", layout: Any) -> tuple:
+  del spec
+  from ofa_jax.decoding import constraints as dc  # pylint: disable=g-import-not-at-top
+  return (dc.text_constraint(layout),)
+
+
+def _trie_constraints(spec: "DecodingSpec", layout: Any) -> tuple:
+  from ofa_jax.decoding import constraints as dc  # pylint: disable=g-import-not-at-top
+  return (dc.TrieConstraint(spec.device_trie(), eos_id=layout.eos_id),)
+
+
+def _label_view(value: Any) -> dict[str, Any]:
+  return {"label": value if isinstance(value, str) else None}
+
+
+# The kinds of every token target: free text, and a label of a closed set
+# (whatever slot type carries it). The modalities declare the others
+# (`Modality.decoding_kinds`: a box, image codes, a dense head's frames).
+TEXT = DecodingKind("text", constraints=_text_constraints)
+CLOSED_SET = DecodingKind("closed_set", fixed_length=True,
+                          constraints=_trie_constraints, views=_label_view)
+_GENERIC_KINDS = {k.name: k for k in (TEXT, CLOSED_SET)}
+
+
+def known_kinds() -> tuple[str, ...]:
+  """Every kind name: the generic ones, then those the modalities declare."""
+  from ofa_jax import modalities  # pylint: disable=g-import-not-at-top
+  return tuple(_GENERIC_KINDS) + tuple(
+      k.name for k in modalities.decoding_kinds())
+
+
+def kind_of(name: str) -> DecodingKind:
+  """The `DecodingKind` named `name` (a modality's file is imported for it)."""
+  kind = _GENERIC_KINDS.get(name)
+  if kind is None:
+    from ofa_jax import modalities  # pylint: disable=g-import-not-at-top
+    kind = modalities.decoding_kind(name)
+  if kind is None:
+    raise ValueError(f"DecodingSpec.kind={name!r}; expected one of "
+                     f"{known_kinds()}")
+  return kind
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,8 +135,7 @@ class DecodingSpec:
   sampling: dataclasses.InitVar[bool] = False
 
   def __post_init__(self, sampling: bool):
-    if self.kind not in KINDS:
-      raise ValueError(f"DecodingSpec.kind={self.kind!r}; expected one of {KINDS}")
+    kind = kind_of(self.kind)
     method = self.method
     if sampling:
       if method not in (None, "sample"):
@@ -107,15 +143,14 @@ class DecodingSpec:
                          f"method={method!r}")
       method = "sample"
     if method is None:
-      method = "sample" if self.kind == "image_codes" else "beam"
+      method = kind.method
     if method not in METHODS:
       raise ValueError(f"DecodingSpec.method={method!r}; expected one of {METHODS}")
     object.__setattr__(self, "method", method)
     if self.top_k is None:
-      object.__setattr__(self, "top_k",
-                         _IMAGE_CODES_TOP_K if self.kind == "image_codes" else 0)
+      object.__setattr__(self, "top_k", kind.top_k)
     object.__setattr__(self, "labels", tuple(self.labels))
-    if self.kind == "closed_set" and self.trie is None:
+    if kind is CLOSED_SET and self.trie is None:
       raise ValueError("DecodingSpec(kind='closed_set') needs a trie (the plan "
                        "builds it from the closed set's labels)")
     if self.trie is not None and not hasattr(self.trie, "sequences"):
@@ -152,8 +187,19 @@ class DecodingSpec:
 
   # ---- what decoding reads ---------------------------------------------------
   @property
+  def decoding_kind(self) -> DecodingKind:
+    """The declaration of `kind` (generic, or a modality's)."""
+    return kind_of(self.kind)
+
+  @property
   def is_token_kind(self) -> bool:
-    return self.kind in TOKEN_KINDS
+    return self.decoding_kind.token_decoder
+
+  @property
+  def fixed_length(self) -> bool:
+    """The target fixes the answer length: `max_len` / `min_len` overrides of
+    free-length targets do not apply (a box, a label of the set, image codes)."""
+    return self.decoding_kind.fixed_length
 
   @property
   def max_free_len(self) -> Optional[int]:
@@ -168,7 +214,7 @@ class DecodingSpec:
   @property
   def scores_candidates(self) -> bool:
     """True when this spec is evaluated by all-candidate scoring."""
-    return self.score_candidates and self.kind == "closed_set"
+    return self.score_candidates and self.decoding_kind is CLOSED_SET
 
   def require_token_decoder(self, where: str) -> "DecodingSpec":
     """Itself; raises when the kind has no token decoder (dense heads)."""
@@ -196,20 +242,9 @@ class DecodingSpec:
 
   def constraints(self, layout: Any) -> tuple:
     """The constraints of this kind over the id layout (`constraints.IdLayout`)."""
-    # pylint: disable-next=g-import-not-at-top
-    from ofa_jax.decoding import constraints as dc
     self.require_token_decoder("DecodingSpec.constraints")
-    if self.kind == "box":
-      return (dc.box_constraint(layout, self.num_boxes),)
-    if self.kind == "image_codes":
-      if self.max_len is None:
-        raise ValueError("image_codes decoding needs max_len (the number of codes)")
-      return (dc.image_constraint(layout, int(self.max_len)),)
-    if self.kind == "closed_set":
-      return (dc.TrieConstraint(self.device_trie(), eos_id=layout.eos_id),)
-    if self.kind == "text_and_boxes":
-      return (dc.BoxRunConstraint(layout),)
-    return (dc.text_constraint(layout),)
+    build = self.decoding_kind.constraints or _text_constraints
+    return build(self, layout)
 
   def cache_key(self) -> tuple:
     """A hashable value of everything that shapes the compiled decoder."""
@@ -266,7 +301,7 @@ def with_task_options(spec: DecodingSpec, options: Mapping[str, Any], *,
     if name in taken:
       raise ValueError(f"{where}: decoding option {name!r} comes from the "
                        "instruction (and closed_set=[...]), not from options")
-  if spec.kind in FIXED_LENGTH_KINDS and grouped is not None:
+  if spec.fixed_length and grouped is not None:
     for name in ("max_len", "min_len"):
       if name in grouped:
         raise ValueError(f"{where}: the target decodes as {spec.kind!r}, whose "

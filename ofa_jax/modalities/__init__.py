@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 import types
-from typing import Any, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional
 
 # Slot type -> "module:OBJECT" (module relative to this package, or absolute).
 _BUILTIN: Mapping[str, str] = types.MappingProxyType({
@@ -124,6 +124,67 @@ def owner_of(name: str) -> Optional[Any]:
   return None
 
 
+def run_options() -> tuple[Any, ...]:
+  """Every task option (`spec.RunOption`) a trained model depends on, once each."""
+  out: dict[str, Any] = {}
+  for m in all_modalities():
+    for option in m.run_options:
+      out.setdefault(option.key, option)
+  return tuple(out.values())
+
+
+def recorded_run_options(task_options: Iterable[Mapping[str, Any]]
+                         ) -> dict[str, Any]:
+  """The run options of a run's tasks, as the run directory records them.
+
+  Each option appears when the tasks that set it agree on one value; when they
+  disagree there is no single value to rebuild a one-off task with, and the
+  option is left to the caller of `Generalist.load`.
+  """
+  task_options = [dict(o) for o in task_options]
+  out = {}
+  for option in run_options():
+    values = {o[option.key] for o in task_options if option.key in o}
+    if len(values) == 1:
+      out[option.key] = values.pop()
+  return out
+
+
+def file_reader_of(name: str) -> tuple[str, ...]:
+  """The file suffixes a slot of type `name` is read from (empty: none)."""
+  return tuple(get(name).file_suffixes) if is_registered(name) else ()
+
+
+def file_suffixes() -> tuple[str, ...]:
+  """Every file suffix some registered modality reads, in registry order."""
+  out: list[str] = []
+  for m in all_modalities():
+    out += [s for s in m.file_suffixes if s not in out]
+  return tuple(out)
+
+
+def decoding_kind(kind: str) -> Optional[Any]:
+  """The `spec.DecodingKind` named `kind` that a modality declares (None: none)."""
+  for m in all_modalities():
+    for k in m.decoding_kinds:
+      if k.name == kind:
+        return k
+  return None
+
+
+def decoding_kinds() -> tuple[Any, ...]:
+  """Every decoding kind the registered modalities declare, in registry order."""
+  return tuple(k for m in all_modalities() for k in m.decoding_kinds)
+
+
+def prediction_views(value: Any) -> dict[str, Any]:
+  """The typed views every registered modality recognizes in a prediction."""
+  out: dict[str, Any] = {}
+  for m in all_modalities():
+    out.update(m.prediction_views(value))
+  return out
+
+
 def closed_set_trie(vocab: Any, labels: Any, uncased: bool = False,
                     no_punctuation: bool = False) -> Any:
   """The trie of a free-text closed set given at call time (the inference API's
@@ -141,6 +202,9 @@ def input_placements(example: Mapping[str, Any]
   return sorted(out)
 
 
-__all__ = ["all_modalities", "closed_set_trie", "dense_modalities", "get",
-           "get_processor", "input_placements", "is_registered", "length_keys",
-           "names", "owner_of", "register", "remove", "stream", "streams"]
+__all__ = ["all_modalities", "closed_set_trie", "decoding_kind",
+           "decoding_kinds", "dense_modalities", "file_reader_of",
+           "file_suffixes", "get", "get_processor", "input_placements",
+           "is_registered", "length_keys", "names", "owner_of",
+           "prediction_views", "recorded_run_options", "register", "remove",
+           "run_options", "stream", "streams"]

@@ -25,7 +25,7 @@ from typing import Any, Mapping, NamedTuple, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from ofa_jax.modalities.spec import AttrSpec, Stream
+from ofa_jax.modalities.spec import AttrSpec, DecodingKind, RunOption, Stream
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +105,12 @@ class Modality:
       input streams (None: inputs of this type cannot reach the model).
     head: the model-registry key of the head that produces its dense target
       (None: a dense target of this type cannot be trained).
+    run_options: task options a trained model depends on (recorded in the run
+      directory, restored by `Generalist.load`, flags of the inference CLI).
+    file_suffixes: file name endings (lower case) of the files a value of this
+      type may be read from: the inference CLI fills such a slot from a
+      directory of these files.
+    decoding_kinds: the decoding kinds its targets may take (`DecodingSpec.kind`).
   """
 
   name: str = ""
@@ -112,6 +118,9 @@ class Modality:
   attributes: tuple[AttrSpec, ...] = ()
   adapter: Optional[str] = None
   head: Optional[str] = None
+  run_options: tuple[RunOption, ...] = ()
+  file_suffixes: tuple[str, ...] = ()
+  decoding_kinds: tuple[DecodingKind, ...] = ()
 
   # ---- TF preprocessing (graph mode) -----------------------------------------
   def preprocess_input(self, value: tf.Tensor, ctx: SlotContext
@@ -125,6 +134,12 @@ class Modality:
   def postprocess(self, tokens: Any, ctx: Mapping[str, Any]) -> Any:
     """Host side: decoded ids / generated values -> a Python value."""
     raise NotImplementedError(f"{self.name}: postprocess")
+
+  def prediction_views(self, value: Any) -> dict[str, Any]:
+    """Typed views (`results.Result` fields) of any prediction whose value this
+    modality recognizes, whatever its decoding kind ({}: none)."""
+    del value
+    return {}
 
   # ---- the inference API -----------------------------------------------------
   def to_tensor(self, value: Any, where: str) -> tf.Tensor:
@@ -222,6 +237,13 @@ class DenseModality(Modality):
   def streams(self) -> tuple[Stream, ...]:
     return self.input_streams + self.target_streams
 
+  @property
+  def decoding_kinds(self) -> tuple[DecodingKind, ...]:
+    """A dense target comes from its head, not from the token decoder."""
+    if self.input_only:
+      return ()
+    return (DecodingKind(f"{self.name.lower()}_frames", token_decoder=False),)
+
   def absent_dims(self, stream: Stream, options: Mapping[str, Any]
                   ) -> tuple[int, ...]:
     """Trailing dims of a primary stream's value when a task does not use it
@@ -284,7 +306,7 @@ class DenseModality(Modality):
   def target_decoding(self, template: Any, options: Mapping[str, Any]
                       ) -> tuple[str, dict[str, Any]]:
     """(kind, DecodingSpec defaults) of a task whose target is of this type."""
-    return f"{self.name.lower()}_frames", {"beam_size": 1}
+    return self.decoding_kinds[0].name, {"beam_size": 1}
 
 
 def single_slot_streams(prefix: str, rank: int) -> tuple[Stream, ...]:

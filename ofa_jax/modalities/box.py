@@ -31,12 +31,50 @@ from ofa_jax import features
 from ofa_jax.modalities import image as image_lib
 from ofa_jax.modalities.base import SlotContext, TokenModality, TokenSlotOutput
 from ofa_jax.modalities.options import slot_option
-from ofa_jax.modalities.spec import BOTH_SIDES, AttrSpec
+from ofa_jax.modalities.spec import BOTH_SIDES, AttrSpec, DecodingKind
 from ofa_jax.modalities.text import require_vocab
 
 DEFAULT_IMAGE_SIZE = image_lib.DEFAULT_IMAGE_SIZE  # boxes live in its frame
 _SIZE_KEYS = ("image_size", "max_image_size")
 _BIN_RE = re.compile(r"<bin_[0-9]+>")
+
+Box = tuple[float, float, float, float]
+
+
+def as_box(value: Any) -> Optional[Box]:
+  """A finite (x0, y0, x1, y1) from a postprocessed box (None: no whole box)."""
+  if value is None:
+    return None
+  arr = np.asarray(value, np.float64).reshape(-1)
+  if arr.shape != (4,) or not np.all(np.isfinite(arr)):
+    return None
+  return tuple(float(x) for x in arr)  # type: ignore[return-value]
+
+
+def _box_constraints(spec: Any, layout: Any) -> tuple:
+  """Exactly 4 bins per box, `spec.num_boxes` boxes."""
+  from ofa_jax.decoding import constraints as dc  # pylint: disable=g-import-not-at-top
+  return (dc.box_constraint(layout, spec.num_boxes),)
+
+
+def _box_run_constraints(spec: Any, layout: Any) -> tuple:
+  """Text with runs of exactly 4 bins in it (detection's box-label lists)."""
+  del spec
+  from ofa_jax.decoding import constraints as dc  # pylint: disable=g-import-not-at-top
+  return (dc.BoxRunConstraint(layout),)
+
+
+def _box_view(value: Any) -> dict[str, Any]:
+  """`Result.box`: the box in original-image pixels, None when incomplete."""
+  return {"box": as_box(value)}
+
+
+
+
+# A lone BOX target: exactly 4 bins; trained together with text: both.
+BOX_KIND = DecodingKind("box", fixed_length=True, constraints=_box_constraints,
+                        views=_box_view)
+BOXES_IN_TEXT = DecodingKind("text_and_boxes", constraints=_box_run_constraints)
 
 
 def box_sizes(ctx: SlotContext | Mapping[str, Any]) -> tuple[float, float]:
@@ -130,9 +168,23 @@ class BoxProcessor(TokenModality):
   attributes = (AttrSpec("max_image_size", "int", BOTH_SIDES,
                          doc="side that the 1000 bins span"),)
   uses_geometry = True
-  solo_decoding = ("box", {"max_len": 4, "min_len": 4})
-  mixed_decoding = "text_and_boxes"
+  solo_decoding = (BOX_KIND.name, {"max_len": 4, "min_len": 4})
+  mixed_decoding = BOXES_IN_TEXT.name
+  decoding_kinds = (BOX_KIND, BOXES_IN_TEXT)
   mixed_token_kind = int(features.TokenKind.TEXT_OR_BIN)
+
+  def prediction_views(self, value: Any) -> dict[str, Any]:
+    """`Result.boxes`: the complete (box, label) pairs of any prediction that
+    is a non-empty list of pairs (detection's box-label lists)."""
+    if not (isinstance(value, list) and value and all(
+        isinstance(v, (list, tuple)) and len(v) == 2 for v in value)):
+      return {}
+    pairs = []
+    for b, label in value:
+      b = as_box(b)
+      if b is not None:
+        pairs.append((b, str(label)))
+    return {"boxes": pairs}
 
   def to_tensor(self, value: Any, where: str) -> tf.Tensor:
     if isinstance(value, (str, bytes)):

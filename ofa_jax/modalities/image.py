@@ -46,7 +46,8 @@ from ofa_jax.modalities.image_features import (IMAGE_GEOMETRY, IMAGE_MASK,
                                                IMAGE_SLOT_RANK,
                                                IMAGE_TEXT_OFFSET, IMAGES,
                                                TARGET_IMAGE, TARGET_IMAGE_MASK)
-from ofa_jax.modalities.spec import (BOTH_SIDES, SOURCE_ONLY, AttrSpec, Stream)
+from ofa_jax.modalities.spec import (BOTH_SIDES, SOURCE_ONLY, AttrSpec,
+                                    DecodingKind, RunOption, Stream)
 
 DEFAULT_IMAGE_SIZE = 480
 DEFAULT_TARGET_IMAGE_SIZE = 256
@@ -54,6 +55,24 @@ DEFAULT_CROP_PCT = 0.875
 _INPUT_VARIANTS = ("image", "imagenet")
 _TARGET_VARIANTS = ("image", "image_vqgan")
 _SOURCES = ("auto", "bytes", "base64", "path")
+# Files the inference CLI reads an IMAGE slot from, when given a directory.
+FILE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+IMAGE_CODES_TOP_K = 256  # OFA's text-to-image sampling
+
+
+def _image_code_constraints(spec: Any, layout: Any) -> tuple:
+  """Only `<code_k>` ids, exactly `max_len` of them (the code grid)."""
+  from ofa_jax.decoding import constraints as dc  # pylint: disable=g-import-not-at-top
+  if spec.max_len is None:
+    raise ValueError("image_codes decoding needs max_len (the number of codes)")
+  return (dc.image_constraint(layout, int(spec.max_len)),)
+
+
+# An IMAGE target decodes as VQ codes: sampled (OFA's text-to-image), a fixed
+# grid of them, with the decoder's code positions.
+IMAGE_CODES = DecodingKind("image_codes", fixed_length=True, method="sample",
+                           top_k=IMAGE_CODES_TOP_K, code_targets=True,
+                           constraints=_image_code_constraints)
 
 
 
@@ -89,6 +108,10 @@ class ImageProcessor(DenseModality):
                doc="how strings are read: auto, bytes, base64 or path"),
   )
   adapter = IMAGES  # the ResNet adapter of the model registry
+  run_options = (RunOption("image_size", int,
+                           "input image side the tasks were trained at"),)
+  file_suffixes = FILE_SUFFIXES
+  decoding_kinds = (IMAGE_CODES,)
   head = TARGET_IMAGE  # the VQ image-code head: a later issue, not registered yet
   input_streams = (
       Stream(IMAGES, "float32", 4, IMAGES),
@@ -143,7 +166,7 @@ class ImageProcessor(DenseModality):
                       ) -> tuple[str, dict[str, Any]]:
     """Image codes: a grid of (side / 8)^2 codes, sampled, no prompt."""
     side = _target_image_size(template, options) // 8
-    return "image_codes", dict(beam_size=1, max_len=side * side,
+    return IMAGE_CODES.name, dict(beam_size=1, max_len=side * side,
                                min_len=side * side, sampling=True,
                                max_prompt_len=0)
 

@@ -1,4 +1,5 @@
-"""What a modality declares about itself: its slot attributes and its feature streams.
+"""What a modality declares about itself: slot attributes, feature streams, run
+options and decoding kinds.
 
 Why a separate, TensorFlow-free module: the instruction parser assembles its
 attribute schema from these declarations, and the feature converter, the plan
@@ -10,6 +11,7 @@ knowing which modality it is.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, Callable, Optional
 
 SOURCE = "source"
 TARGET = "target"
@@ -75,3 +77,56 @@ class Stream:
   @property
   def is_float(self) -> bool:
     return self.dtype == "float32"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOption:
+  """A task option that a trained model depends on (e.g. the input image side).
+
+  Why declared: the model directory must remember it so that `Generalist.load`
+  builds its one-off tasks as the trained ones were built, and the inference CLI
+  offers it as a flag (`--KEY`); the trainer, the run-directory reader and the
+  CLI ask the modalities for these instead of naming them.
+  """
+
+  key: str
+  type: type
+  doc: str = ""
+
+  def accepts(self, value: object) -> bool:
+    """True when `value` is of the option's type (a bool is not an int here)."""
+    if isinstance(value, bool) and self.type is not bool:
+      return False
+    return isinstance(value, self.type)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodingKind:
+  """How the targets of a modality decode (`DecodingSpec.kind` names one).
+
+  Why declared by the modality: the decoder's vocabulary for a target (exactly
+  4 bins per box, only image codes, ...) and the typed views of its prediction
+  are the modality's knowledge; decoding, the model and the API ask the kind.
+
+  Attributes:
+    name: the kind's name (`DecodingSpec.kind`).
+    token_decoder: False for dense targets produced by an output head.
+    fixed_length: the target fixes the answer length (free-length overrides
+      `max_len` / `min_len` do not apply).
+    method: the default search ("beam" or "sample").
+    top_k: the default sampling `top_k` (0: off).
+    code_targets: the targets are VQ image codes (the decoder's `code_mask`).
+    constraints: (spec, id layout) -> constraints of the token decoder; None:
+      free text.
+    views: postprocessed value -> {`results.Result` field: value}, the typed
+      views of a prediction of this kind; None: none.
+  """
+
+  name: str
+  token_decoder: bool = True
+  fixed_length: bool = False
+  method: str = "beam"
+  top_k: int = 0
+  code_targets: bool = False
+  constraints: Optional[Callable[[Any, Any], tuple]] = None
+  views: Optional[Callable[[Any], dict]] = None

@@ -34,6 +34,7 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ofa_jax.modalities import image_features
 from ofa_jax.model import layers
@@ -95,10 +96,57 @@ def slot_placement(batch: Mapping[str, Any], offset_key: str, rank_key: str,
 
 
 class ImageAdapter(nn.Module):
-  """OFA's image path: ResNet → image_proj → + type[1] → patch LN → dropout."""
+  """OFA's image path: ResNet → image_proj → + type[1] → patch LN → dropout.
+
+  Besides the module, the class declares what shared code asks of an adapter:
+  where OFA's checkpoints keep its parameters (`ofa_key_prefix`), the logical
+  axes of its activations (`replicated_axes`), zero inputs for shape
+  derivation (`dummy_inputs`), and its share of an encoder step
+  (`encoder_positions`, `forward_flops`).
+  """
 
   config: OFAConfig
   type_id = 1
+  # OFA keeps the image path's parameters directly under `encoder.` (Flax: the
+  # `encoder/images` submodule).
+  ofa_key_prefix = ("encoder",)
+  # The ResNet's activation axes (resnet.py): never split.
+  replicated_axes = ("image_height", "image_width")
+  default_image_size = 32  # dummy inputs when no task option says the side
+  # The part of `forward_flops` whose input is data: no backward pass.
+  data_input_part = "resnet_stem"
+
+  @classmethod
+  def dummy_inputs(cls, config: OFAConfig, batch_size: int,
+                   options: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Zero images of the side the tasks were trained at (`image_size`)."""
+    del config
+    size = int(options.get("image_size", cls.default_image_size))
+    return {image_features.IMAGES: np.zeros((batch_size, 1, size, size, 3),
+                                            np.float32),
+            image_features.IMAGE_MASK: np.ones((batch_size, 1), np.int32)}
+
+  @classmethod
+  def encoder_positions(cls, config: OFAConfig, shape: Any) -> int:
+    """Encoder positions the images of one example of a `flops.StepShape` take."""
+    if not shape.num_images:
+      return 0
+    return shape.num_images * num_patches(config, shape.image_size)
+
+  @classmethod
+  def forward_flops(cls, config: OFAConfig, shape: Any) -> dict[str, int]:
+    """Forward FLOPs of the image path on a `flops.StepShape` batch, by part;
+    `stem` names the part whose input is data (no gradient in training)."""
+    if not shape.num_images:
+      return {}
+    res = resnet_flops(config, shape.image_size)
+    p = num_patches(config, shape.image_size)
+    images = shape.batch_size * shape.num_images
+    return {"resnet_stem": images * res["stem"],
+            "resnet_blocks": images * res["blocks"],
+            "image_proj": images * 2 * p * config.resnet_out_channels * (
+                config.d_model)}
+
 
   @nn.compact
   def __call__(self, batch: Mapping[str, Any], *, type_embedding: Array,
@@ -147,6 +195,75 @@ class ImageAdapter(nn.Module):
         positions=jnp.broadcast_to(pos, (b, ni, n, cfg.d_model)),
         rel_ids=jnp.broadcast_to(jnp.asarray(ids), (b, ni, n)),
         text_offset=offset, slot_rank=rank, rel_kind=REL_IMAGE_2D)
+
+
+# ---- the ResNet's shape and cost (for flops.py and the benchmarks) -----------
+def _conv_out(size: int, kernel: int, stride: int, pad: int) -> int:
+  return (size + 2 * pad - kernel) // stride + 1
+
+
+def resnet_grid(config: OFAConfig, image_size: int) -> int:
+  """Side of the ResNet feature grid (patches per side) for a square image."""
+  del config
+  if image_size < 1:
+    raise ValueError(f"image_size must be >= 1, got {image_size}")
+  s = _conv_out(image_size, 7, 2, 3)  # stem conv
+  s = _conv_out(s, 3, 2, 1)  # max-pool
+  for stage in range(3):
+    if stage:
+      s = _conv_out(s, 3, 2, 1)  # the stride sits on the first 3x3 conv
+  return s
+
+
+def num_patches(config: OFAConfig, image_size: int) -> int:
+  """Encoder positions one image occupies (196 at 224 px)."""
+  return resnet_grid(config, image_size) ** 2
+
+
+def resnet_flops(config: OFAConfig, image_size: int) -> dict[str, int]:
+  """Forward FLOPs of the ResNet on one image: {"stem": ..., "blocks": ...}."""
+  w = config.resnet_width
+  s = _conv_out(image_size, 7, 2, 3)
+  stem = 2 * s * s * 7 * 7 * 3 * w
+  s = _conv_out(s, 3, 2, 1)
+  blocks = 0
+  inplanes = w
+  for stage, num_blocks in enumerate(config.resnet_layers):
+    planes = w * 2 ** stage
+    for b in range(num_blocks):
+      stride = 2 if (stage and b == 0) else 1
+      so = _conv_out(s, 3, stride, 1)
+      blocks += 2 * s * s * inplanes * planes  # conv1 1x1
+      blocks += 2 * so * so * 9 * planes * planes  # conv2 3x3 (strided)
+      blocks += 2 * so * so * planes * 4 * planes  # conv3 1x1
+      if b == 0 and (stride != 1 or inplanes != 4 * planes):
+        blocks += 2 * so * so * inplanes * 4 * planes  # downsample 1x1
+      inplanes = 4 * planes
+      s = so
+  return {"stem": stem, "blocks": blocks}
+
+
+# ---- what shared code asks of the adapters --------------------------------------
+def configured(config: OFAConfig) -> list[tuple[str, type]]:
+  """(name, class) of every adapter the config builds, in config order."""
+  return [(name, get_adapter_class(name)) for name in config.encoder_adapters]
+
+
+def dummy_inputs(config: OFAConfig, options: Mapping[str, Any],
+                 batch_size: int = 1) -> dict[str, np.ndarray]:
+  """Zero inputs of every configured adapter that declares `dummy_inputs`,
+  sized by the task options (e.g. the image side trained at)."""
+  out: dict[str, np.ndarray] = {}
+  for _, cls in configured(config):
+    fn = getattr(cls, "dummy_inputs", None)
+    if fn is not None:
+      out.update(fn(config, batch_size, options))
+  return out
+
+
+def registered_classes() -> list[tuple[str, type]]:
+  """(name, class) of every registered adapter (for model-independent tables)."""
+  return [(name, get_adapter_class(name)) for name in model_registry.adapters()]
 
 
 # stream name -> "module:Class": the adapters of the model registry.
