@@ -87,7 +87,7 @@ def _side(draw, side):
   if side == "target" and draw(st.booleans()):
     units = [draw(_unit(side, _DENSE, allow_group=False))]  # a lone dense one
   else:
-    modalities = list(M) if side == "source" else _TOKEN
+    modalities = list(SN.BUILTIN) if side == "source" else _TOKEN
     units = draw(st.lists(_unit(side, modalities), max_size=3))
   texts = draw(st.lists(st.none() | _TEXT, min_size=len(units) + 1,
                         max_size=len(units) + 1))
