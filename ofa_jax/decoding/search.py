@@ -13,7 +13,7 @@ format: the forced prompt (a per-example prefix), the free tokens, `</s>`, then
 `<pad>`. At step t the decoder input is `sequences[:, t]` (`<s>` at t=0, else the
 token emitted at t-1) and the logits predict `tokens[:, t]`.
 
-Rules, as in OFA's generator (`ofa_architecture.md` §3): constraints (id ranges,
+Rules, as in OFA's generator (`docs/ofa_architecture.md` §5): constraints (id ranges,
 tries, `logits_processor`) act on the logits before the log-softmax; then `<pad>`
 is never emitted, `</s>` is banned before `min_len` free tokens, repeated n-grams
 are banned, and the last position only admits `</s>`. Forced prompt tokens

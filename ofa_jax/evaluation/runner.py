@@ -1,7 +1,7 @@
 """Jitted decoding, scoring and eval loss over static-shape batches of model features.
 
-Why a module of its own: the offline evaluator (`evaluation.py`), the inference
-entry point (`infer.py`) and the Python API (`api.py`) all turn batches of model
+Why a module of its own: the offline evaluator (`evaluation/evaluator.py`), the inference
+entry point (`infer.py`) and the Python API (`api/`) all turn batches of model
 features into predictions the same way: the task plan decides the decoding
 (`TaskPlan.decoding`, a `DecodingSpec`), batches are padded to one static batch
 size so that one compiled program serves every batch (the padded rows are

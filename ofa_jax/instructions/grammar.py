@@ -18,7 +18,7 @@ An instruction declares a task in one line, e.g.
 Why stricter than OFASys: there, a slot that does not match the regex silently
 becomes plain text and an unknown attribute is ignored, so a typo trains a different
 task. Here every `[` opens a slot, every attribute is checked against a schema
-(`instructions_schema`), and errors carry the column with a caret display.
+(`instructions/schema.py`), and errors carry the column with a caret display.
 
 Several target slots are allowed when all are token-based (they merge into one
 decoder sequence); a dense target (IMAGE, AUDIO, MOTION, VIDEO) must be alone,

@@ -4,7 +4,7 @@ Why a frozen dataclass of plain values: the config is hashed into jit caches and
 flax module attributes, is written to `config.gin` by the trainer, and must be
 selectable from gin as `get_config("base", dtype="bfloat16")` without touching
 source. Sizes follow OFA-Sys/OFA `models/ofa/ofa.py` (see
-shared/docs/ofa_architecture.md §1); defaults are the flags every released OFA
+docs/ofa_architecture.md §1); defaults are the flags every released OFA
 checkpoint was trained with.
 """
 

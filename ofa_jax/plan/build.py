@@ -1,6 +1,6 @@
 """Graph-mode construction of one example's task features from one instruction.
 
-Why a separate module: `plan.py` decides *what* a task is (registration, decoding,
+Why a separate module: `plan/registry.py` decides *what* a task is (registration, decoding,
 postprocessing); this module does the per-example work inside tf.data: it walks the
 slots of one `|||` alternative in instruction order, hands each value to its
 modality processor, merges adjacent token slots into runs (`<s> ... </s>` on the

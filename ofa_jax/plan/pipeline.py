@@ -5,7 +5,7 @@ Pipeline per task (all graph mode, stateless randomness from SeqIO's seeds):
 1. check that the source provides every field the instruction names (a clear error
    naming the task, slot and field, before any example is read);
 2. per example: draw the `|||` alternative from the example seed, build the
-   features (`plan_build.build_alternative`) for the train or eval variant;
+   features (`plan/build.py` `build_alternative`) for the train or eval variant;
 3. drop examples whose dense value is invalid, counting them per modality;
 4. count repaired boxes, clipped dense frames (`clipped_<modality>`) and
    truncated token streams; remove private keys; let the iterator be saved.
