@@ -12,6 +12,9 @@ $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test,parity]'
+	# taming's VQGAN modules (the VQ parity reference) import with torch alone; its
+	# declared dependencies would pull torchvision, lightning and CUDA wheels.
+	$(PY) -m pip install --quiet --no-deps 'taming-transformers-rom1504==0.0.6'
 	touch $(STAMP)
 
 demo: $(STAMP)

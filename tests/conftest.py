@@ -32,7 +32,7 @@ tf_setup.hide_accelerators_from_tensorflow()
 
 REQUIRE_PARITY_ENV = "OFA_JAX_REQUIRE_PARITY"
 # The top-level modules of setup.cfg's `parity` extra.
-PARITY_MODULES = ("torch", "transformers", "modelscope", "fairseq")
+PARITY_MODULES = ("torch", "transformers", "modelscope", "fairseq", "taming")
 _PARITY_MODULE_RE = re.compile(
     r"\b(" + "|".join(re.escape(m) for m in PARITY_MODULES) + r")\b")
 _HOW_TO = ("install it with `pip install -e '.[parity]'` (make test does), or, "
