@@ -8,7 +8,9 @@ statistics. They call `loss_fn`, `predict_batch` and `score_batch` on batches of
 model features (`ofa_jax/features.py`), all pure and `jax.jit`-able.
 
 `params` everywhere may be the `params` collection alone or the full variables
-`{"params", "batch_stats"}`; boxed (`nn.Partitioned`) leaves are unboxed.
+`{"params", "batch_stats", "target_heads"}`; boxed (`nn.Partitioned`) leaves are
+unboxed. `target_heads` holds the frozen variables of the model's target heads
+(the VQGAN of image targets): never trained, saved with the train state.
 """
 
 from __future__ import annotations
@@ -28,11 +30,15 @@ from ofa_jax.decoding import search as decoding_lib
 from ofa_jax.decoding.spec import DecodingSpec
 from ofa_jax import features as F
 from ofa_jax import modalities
+from ofa_jax.model import registry as model_registry
 from ofa_jax.model import transformer as transformer_lib
 from ofa_jax.model.config import OFAConfig
 
 Array = jax.Array
 PyTree = Any
+
+# The variable collection of the frozen target heads ({head name: variables}).
+TARGET_HEADS = "target_heads"
 
 
 def _feature_converter_cls():
@@ -127,13 +133,18 @@ class OFAModel:
     module: the Flax module (default `OFATransformer(config)`).
     loss_normalization: "tokens" divides the summed loss by the number of loss
       tokens of the batch (OFA's sample_size); "none" returns the sum.
+    target_head_dirs: {head name: directory of its trained weights} for the
+      frozen heads of `config.target_heads` (e.g. {"target_image": a VQGAN
+      directory}); read when a run starts from scratch (a checkpoint carries
+      them afterwards).
   """
 
   FEATURE_CONVERTER_CLS = _LazyClassAttr(_feature_converter_cls)
 
   def __init__(self, config: OFAConfig, vocabulary: Any = None, *,
                module: Optional[nn.Module] = None,
-               loss_normalization: str = "tokens"):
+               loss_normalization: str = "tokens",
+               target_head_dirs: Optional[Mapping[str, str]] = None):
     if loss_normalization not in ("tokens", "none"):
       raise ValueError(f"loss_normalization={loss_normalization!r}; expected "
                        "'tokens' or 'none'")
@@ -166,6 +177,17 @@ class OFAModel:
           f"{self.layout.bin_offset + self.layout.num_bins}); set the config's "
           "num_bins and vocab_size to the vocabulary's")
     self.kind_ranges = self.layout.kind_ranges_table()
+    dirs = dict(target_head_dirs or {})
+    unknown = sorted(set(dirs) - set(config.target_heads))
+    if unknown:
+      raise ValueError(f"target_head_dirs names {unknown}, which are not among "
+                       f"the config's target_heads={config.target_heads}")
+    self.target_heads = {}
+    for name in config.target_heads:
+      head = model_registry.get_head_class(name)(config,
+                                                 checkpoint_dir=dirs.get(name))
+      head.check_layout(self.layout)
+      self.target_heads[name] = head
 
   # ---- variables ---------------------------------------------------------
   def get_initial_variables(self, rng: Array, input_shapes: Mapping[str, Any],
@@ -186,8 +208,57 @@ class OFAModel:
       raise ValueError(f"get_initial_variables: input_shapes lack "
                        f"{F.DECODER_INPUT_TOKENS!r}; got {sorted(batch)}")
     params_rng, dropout_rng = jax.random.split(rng)
-    return dict(self.module.init({"params": params_rng, "dropout": dropout_rng},
-                                 batch, train=False))
+    variables = dict(self.module.init(
+        {"params": params_rng, "dropout": dropout_rng}, batch, train=False))
+    if self.target_heads:
+      variables[TARGET_HEADS] = {
+          name: head.init_variables(jax.random.fold_in(params_rng, i))
+          for i, (name, head) in enumerate(sorted(self.target_heads.items()))}
+    return variables
+
+  def frozen_variables(self) -> dict:
+    """{collection: variables} of the trained frozen heads, read from their
+    directories ({} without heads). Raises naming a head that has none: its
+    random init would train the decoder on meaningless codes."""
+    if not self.target_heads:
+      return {}
+    loaded = {}
+    for name, head in sorted(self.target_heads.items()):
+      variables = head.load_variables()
+      if variables is None:
+        raise ValueError(
+            f"the target head {name!r} is frozen and needs trained weights: give "
+            f"its directory as OFAModel(target_head_dirs={{{name!r}: DIR}}) (gin: "
+            "models.OFAModel.target_head_dirs), or start from a checkpoint that "
+            "holds them")
+      loaded[name] = variables
+    return {TARGET_HEADS: loaded}
+
+  def tokenize_targets(self, head_variables: Optional[Mapping[str, Any]],
+                       batch: Mapping[str, Array]) -> Mapping[str, Array]:
+    """`batch` with the ids the frozen heads give its dense targets (jit-able)."""
+    if not self.target_heads:
+      return batch
+    if head_variables is None:
+      raise ValueError(f"the model has target heads {sorted(self.target_heads)} "
+                       f"but no {TARGET_HEADS!r} variables were passed")
+    for name, head in sorted(self.target_heads.items()):
+      batch = head.tokenize(head_variables[name], batch, self.layout.code_offset)
+    return batch
+
+  def render_codes(self, params: PyTree, ids: Array,
+                   head: Optional[str] = None) -> Array:
+    """Generated `<code_k>` ids [B, n] -> the head's dense values (pixels)."""
+    if not self.target_heads:
+      raise ValueError("this model has no target head to render codes with "
+                       "(config.target_heads is empty)")
+    name = head or sorted(self.target_heads)[0]
+    variables = nn.meta.unbox(params)
+    if TARGET_HEADS not in variables:
+      raise ValueError(f"render_codes needs the full variables with "
+                       f"{TARGET_HEADS!r}; got collections {sorted(variables)}")
+    return self.target_heads[name].detokenize(
+        variables[TARGET_HEADS][name], ids, self.layout.code_offset)
 
   @staticmethod
   def split_variables(params: PyTree, batch_stats: Optional[PyTree] = None
@@ -206,13 +277,17 @@ class OFAModel:
   def loss_fn(self, params: PyTree, batch: Mapping[str, Array],
               dropout_rng: Optional[Array], *, batch_stats: Optional[PyTree] = None,
               label_smoothing: float = 0.1, constrain_by_kind: bool = True,
-              step: Optional[Array] = None) -> tuple[Array, dict]:
+              step: Optional[Array] = None,
+              target_heads: Optional[PyTree] = None) -> tuple[Array, dict]:
     """Label-smoothed cross entropy over the loss tokens of the batch.
 
     Training mode (dropout, BatchNorm on batch statistics) when `dropout_rng` is
     given, eval mode (running statistics) otherwise. Token weights are
     `decoder_loss_weights` (0 on pad and prompt tokens, the sample weight
     elsewhere).
+
+    Dense targets of the frozen heads (image codes) are tokenized first, with
+    `target_heads` (or the `target_heads` collection inside `params`).
 
     Returns `(loss, aux)`: loss is the weighted sum, divided by the number of
     loss tokens with loss_normalization="tokens". aux holds per-example
@@ -223,6 +298,10 @@ class OFAModel:
     """
     del step
     variables = self.split_variables(params, batch_stats)
+    heads = variables.pop(TARGET_HEADS, None)
+    if target_heads is not None:
+      heads = target_heads
+    batch = self.tokenize_targets(heads, batch)
     train = dropout_rng is not None
     if train:
       logits, updates = self.module.apply(
@@ -272,6 +351,7 @@ class OFAModel:
     `decoding_scoring.score_candidates`.
     """
     variables = self.split_variables(params, batch_stats)
+    variables.pop(TARGET_HEADS, None)
     if candidates is not None:
       return decoding_scoring.score_candidates(
           self.module, variables, batch, candidates, trie=trie,
@@ -315,6 +395,7 @@ class OFAModel:
     s = (decoding or DecodingSpec()).replace(**overrides)
     s.require_token_decoder("predict_batch")
     variables = self.split_variables(params, batch_stats)
+    variables.pop(TARGET_HEADS, None)
     module = self.module
     encoded = module.apply(variables, batch, train=False, method=module.encode)
     b = encoded.hidden.shape[0]

@@ -118,6 +118,8 @@ def _grad_fn(model: Any, loss_kwargs: Mapping[str, Any]) -> Callable[..., Any]:
     kwargs = dict(loss_kwargs)
     if "batch_stats" in model_state:
       kwargs["batch_stats"] = model_state["batch_stats"]
+    if "target_heads" in model_state:  # frozen heads (image tokenizer)
+      kwargs["target_heads"] = model_state["target_heads"]
     (loss, aux), grads = jax.value_and_grad(
         lambda p: model.loss_fn(p, batch, rng, **kwargs), has_aux=True)(params)
     aux = dict(aux)

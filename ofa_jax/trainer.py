@@ -28,6 +28,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import optax
 import seqio
 
@@ -109,6 +110,7 @@ def train(*, model: Any, model_dir: str, mixture_or_task_name: str,
           feature_converter: Optional[seqio.FeatureConverter] = None,
           seed: int = 0, data_seed: Optional[int] = None, split: str = "train",
           shuffle: bool = True, use_cached: bool = False,
+          cache_dirs: Sequence[str] = (),
           num_input_shards: Optional[int] = None, microbatches: int = 1,
           label_smoothing: Optional[float] = None,
           loss_kwargs: Optional[Mapping[str, Any]] = None,
@@ -127,6 +129,10 @@ def train(*, model: Any, model_dir: str, mixture_or_task_name: str,
   with `initial_checkpoint_fallback_to_scratch` it may hold part of the model
   only (e.g. a pretrained image backbone), the rest starting from scratch.
 
+  `use_cached` reads tasks that have an offline cache (seqio's convention) from
+  `cache_dirs` (e.g. image targets already tokenized by tools/tokenize_images.py);
+  the others are processed on the fly.
+
   `register_fns` are called first (e.g. `tasks.demo.register_demo_tasks`), so a
   gin file can register the tasks it trains on without import-time side effects.
   Returns when done or stopped by a signal (after saving); raises
@@ -142,6 +148,8 @@ def train(*, model: Any, model_dir: str, mixture_or_task_name: str,
   the choice changes the dropout masks only.
   """
   _register_tasks(register_fns)
+  if cache_dirs:  # where seqio looks for offline caches (tools/tokenize_images.py)
+    seqio.add_global_cache_dirs(list(cache_dirs))
   plan_checks.check_mixture_for_model(mixture_or_task_name,
                                       getattr(model, "config", None))
   if train_steps <= 0 or batch_size <= 0:
@@ -181,6 +189,8 @@ def train(*, model: Any, model_dir: str, mixture_or_task_name: str,
   state, latest = _restore_or_initialize(
       ckpts, data, init_fn, shardings, rng, partitioner, model_dir,
       initial_checkpoint_path, initial_checkpoint_fallback_to_scratch)
+  if latest is None:
+    state = _load_frozen_heads(state, model, shardings, initial_checkpoint_path)
 
   loop = _Loop(
       state=state, step=int(jax.device_get(state.step)), last_good=latest,
@@ -338,6 +348,38 @@ def _load_initial_checkpoint(state: Any, path: str, partial: bool) -> Any:
           scratch=model_state[name] if partial else None)
   logging.info("initialized parameters from %s", path)
   return state.replace(params=params, model_state=model_state)
+
+
+def _load_frozen_heads(state: Any, model: Any, shardings: Any,
+                       initial_checkpoint_path: Optional[str]) -> Any:
+  """`state` with the trained weights of the model's frozen target heads (the
+  VQGAN of image targets), read from their directories. An initial checkpoint
+  that holds them (a generalist fine-tuned further) is enough on its own."""
+  heads = getattr(model, "target_heads", None)
+  if not heads:
+    return state
+  no_dirs = all(not h.checkpoint_dir for h in heads.values())
+  if (no_dirs and initial_checkpoint_path
+      and ckpt_lib.has_collection(initial_checkpoint_path, "target_heads")):
+    return state
+  model_state = dict(state.model_state)
+  for collection, tree in model.frozen_variables().items():
+    want = jax.tree_util.tree_flatten_with_path(model_state[collection])[0]
+    got = dict(jax.tree_util.tree_flatten_with_path(tree)[0])
+    for path, leaf in want:
+      if path not in got or tuple(got[path].shape) != tuple(leaf.shape):
+        name = jax.tree_util.keystr(path)
+        raise ValueError(
+            f"frozen head weights: {collection}{name} is "
+            f"{'missing' if path not in got else tuple(got[path].shape)} but "
+            f"the model needs {tuple(leaf.shape)}")
+    model_state[collection] = jax.device_put(
+        jax.tree.map(lambda x, ref: jnp.asarray(x, ref.dtype), tree,
+                     model_state[collection]),
+        shardings.model_state[collection])
+    logging.info("frozen %s loaded: %s", collection, ", ".join(
+        f"{n} from {h.checkpoint_dir}" for n, h in sorted(heads.items())))
+  return state.replace(model_state=model_state)
 
 
 # ---- loop ----------------------------------------------------------------------------

@@ -288,6 +288,28 @@ class DenseModality(Modality):
     return {values.name: tf.cast(res.values, tf.float32),
             mask.name: tf.reshape(tf.cast(res.mask, tf.int32), [-1])}
 
+  def target_placeholder_tokens(self, res: DenseSlotOutput, ctx: SlotContext
+                                ) -> Optional[TokenSlotOutput]:
+    """The ids a dense target occupies in the `targets` stream, or None.
+
+    Why: a target that a frozen tokenizer head turns into ids (IMAGE through its
+    VQGAN: OFASys's `update_sample`) is trained by the decoder's cross entropy
+    like text, so its ids need positions, kinds and loss in the token stream
+    before the ids are known. The plan writes these placeholders (with loss);
+    the head overwrites them inside the jitted step, or an offline cache
+    (`tools/tokenize_images.py`) has already. None: the target trains a head of
+    its own and the token stream carries no loss.
+    """
+    del res, ctx
+    return None
+
+  def model_problems(self, slot: Any, options: Mapping[str, Any],
+                     model_config: Any) -> list[str]:
+    """Why a model config cannot train this (dense) slot beyond missing pieces:
+    e.g. a code grid that differs from the head's ([]: none)."""
+    del slot, options, model_config
+    return []
+
   def placements(self, example: Mapping[str, Any]
                  ) -> list[tuple[int, int, str, str]]:
     """(text offset, slot rank, modality name, description) of each present

@@ -25,6 +25,15 @@ example. Options (slot attribute, else task option, else default):
   option image_source = auto|bytes|base64|path         how to read strings, auto
                         (auto: image magic -> bytes, base64 of one -> base64, else path)
   image_size (on a target slot) / option target_image_size   target, default 256
+  option vq_factor                                     the VQGAN's downsampling
+                        factor (8: OFA's tokenizer); the target takes
+                        (target side / vq_factor)^2 `<code_k>` tokens
+
+A target image is trained as VQ codes: the plan writes that many placeholder
+`<code_0>` tokens (kind CODE, with loss) next to the pixels, and the model's
+frozen VQGAN head (`ofa_jax/model/image_code_head.py`) replaces them by the
+image's codes inside the jitted step, unless an offline cache
+(`tools/tokenize_images.py`) already holds the codes and no pixels.
 """
 
 from __future__ import annotations
@@ -46,12 +55,14 @@ from ofa_jax.modalities.image_features import (IMAGE_GEOMETRY, IMAGE_MASK,
                                                IMAGE_SLOT_RANK,
                                                IMAGE_TEXT_OFFSET, IMAGES,
                                                TARGET_IMAGE, TARGET_IMAGE_MASK)
+from ofa_jax.features import TokenKind
 from ofa_jax.modalities.spec import (BOTH_SIDES, SOURCE_ONLY, AttrSpec,
                                     DecodingKind, RunOption, Stream)
 
 DEFAULT_IMAGE_SIZE = 480
 DEFAULT_TARGET_IMAGE_SIZE = 256
 DEFAULT_CROP_PCT = 0.875
+DEFAULT_VQ_FACTOR = 8  # OFA's VQGAN: 256 px -> 32 x 32 codes
 _INPUT_VARIANTS = ("image", "imagenet")
 _TARGET_VARIANTS = ("image", "image_vqgan")
 _SOURCES = ("auto", "bytes", "base64", "path")
@@ -164,11 +175,45 @@ class ImageProcessor(DenseModality):
 
   def target_decoding(self, template: Any, options: Mapping[str, Any]
                       ) -> tuple[str, dict[str, Any]]:
-    """Image codes: a grid of (side / 8)^2 codes, sampled, no prompt."""
-    side = _target_image_size(template, options) // 8
-    return IMAGE_CODES.name, dict(beam_size=1, max_len=side * side,
-                               min_len=side * side, sampling=True,
-                               max_prompt_len=0)
+    """Image codes: a grid of (side / vq_factor)^2 codes, sampled, no prompt."""
+    n = _num_codes(_target_image_size(template, options), _vq_factor(options),
+                   "target_decoding")
+    return IMAGE_CODES.name, dict(beam_size=1, max_len=n, min_len=n,
+                                  sampling=True, max_prompt_len=0)
+
+  def target_placeholder_tokens(self, res: DenseSlotOutput, ctx: SlotContext
+                                ) -> base_lib.TokenSlotOutput:
+    """(side / vq_factor)^2 `<code_0>` ids of kind CODE: the code grid, row-major,
+    filled in by the model's VQGAN head (or an offline cache)."""
+    del res
+    if ctx.vocab.num_codes <= 0:
+      raise ValueError(f"{ctx.where()}: an IMAGE target is trained as VQ codes, "
+                       "but the vocabulary has no <code_k> ids (num_codes=0); "
+                       "build it with the VQGAN's codebook size")
+    n = _num_codes(_target_side(ctx), _vq_factor(ctx.options), ctx.where())
+    return base_lib.TokenSlotOutput(
+        tokens=tf.fill([n], tf.constant(ctx.vocab.code_offset, tf.int32)),
+        kinds=tf.fill([n], tf.constant(int(TokenKind.CODE), tf.int32)))
+
+  def model_problems(self, slot: Any, options: Mapping[str, Any],
+                     model_config: Any) -> list[str]:
+    """The code grid of the task must be the one the model's decoder and VQGAN
+    head were built for (code positions and the 2-D code bias depend on it)."""
+    if slot.is_source or model_config is None:
+      return []
+    side = slot.get("image_size")
+    side = int(side if side is not None else options.get(
+        "target_image_size", DEFAULT_TARGET_IMAGE_SIZE))
+    factor = _vq_factor(options)
+    problems = []
+    want = (int(getattr(model_config, "code_image_size", side)),
+            int(getattr(model_config, "code_downsample", factor)))
+    if (side, factor) != want:
+      problems.append(
+          f"slot {slot.to_string()}: target images of {side} px at vq_factor "
+          f"{factor} ({side // factor} x {side // factor} codes), but the model "
+          f"config has code_image_size={want[0]}, code_downsample={want[1]}")
+    return problems
 
   def to_tensor(self, value: Any, where: str) -> tf.Tensor:
     return tf.constant(image_value(value, where))
@@ -231,10 +276,7 @@ class ImageProcessor(DenseModality):
     if variant not in _TARGET_VARIANTS:
       raise ValueError(f"{ctx.where()}: IMAGE target preprocess must be one of "
                        f"{_TARGET_VARIANTS}, got {variant!r}")
-    # On a target slot the instruction's `image_size` attribute is the target size.
-    size = options.slot_option(ctx, "image_size", ("target_image_size",),
-                                 DEFAULT_TARGET_IMAGE_SIZE, int)
-    size = int(image_ops.positive(ctx, "target_image_size", size))
+    size = _target_side(ctx)
     source = image_source(ctx)
 
     def process(v):
@@ -269,6 +311,28 @@ def _as_tensor(value: Any, ctx: SlotContext) -> tf.Tensor:
     raise ValueError(f"{ctx.where()}: an IMAGE value must be a string (encoded "
                      f"bytes or a path) or uint8 [H, W, 3], got {value.dtype.name}")
   return value
+
+
+def _target_side(ctx: SlotContext) -> int:
+  """On a target slot the instruction's `image_size` attribute is the target size."""
+  size = options.slot_option(ctx, "image_size", ("target_image_size",),
+                             DEFAULT_TARGET_IMAGE_SIZE, int)
+  return int(image_ops.positive(ctx, "target_image_size", size))
+
+
+def _vq_factor(task_options: Mapping[str, Any]) -> int:
+  factor = int(task_options.get("vq_factor", DEFAULT_VQ_FACTOR))
+  if factor < 1:
+    raise ValueError(f"option vq_factor must be >= 1, got {factor}")
+  return factor
+
+
+def _num_codes(side: int, factor: int, where: str) -> int:
+  """Codes of a side x side target at the VQGAN's downsampling factor."""
+  if side % factor:
+    raise ValueError(f"{where}: target image side {side} is not a multiple of "
+                     f"the VQGAN's downsampling factor vq_factor={factor}")
+  return (side // factor) ** 2
 
 
 def _target_image_size(template: Any, options: Mapping[str, Any]) -> int:

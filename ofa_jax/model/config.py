@@ -30,7 +30,12 @@ class OFAConfig:
     num_type_embeddings: rows of the encoder type embedding (0 = text,
       1 = image patches; later adapters may use further rows).
     code_image_size: pixel size of target images whose VQ codes the decoder
-      emits; the code grid is code_image_size // 8 on a side.
+      emits; the code grid is code_image_size // code_downsample on a side.
+    code_downsample: the VQGAN's downsampling factor (8 for OFA's tokenizer).
+    image_tokenizer: the VQGAN architecture of the `target_image` head: a
+      preset of `ofa_jax.model.vqgan` ("f8_8192": OFA's OpenImages tokenizer,
+      "f16_16384", "demo") or a JSON object of `VQGANConfig` fields. Its trained
+      weights come from a VQGAN directory (`OFAModel(target_head_dirs=...)`).
     dtype: compute dtype. Params stay float32; softmax, LayerNorm and logits are
       float32 whatever this is.
     remat: rematerialize each transformer layer in the backward pass.
@@ -81,6 +86,8 @@ class OFAConfig:
   num_codes: int = 8192
   num_bins: int = 1000
   code_image_size: int = 128
+  code_downsample: int = 8
+  image_tokenizer: str = "f8_8192"
   num_type_embeddings: int = 2
   layer_norm_eps: float = 1e-5
   init_std: float = 0.02
@@ -108,6 +115,9 @@ class OFAConfig:
     if self.ordered_init and not 0 < self.num_bins < self.vocab_size:
       problems.append(f"ordered_init needs 0 < num_bins={self.num_bins} < "
                       f"vocab_size={self.vocab_size}")
+    if self.code_downsample < 1 or self.code_image_size % self.code_downsample:
+      problems.append(f"code_image_size={self.code_image_size} is not a multiple "
+                      f"of code_downsample={self.code_downsample}")
     if self.vocab_size <= self.pad_id:
       problems.append(f"vocab_size={self.vocab_size} <= pad_id={self.pad_id}")
     for name in ("dropout", "attention_dropout", "activation_dropout",
@@ -142,7 +152,7 @@ class OFAConfig:
 
   @property
   def code_grid_size(self) -> int:
-    return self.code_image_size // 8
+    return self.code_image_size // self.code_downsample
 
   def replace(self, **overrides) -> "OFAConfig":
     return dataclasses.replace(self, **overrides)

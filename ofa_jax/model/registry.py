@@ -23,9 +23,11 @@ from typing import Mapping
 _ADAPTERS: Mapping[str, str] = types.MappingProxyType({
     "images": "ofa_jax.model.adapters:ImageAdapter",
 })
-# head name (the dense target stream it produces) -> "module:Class". None yet:
-# image codes (VQ), TTS frames and motion are later issues.
-_HEADS: Mapping[str, str] = types.MappingProxyType({})
+# head name (the dense target stream it produces) -> "module:Class". TTS frames
+# and motion are later issues.
+_HEADS: Mapping[str, str] = types.MappingProxyType({
+    "target_image": "ofa_jax.model.image_code_head:ImageCodeHead",
+})
 
 
 class _Extra:

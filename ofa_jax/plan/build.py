@@ -309,12 +309,21 @@ def build_alternative(cfg: BuildConfig, alt: Instruction, alt_index: int,
   # 3. Decoder side: tokens, loss mask, kinds; a dense target fills its stream.
   tokens, kinds, loss, dec_inputs = [], [], [], []
   add_eos = True
+  placeholders = False  # a dense target whose ids a tokenizer head fills in
   for element in alt.target:
     if isinstance(element, Slot) and not element.is_token_based:
       proc = cfg.processors[element.modality]
-      res = proc.preprocess_target(w.value(element), w.ctx(element, salts[element]))
+      ctx = w.ctx(element, salts[element])
+      res = proc.preprocess_target(w.value(element), ctx)
       out.update(proc.layout_target(res))
       w.add_dense(element.modality, res)
+      held = proc.target_placeholder_tokens(res, ctx)
+      if held is not None:
+        placeholders = True
+        tokens.append(held.tokens)
+        kinds.append(held.kinds)
+        dec_inputs.append(held.tokens)
+        loss.append(tf.fill(tf.shape(held.tokens), int(not element.has("no_loss"))))
       continue
     res = w.element_tokens(element, salts, target=True)
     if res is None:
@@ -335,7 +344,8 @@ def build_alternative(cfg: BuildConfig, alt: Instruction, alt_index: int,
     dec_inputs.append(tf.constant([cfg.vocab.eos_id], tf.int32))
     kinds.append(tf.constant([TEXT], tf.int32))
     # A dense target trains its own head: the token stream then carries no loss.
-    dense_target = alt.target_modality is not None and not alt.is_token_target
+    dense_target = (alt.target_modality is not None and not alt.is_token_target
+                    and not placeholders)
     loss.append(tf.constant([0 if dense_target else 1], tf.int32))
   cat = lambda xs: tf.concat(xs, 0) if xs else tf.zeros([0], tf.int32)  # noqa: E731
   out[F.TARGETS], out[F.TARGET_KINDS] = cat(tokens), cat(kinds)

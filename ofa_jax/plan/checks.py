@@ -33,7 +33,8 @@ def _pieces(template: instructions.Template
 
 
 def missing_pieces(template: instructions.Template,
-                   model_config: Any = None) -> list[str]:
+                   model_config: Any = None,
+                   options: Optional[dict] = None) -> list[str]:
   """Why each dense slot cannot reach the model ([] when all can)."""
   from ofa_jax.model import registry as model_registry  # pylint: disable=g-import-not-at-top
   problems = []
@@ -50,6 +51,9 @@ def missing_pieces(template: instructions.Template,
       if piece not in have:
         problems.append(f"{where} needs the {kind} {piece!r}, which the model "
                         f"config does not have ({field}={have})")
+        continue
+      problems.extend(modalities.get(slot.modality).model_problems(
+          slot, dict(options or {}), model_config))
       continue
     known = (model_registry.adapters() if kind == "encoder adapter"
              else model_registry.heads())
@@ -61,9 +65,10 @@ def missing_pieces(template: instructions.Template,
 
 
 def check_consumable(task: str, template: instructions.Template,
-                     model_config: Any = None) -> None:
+                     model_config: Any = None,
+                     options: Optional[dict] = None) -> None:
   """Raises ValueError naming the task, the slots and the missing pieces."""
-  problems = missing_pieces(template, model_config)
+  problems = missing_pieces(template, model_config, options)
   if problems:
     raise ValueError(
         f"task {task!r} cannot be trained: " + "; ".join(problems) +
@@ -86,7 +91,8 @@ def check_task_for_model(task: Any, model_config: Any) -> None:
     raise ValueError(f"task {name!r} was registered with data_only=True (for "
                      "inspection) and cannot be trained" +
                      (": " + "; ".join(problems) if problems else ""))
-  check_consumable(name, plan.template, model_config)
+  check_consumable(name, plan.template, model_config,
+                   dict(getattr(plan, "options", None) or {}))
 
 
 def check_mixture_for_model(mixture_or_task_name: str, model_config: Any) -> None:
@@ -104,3 +110,27 @@ def check_mixture_for_model(mixture_or_task_name: str, model_config: Any) -> Non
     return
   for task in getattr(provider, "tasks", None) or [provider]:
     check_task_for_model(task, model_config)
+
+
+def check_cacheable(task: str, template: instructions.Template,
+                    options: dict) -> None:
+  """An `offline_cache` task is built before seqio knows `sequence_length`, so
+  the options a modality would take from a length key must be given."""
+  missing = []
+  for alt in template.alternatives:
+    for slot in alt.slots():
+      if slot.is_token_based:
+        continue
+      modality = modalities.get(slot.modality)
+      streams = {s.name for s in (modality.input_streams if slot.is_source
+                                  else modality.target_streams)}
+      for key, names in modality.length_options.items():
+        if key not in streams:
+          continue
+        if not any(n in options for n in names) and names[0] not in missing:
+          missing.append(names[0])
+  if missing:
+    raise ValueError(
+        f"task {task!r}: offline_cache=True builds examples before the cache, "
+        f"where seqio gives no sequence_length; set the option(s) {missing} "
+        "explicitly")

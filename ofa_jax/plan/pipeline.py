@@ -9,6 +9,12 @@ Pipeline per task (all graph mode, stateless randomness from SeqIO's seeds):
 3. drop examples whose dense value is invalid, counting them per modality;
 4. count repaired boxes, clipped dense frames (`clipped_<modality>`) and
    truncated token streams; remove private keys; let the iterator be saved.
+
+A task registered with `offline_cache=True` splits step 2 in two around seqio's
+`CacheDatasetPlaceholder`: the features are built without `sequence_length`
+(seqio runs pre-cache steps without it), and cut to the lengths after the cache.
+`tools/tokenize_images.py` caches such a task with its target images already
+turned into VQ codes; `use_cached=True` then reads them back.
 """
 
 from __future__ import annotations
@@ -99,31 +105,53 @@ def build_config(plan, sequence_length: Optional[Mapping[str, int]] = None
       plain_tokens=B.plain_text_tokens(plan.vocab, plan.template))
 
 
-def build_examples(plan) -> Callable[..., tf.data.Dataset]:
+def build_examples(plan, cut: bool = True) -> Callable[..., tf.data.Dataset]:
+  """Step 2; with cut=False the streams keep their natural lengths (pre-cache:
+  seqio refuses a `sequence_length` argument there)."""
+  if not cut:
+    return lambda ds: _build(plan, ds, None)
+  return lambda ds, sequence_length=None: _build(plan, ds, sequence_length)
+
+
+def _build(plan, ds: tf.data.Dataset, sequence_length) -> tf.data.Dataset:
+  """The features of every example for one `sequence_length` (None: uncut)."""
+  cfg = build_config(plan, sequence_length)
+  alternatives = plan.template.alternatives
+
+  def variant(ex, seed, is_training):
+    if len(alternatives) == 1:
+      out = B.build_alternative(cfg, alternatives[0], 0, ex, seed, is_training)
+    else:
+      pick = tf.random.stateless_uniform(
+          [], tf.random.experimental.stateless_fold_in(seed, 77), 0,
+          len(alternatives), tf.int32)
+      out = tf.switch_case(pick, [
+          (lambda k=k, a=a: B.build_alternative(cfg, a, k, ex, seed, is_training))
+          for k, a in enumerate(alternatives)])
+    _check_static_lengths(plan, out, sequence_length)
+    return B.truncate(out, sequence_length, plan.vocab.eos_id)
+
+  is_training = is_training_dataset(ds)
+
+  @seqio.map_over_dataset(num_seeds=1)
+  def per_example(ex, seed):
+    return variant(ex, tf.cast(tf.reshape(seed, [2]), tf.int32), is_training)
+
+  return per_example(ds)
+
+
+def cut_to_lengths(plan) -> Callable[..., tf.data.Dataset]:
+  """The length checks and truncation of step 2, after an offline cache."""
   def fn(ds: tf.data.Dataset, sequence_length=None) -> tf.data.Dataset:
     cfg = build_config(plan, sequence_length)
-    alternatives = plan.template.alternatives
 
-    def variant(ex, seed, is_training):
-      if len(alternatives) == 1:
-        out = B.build_alternative(cfg, alternatives[0], 0, ex, seed, is_training)
-      else:
-        pick = tf.random.stateless_uniform(
-            [], tf.random.experimental.stateless_fold_in(seed, 77), 0,
-            len(alternatives), tf.int32)
-        out = tf.switch_case(pick, [
-            (lambda k=k, a=a: B.build_alternative(cfg, a, k, ex, seed, is_training))
-            for k, a in enumerate(alternatives)])
-      _check_static_lengths(plan, out, sequence_length)
-      return B.truncate(out, sequence_length, plan.vocab.eos_id)
-
-    is_training = is_training_dataset(ds)
-
-    @seqio.map_over_dataset(num_seeds=1)
-    def per_example(ex, seed):
-      return variant(ex, tf.cast(tf.reshape(seed, [2]), tf.int32), is_training)
-
-    return per_example(ds)
+    def cut(ex):
+      # A cache leaves out the streams that are empty whatever the example
+      # (seqio's reader cannot parse a zero-sized trailing axis): absent again.
+      ex = {**B.empty_features(cfg), **ex}
+      _check_static_lengths(plan, ex, sequence_length)
+      return B.truncate(ex, sequence_length, plan.vocab.eos_id)
+    return ds.map(cut, num_parallel_calls=tf.data.AUTOTUNE)
   return fn
 
 
@@ -159,6 +187,10 @@ def filter_and_count(plan) -> Callable[[tf.data.Dataset], tf.data.Dataset]:
 
 
 def preprocessors(plan) -> list[Callable[..., tf.data.Dataset]]:
+  if plan.options.get("offline_cache"):
+    return [check_fields(plan), build_examples(plan, cut=False),
+            seqio.CacheDatasetPlaceholder(required=False),
+            cut_to_lengths(plan), filter_and_count(plan)]
   return [check_fields(plan), build_examples(plan), filter_and_count(plan)]
 
 

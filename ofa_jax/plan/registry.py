@@ -264,6 +264,8 @@ def register_task(name: str, instruction: str, source: seqio.DataSourceInterface
       VIDEO, MOTION inputs and dense targets today) for inspection
       (`tools/inspect_task.py`); the trainer refuses it.
     **options: task-level modality options (image_size, closed_set=[...],
+      offline_cache=True (seqio's CacheDatasetPlaceholder after the build, for
+      `tools/tokenize_images.py`; length-derived options must then be given),
       decoder_plain_with_loss, sample_weight_field, beam_size, max_len, ...).
 
   Raises:
@@ -277,7 +279,9 @@ def register_task(name: str, instruction: str, source: seqio.DataSourceInterface
     raise ValueError(f"task {name!r}: data_only=True registers a task that is "
                      "not trained; do not also pass model_config")
   if not data_only:
-    plan_checks.check_consumable(name, template, model_config)
+    plan_checks.check_consumable(name, template, model_config, dict(options))
+  if options.get("offline_cache"):
+    plan_checks.check_cacheable(name, template, dict(options))
   if name in seqio.TaskRegistry.names():
     if not replace:
       raise ValueError(f"task {name!r} is already registered; pass replace=True "
