@@ -16,6 +16,13 @@ Two modes:
   options, e.g. `--image_size`) are flags too; the model directory records them.
   Every example gives one line `{"input": ..., "text": ..., "score": ..., ...}`
   (see `results.Result.to_json`). The model comes from `Generalist.load`.
+
+Generated pictures (a target rendered from codes, e.g. text-to-image) are PNG
+files next to the JSONL: in files mode `<output stem>_<line>.png` (and, with
+`--num_candidates=n`, `<output stem>_<line>_cand<k>.png`), recorded in the line
+as `png` (and `candidate_pngs`) relative to the JSONL's folder; in task mode
+`<INFER_OUTPUT_DIR>/<task>/<index>_pred.png` next to `<index>_ref.png`, as the
+evaluator writes them (`evaluation/pictures.py`).
 """
 
 from __future__ import annotations
@@ -41,12 +48,15 @@ def infer_task(*, model: Any, checkpoint_path: str, mixture_or_task_name: str,
                decoding_overrides: Optional[
                    Mapping[str, Mapping[str, Any]]] = None,
                register_fns: Sequence[Callable[[], Any]] = (),
-               seed: int = 42) -> dict[str, int]:
+               seed: int = 42, num_candidates: int = 1,
+               scorer: Optional[Callable[..., Any]] = None) -> dict[str, int]:
   """Decodes every task of `mixture_or_task_name` on `split`; {task: examples}.
 
   `decode_overrides` (every task) and `decoding_overrides` ({task: {field:
   value}}) change the tasks' `DecodingSpec`s, e.g. in gin
   `infer.infer_task.decoding_overrides = {'demo_caption': {'beam_size': 3}}`.
+  Tasks that generate pictures sample `num_candidates` per example and keep
+  the one `scorer` ranks first (`decoding.rerank`; gin: a configurable).
   """
   from ofa_jax import checkpoints  # pylint: disable=g-import-not-at-top
   from ofa_jax import evaluation  # pylint: disable=g-import-not-at-top
@@ -57,7 +67,8 @@ def infer_task(*, model: Any, checkpoint_path: str, mixture_or_task_name: str,
       model, mixture_or_task_name, task_feature_lengths, batch_size=batch_size,
       split=split, num_examples=num_examples, partitioner=partitioner,
       decode_overrides=decode_overrides, decoding_overrides=decoding_overrides,
-      eval_loss=False, require_metrics=False, seed=seed)
+      eval_loss=False, require_metrics=False, seed=seed,
+      num_candidates=num_candidates, scorer=scorer)
   variables = checkpoints.load_variables(checkpoint_path, model,
                                          evaluator.example_batch(), partitioner)
   counts = evaluator.predict(variables, output_dir=output_dir,
@@ -137,7 +148,8 @@ def infer_files(generalist: Any, instruction: str, input_path: str,
                 output_path: str, *, file_field: Optional[str] = None,
                 fields: Optional[Mapping[str, Any]] = None, batch_size: int = 8,
                 **decode_kwargs: Any) -> int:
-  """Runs `instruction` over the inputs; writes one JSON line per example."""
+  """Runs `instruction` over the inputs; writes one JSON line per example
+  (and one PNG per generated picture, see the module doc)."""
   from ofa_jax.evaluation import runner as lib  # pylint: disable=g-import-not-at-top
   found, suffixes = file_slot_of(instruction)
   rows = read_inputs(input_path, file_field=file_field or found, fields=fields,
@@ -146,8 +158,30 @@ def infer_files(generalist: Any, instruction: str, input_path: str,
                                  **decode_kwargs)
   out_dir = os.path.dirname(os.path.abspath(output_path))
   os.makedirs(out_dir, exist_ok=True)
-  return lib.write_jsonl(output_path, ({"input": row, **r.to_json()}
-                                       for row, r in zip(rows, results)))
+  stem = os.path.splitext(os.path.basename(output_path))[0]
+
+  def line(i: int, row: Mapping[str, Any], result: Any) -> dict[str, Any]:
+    out = {"input": row, **result.to_json()}
+    if result.image is not None:
+      out.update(_write_pictures(out_dir, f"{stem}_{i}", result))
+    return out
+
+  return lib.write_jsonl(output_path, (line(i, row, r) for i, (row, r)
+                                       in enumerate(zip(rows, results))))
+
+
+def _write_pictures(out_dir: str, name: str, result: Any) -> dict[str, Any]:
+  """Writes a result's picture (and candidates) as `<name>[_cand<k>].png` in
+  `out_dir`; {"png", "candidate_pngs"} relative to `out_dir`."""
+  from ofa_jax import results as results_lib  # pylint: disable=g-import-not-at-top
+  out: dict[str, Any] = {"png": os.path.relpath(
+      result.save_image(os.path.join(out_dir, f"{name}.png")), out_dir)}
+  if result.images:
+    out["candidate_pngs"] = [
+        os.path.relpath(results_lib.write_png(
+            os.path.join(out_dir, f"{name}_cand{k}.png"), picture), out_dir)
+        for k, picture in enumerate(result.images)]
+  return out
 
 
 def _file_parser() -> argparse.ArgumentParser:
@@ -182,6 +216,11 @@ def _file_parser() -> argparse.ArgumentParser:
   parser.add_argument("--max_len", type=int, default=None)
   parser.add_argument("--closed_set", default=None,
                       help="comma-separated labels: trie-constrained decoding")
+  parser.add_argument("--num_candidates", type=int, default=None,
+                      help="generated pictures: samples per example (all "
+                      "written; the first is kept, as no scorer is given here)")
+  parser.add_argument("--seed", type=int, default=None,
+                      help="the sampling seed (generated pictures)")
   return parser
 
 
@@ -195,6 +234,10 @@ def _decode_kwargs(args: argparse.Namespace) -> dict[str, Any]:
   if args.closed_set:
     kwargs["closed_set"] = [x.strip() for x in args.closed_set.split(",")
                             if x.strip()]
+  if args.num_candidates is not None:
+    kwargs["num_candidates"] = args.num_candidates
+  if args.seed is not None:
+    kwargs["seed"] = args.seed
   return kwargs
 
 

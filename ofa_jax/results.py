@@ -5,9 +5,15 @@ asks "what is the caption / the box / the label" without knowing how the task
 decodes. A `Result` carries every view that makes sense for the target slot:
 `.text` always (the decoded output, prompt removed), `.box` (x0, y0, x1, y1 in
 pixels of the *original* image) for a box target, `.boxes` (box, label) pairs for
-detection-style targets, `.label` for a closed set, and `.score`, the decoder's
+detection-style targets, `.label` for a closed set, `.image` (uint8 [H, W, 3],
+`save_image`) for a generated picture, and `.score`, the decoder's
 log-probability of the output (the beam score; a candidate's log-probability
-among the answers under all-candidate scoring).
+among the answers under all-candidate scoring). A picture sampled as one of n
+candidates also carries every candidate (`.images`) and their ranking scores
+(`.scores`; `decoding.rerank`).
+
+Pictures are never inlined in JSON (`to_json`): they are files, written with
+`save_image` / `write_png`, whose paths the writers record.
 """
 
 from __future__ import annotations
@@ -24,6 +30,32 @@ from PIL import Image, ImageDraw
 Box = tuple[float, float, float, float]
 # Field metadata of a Result's typed views.
 _VIEW = types.MappingProxyType({"view": True})
+
+
+def is_picture(value: Any) -> bool:
+  """True for a uint8 [H, W, 3] array (a generated picture)."""
+  return (isinstance(value, np.ndarray) and value.dtype == np.uint8
+          and value.ndim == 3 and value.shape[-1] == 3)
+
+
+def write_png(path: str, picture: Any) -> str:
+  """Writes a uint8 [H, W, 3] picture as a PNG file (folders made); its path."""
+  arr = np.asarray(picture)
+  if not is_picture(arr):
+    raise ValueError(f"write_png({path!r}): expected a uint8 [H, W, 3] picture, "
+                     f"got {arr.dtype} {arr.shape}")
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  Image.fromarray(arr, "RGB").save(path, format="PNG")
+  return path
+
+
+def picture_view(value: Any) -> dict[str, Any]:
+  """`Result.image` of a prediction whose value is a picture (None otherwise).
+
+  The view of decoding kinds with code targets: their answers are rendered
+  into a picture, which is the prediction's value.
+  """
+  return dict(image=value if is_picture(value) else None)
 
 
 def load_image(image: Any) -> Image.Image:
@@ -62,8 +94,15 @@ class Result:
     box: (x0, y0, x1, y1) in original-image pixels for a box target, else None.
     boxes: [(box, label), ...] for interleaved box/label targets (detection).
     label: the chosen label of a closed set, else None.
-    image: the example's first input image as given (path, bytes, array, PIL),
-      used by `draw_box` / `save_box` when no image is passed.
+    image: the generated picture, uint8 [H, W, 3] (a target rendered from its
+      codes, postprocessed by its modality), else None.
+    images: every sampled candidate picture when several were drawn (the
+      chosen one is `image`), else [].
+    scores: the candidates' ranking scores, one per `images` entry: the
+      scorer's (`decoding.rerank`), or without a scorer the decoder's
+      log-probabilities (the first candidate is then kept).
+    input_image: the example's first input image as given (path, bytes,
+      array, PIL), used by `draw_box` / `save_box` when no image is passed.
   """
 
   text: str
@@ -77,31 +116,58 @@ class Result:
   boxes: list[tuple[Box, str]] = dataclasses.field(default_factory=list,
                                                    metadata=_VIEW)
   label: Optional[str] = dataclasses.field(default=None, metadata=_VIEW)
-  image: Any = dataclasses.field(default=None, repr=False)
+  image: Optional[np.ndarray] = dataclasses.field(default=None, repr=False,
+                                                  metadata=_VIEW)
+  images: list[np.ndarray] = dataclasses.field(default_factory=list,
+                                               repr=False)
+  scores: list[float] = dataclasses.field(default_factory=list)
+  input_image: Any = dataclasses.field(default=None, repr=False)
 
   @classmethod
   def from_prediction(cls, *, text: str, value: Any, score: float, kind: str,
-                      tokens: Any = None, image: Any = None) -> "Result":
+                      tokens: Any = None, input_image: Any = None,
+                      candidates: Optional[Sequence[np.ndarray]] = None,
+                      candidate_scores: Optional[Sequence[float]] = None,
+                      image: Any = None) -> "Result":
     """Fills the typed views from the postprocessed value of the target slot.
 
     The modalities say which views a value has: those they recognize in any
     prediction (`Modality.prediction_views`, e.g. (box, label) pairs), then
     those of the decoding kind (`DecodingKind.views`, e.g. a box target's
-    box), so no kind is named here.
+    box; a kind with code targets and no views of its own: `picture_view`,
+    its value is the rendered picture), so no kind is named here.
+
+    `input_image` is the example's input image (`draw_box`'s canvas); `image`
+    is its former spelling, kept for callers of the box views. `candidates`
+    and `candidate_scores` are the sampled pictures and their ranking scores.
     """
     from ofa_jax import modalities  # pylint: disable=g-import-not-at-top
     from ofa_jax.decoding import spec as decoding_spec  # pylint: disable=g-import-not-at-top
+    if image is not None and input_image is not None:
+      raise ValueError("Result.from_prediction: give input_image= (image= is its "
+                       "former spelling), not both")
     views = modalities.prediction_views(value)
-    views_fn = decoding_spec.kind_of(kind).views
+    decoding_kind = decoding_spec.kind_of(kind)
+    views_fn = decoding_kind.views
+    if views_fn is None and decoding_kind.code_targets:
+      views_fn = picture_view
     if views_fn is not None:
       views.update(views_fn(value))
     unknown = sorted(set(views) - set(VIEWS))
     if unknown:
       raise ValueError(f"decoding kind {kind!r} gives views {unknown}, which are "
                        f"not Result fields; the views are {list(VIEWS)}")
+    pictures = [np.asarray(c) for c in (candidates if candidates is not None
+                                        else ())]
+    ranking = [float(x) for x in (candidate_scores if candidate_scores
+                                  is not None else ())]
+    if len(ranking) != len(pictures):
+      raise ValueError(f"Result.from_prediction: {len(pictures)} candidates but "
+                       f"{len(ranking)} candidate scores")
     return cls(text=text, value=value, score=float(score), kind=kind,
                tokens=np.asarray(tokens if tokens is not None else []),
-               image=image, **views)
+               images=pictures, scores=ranking,
+               input_image=input_image if image is None else image, **views)
 
   # ---- drawing ---------------------------------------------------------------
   def _all_boxes(self) -> list[tuple[Box, str]]:
@@ -120,7 +186,7 @@ class Result:
     if not pairs:
       raise ValueError(f"this result has no box to draw (kind {self.kind!r}, "
                        f"text {self.text!r})")
-    source = self.image if image is None else image
+    source = self.input_image if image is None else image
     if source is None:
       raise ValueError("draw_box: no image given and the example had none")
     canvas = load_image(source).copy()
@@ -139,15 +205,34 @@ class Result:
     self.draw_box(image, **kwargs).save(path)
     return path
 
+  def save_image(self, path: str) -> str:
+    """Writes the generated picture (`image`) as a PNG file; returns `path`.
+
+    Raises ValueError when the result has no picture (not a generated image).
+    """
+    if self.image is None:
+      raise ValueError(f"this result has no generated image to save (kind "
+                       f"{self.kind!r}, text {self.text[:40]!r})")
+    return write_png(path, self.image)
+
   def to_json(self) -> dict[str, Any]:
-    """A JSON-able dict (what `python -m ofa_jax.infer` writes per line)."""
+    """A JSON-able dict (what `python -m ofa_jax.infer` writes per line).
+
+    Pictures are left out (a picture value is null): they are files, whose
+    paths the writer adds (`save_image`, `write_png`).
+    """
     from ofa_jax.evaluation import runner as evaluation_lib  # pylint: disable=g-import-not-at-top
-    out: dict[str, Any] = {"text": self.text, "value": self.value,
+    value = None if is_picture(self.value) else self.value
+    out: dict[str, Any] = {"text": self.text, "value": value,
                            "score": self.score, "kind": self.kind}
     for name in VIEWS:  # the views a prediction has (None / empty: absent)
       view = getattr(self, name)
-      if view is not None and not (isinstance(view, list) and not view):
-        out[name] = _lists(view)
+      if view is None or is_picture(view) or (isinstance(view, list)
+                                              and not view):
+        continue
+      out[name] = _lists(view)
+    if self.scores:
+      out["candidate_scores"] = list(self.scores)
     return evaluation_lib.to_jsonable(out)
 
 
@@ -169,7 +254,10 @@ def draw_results(results: Sequence[Result], path: str, *, columns: int = 4,
   tiles = []
   for r in results:
     try:
-      im = r.draw_box() if r.box or r.boxes else load_image(r.image)
+      if r.box or r.boxes:
+        im = r.draw_box()
+      else:
+        im = load_image(r.image if r.image is not None else r.input_image)
     except ValueError:
       im = Image.new("RGB", (size, size), "white")
     im = im.resize((size, size))

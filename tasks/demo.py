@@ -52,7 +52,15 @@ INSTRUCTIONS: tuple[tuple[str, str, str], ...] = (
      "sudoku"),
     ("infilling", 'what is the complete text of " [TEXT:sentence,mask_ratio=0.3] '
      '"? -> [TEXT:sentence]', "infilling"),
+    # Image generation (OFA's text-to-image and image infilling): the target
+    # image becomes VQ codes of the demo's VQGAN (trained by make demo).
+    ("text_to_image", "what is the complete image? caption: [TEXT:cap] -> "
+     "[IMAGE:img]", "caption"),
+    ("image_infilling", 'what is the complete image of " '
+     '[IMAGE:img,mask_ratio=0.5] "? -> [IMAGE:img]', "caption"),
 )
+# Tasks whose target is an image (judged by tasks/demo_judge.py).
+IMAGE_TARGET_TASKS = ("text_to_image", "image_infilling")
 
 METRICS = {
     "caption": (caption_metrics.cider,),
@@ -76,8 +84,12 @@ CLOSED_SETS = {
 # counted by the plan). Measured maxima: inputs 40 (sudoku; matching 22),
 # targets 33 (sudoku; infilling 26, detection 19): padding costs steps.
 FEATURE_LENGTHS = {"inputs": 40, "targets": 36, "images": 1, "audio": 0,
-                   "video": 0, "motion": 0, "target_image": 0, "target_audio": 0,
+                   "video": 0, "motion": 0, "target_image": 64, "target_audio": 0,
                    "target_motion": 0}
+# The generated images: the canvas side at the demo VQGAN's factor 16, a 4 x 4
+# grid of codes (17 target tokens with </s>).
+TARGET_IMAGE_SIZE = 64
+VQ_FACTOR = 16
 
 DEFAULT_NUM_EXAMPLES = {"train": 5000, "validation": 200, "test": 200}
 
@@ -106,12 +118,74 @@ def _sudoku_postprocess(plan):
   return postprocess
 
 
+class _Judge:
+  """The scene judge of `judge_dir`, loaded on first use (metrics run late)."""
+
+  def __init__(self, judge_dir: Optional[str]):
+    self.judge_dir = judge_dir
+    self._judge = None
+
+  def get(self):
+    if self._judge is None and self.judge_dir:
+      from tasks import demo_judge  # pylint: disable=g-import-not-at-top
+      self._judge = demo_judge.SceneJudge(self.judge_dir)
+    return self._judge
+
+
+def _caption_of_inputs(plan, example: Mapping[str, Any]) -> str:
+  """The caption a text-to-image example asks for (after "caption:")."""
+  text = plan.vocab.decode(list(example["inputs"]))
+  return text.split("caption:", 1)[-1].strip()
+
+
+def _picture_postprocess(plan):
+  """Targets keep the caption next to the reference picture (the judge reads
+  the objects it names); predictions are the generated pictures."""
+  def postprocess(output: Any, example: Optional[Mapping[str, Any]] = None,
+                  is_target: bool = False) -> Any:
+    if is_target and example is not None and "inputs" in example:
+      return {"image": output, "caption": _caption_of_inputs(plan, example)}
+    return output
+  return postprocess
+
+
+def image_metric_fns(judge_dir: Optional[str]) -> dict[str, tuple]:
+  """The judge's metrics of the two image tasks (tasks/demo_judge.py).
+
+  Without a judge (no backbone pretraining) they report nothing rather than a
+  number nobody measured, and log why.
+  """
+  judge = _Judge(judge_dir)
+
+  def missing(metric: str) -> dict[str, float]:
+    import logging  # pylint: disable=g-import-not-at-top
+    logging.warning("demo: %s needs the scene judge of the backbone "
+                    "pretraining (JUDGE_DIR); not reported", metric)
+    return {}
+
+  def object_recall(targets, predictions):
+    if judge.get() is None:
+      return missing("object_recall")
+    return {"object_recall": 100.0 * judge.get().object_recall(
+        [t["caption"] for t in targets], predictions)}
+
+  def tag_f1(targets, predictions):
+    if judge.get() is None:
+      return missing("tag_f1")
+    return {"tag_f1": 100.0 * judge.get().tag_f1(
+        [t["image"] for t in targets], predictions)}
+
+  return {"text_to_image": (object_recall,), "image_infilling": (tag_f1,)}
+
+
 def _options(name: str, image_size: int) -> dict[str, Any]:
   options: dict[str, Any] = {"image_size": image_size}
   if name in CLOSED_SETS:
     options["closed_set"] = list(CLOSED_SETS[name])
   if name == "detection":
     options["max_len"] = FEATURE_LENGTHS["targets"] - 1  # tokens before </s>
+  if name in IMAGE_TARGET_TASKS:
+    options.update(target_image_size=TARGET_IMAGE_SIZE, vq_factor=VQ_FACTOR)
   return options
 
 
@@ -119,8 +193,9 @@ def register_demo_tasks(image_size: int = 64, *, replace: bool = False,
                         num_examples: Optional[Mapping[str, int]] = None,
                         seed: int = 0, canvas: int = 64,
                         rates: Optional[Mapping[str, float]] = None,
-                        vocabulary=None) -> tuple[str, ...]:
-  """Registers the nine demo tasks and `demo_mixture`; returns the task names.
+                        vocabulary=None, judge_dir: Optional[str] = None
+                        ) -> tuple[str, ...]:
+  """Registers the demo tasks and `demo_mixture`; returns the task names.
 
   Args:
     image_size: side of the processed images (the model's input resolution).
@@ -130,10 +205,13 @@ def register_demo_tasks(image_size: int = 64, *, replace: bool = False,
     canvas: side of the rendered images (before resizing to image_size).
     rates: mixing rate per task short name (default 1.0 each).
     vocabulary: an OFAVocabulary (default: the bundled one).
+    judge_dir: where the scene judge of the backbone pretraining is (the
+      metrics of the image-generation tasks; None: they report nothing).
   """
   counts = dict(num_examples or DEFAULT_NUM_EXAMPLES)
   signature = (image_size, tuple(sorted(counts.items())), seed, canvas,
-               tuple(sorted((rates or {}).items())), repr(vocabulary))
+               tuple(sorted((rates or {}).items())), repr(vocabulary),
+               judge_dir)
   names = task_names()
   existing = [n for n in names if n in seqio.TaskRegistry.names()]
   if existing and not replace:
@@ -145,11 +223,14 @@ def register_demo_tasks(image_size: int = 64, *, replace: bool = False,
     raise ValueError(
         f"demo tasks {existing} are already registered with other arguments; "
         "pass replace=True to replace them")
+  metrics = {**METRICS, **image_metric_fns(judge_dir)}
+  postprocess = {"sudoku": _sudoku_postprocess,
+                 **{name: _picture_postprocess for name in IMAGE_TARGET_TASKS}}
   for name, instruction, kind in INSTRUCTIONS:
     source = world.function_source(kind, counts, seed=seed, canvas=canvas)
     plan_lib.register_task(
-        PREFIX + name, instruction, source, metric_fns=METRICS[name],
-        make_postprocess_fn=_sudoku_postprocess if name == "sudoku" else None,
+        PREFIX + name, instruction, source, metric_fns=metrics[name],
+        make_postprocess_fn=postprocess.get(name),
         replace=True, vocabulary=vocabulary, demo_signature=signature,
         # Infilling masks its input on every split: OFASys masks in training
         # only, which would make evaluation a copy task.

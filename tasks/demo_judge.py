@@ -136,3 +136,51 @@ def judge_or_none(directory: Optional[str]) -> Optional[SceneJudge]:
     return SceneJudge(directory) if directory else None
   except FileNotFoundError:
     return None
+
+
+def image_baselines(judge_dir: str, vq_dir: str, n: int, *, seed: int = 0,
+                    canvas: int = 64, split: str = "validation"
+                    ) -> dict[str, dict[str, float]]:
+  """Chance and ceiling of the two image tasks on the first n examples of split.
+
+  Chance: the judge's metric on images decoded from uniformly random codes of
+  the demo VQGAN. Ceiling: on the VQGAN's reconstructions of the references
+  (what the best code sequence could reach through this tokenizer).
+  """
+  import io  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from ofa_jax.model.vqgan import VQGAN  # pylint: disable=g-import-not-at-top
+  from ofa_jax.model.vqgan import io as vq_io  # pylint: disable=g-import-not-at-top
+  judge = SceneJudge(judge_dir)
+  config, variables = vq_io.load_vqgan(vq_dir)
+  module = VQGAN(config)
+  decode = jax.jit(lambda c: module.apply(variables, c,
+                                          method=module.decode_codes))
+  encode = jax.jit(lambda x: module.apply(variables, x,
+                                          method=module.encode_codes))
+  rec = world.records("caption", n, seed=seed, split=split, canvas=canvas)
+  side = config.resolution
+  references = [np.asarray(Image.open(io.BytesIO(png)).convert("RGB").resize(
+      (side, side), Image.BICUBIC)) for png in rec["img"]]
+  grid = config.grid_side(side)
+
+  def to_uint8(pixels):
+    return np.clip(np.round((np.asarray(pixels) + 1.0) * 127.5), 0,
+                   255).astype(np.uint8)
+
+  chance = random_code_images(
+      lambda codes: decode(codes.reshape(-1, grid, grid)), n, config.n_embed,
+      grid, seed=seed)
+  pixels = np.stack(references).astype(np.float32) / 127.5 - 1.0
+  ceiling = to_uint8(decode(encode(pixels)))
+  return {
+      "text_to_image": {
+          "object_recall": 100.0 * judge.object_recall(rec["cap"], chance),
+          "object_recall_ceiling": 100.0 * judge.object_recall(rec["cap"],
+                                                               ceiling),
+          "object_recall_references": 100.0 * judge.object_recall(
+              rec["cap"], references)},
+      "image_infilling": {
+          "tag_f1": 100.0 * judge.tag_f1(references, chance),
+          "tag_f1_ceiling": 100.0 * judge.tag_f1(references, ceiling)},
+  }

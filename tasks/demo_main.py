@@ -119,6 +119,32 @@ def pretrain_backbone(args: argparse.Namespace, run: dict[str, Any],
   return {"path": path, **figures}
 
 
+def train_tokenizer(args: argparse.Namespace, run: dict[str, Any],
+                    out_dir: str, phase) -> dict[str, Any]:
+  """Trains the demo's VQGAN (`tasks.demo_vq`) into out_dir/vqgan, for the
+  image-generation tasks. With --resume an existing one is reused."""
+  from ofa_jax.model.vqgan import io as vq_io  # pylint: disable=g-import-not-at-top
+  from tasks import demo_vq  # pylint: disable=g-import-not-at-top
+  path = os.path.join(out_dir, "vqgan")
+  if args.resume:
+    try:
+      vq_io.load_config(path)
+      phase.finish("reused (--resume)")
+      return {"path": path, **vq_io.load_metadata(path)}
+    except (FileNotFoundError, ValueError):
+      pass
+  shutil.rmtree(path, ignore_errors=True)
+  bindings = ([] if args.tokenizer_steps is None
+              else [f"TRAIN_STEPS = {int(args.tokenizer_steps)}"])
+  figures = demo_vq.train_tokenizer(out_dir, seed=int(run["seed"]),
+                                    canvas=int(run["canvas"]),
+                                    num_images=args.tokenizer_images,
+                                    gin_bindings=bindings, on_step=phase.update)
+  phase.finish(f"reconstruction PSNR {figures.get('psnr', 0):.1f} dB, "
+               f"{100 * figures.get('codes_used', 0):.0f} % of codes used")
+  return figures
+
+
 def train(gin_args: Sequence[str], model_dir: str, phase) -> dict[str, Any]:
   """Runs `ofa_jax.train` in process; returns what the run recorded."""
   import gin  # pylint: disable=g-import-not-at-top
@@ -203,7 +229,8 @@ def describe_model(model: Any, model_dir: str) -> str:
   return f"{int(total):,} parameters; {text}" if total else text
 
 
-def report(out_dir: str, *, metrics, record, backbone, run, model, model_dir,
+def report(out_dir: str, *, metrics, record, backbone, tokenizer, run, model,
+           model_dir,
            eval_dir, eval_s: float, start: float, gin_args: Sequence[str],
            command: str) -> tuple[str, list[dict[str, Any]], dict[str, Any]]:
   """Blind baselines, report.md and its pictures; returns (path, rows, baselines)."""
@@ -215,6 +242,11 @@ def report(out_dir: str, *, metrics, record, backbone, run, model, model_dir,
   baselines = demo.chance_baselines("validation", n=max(n, 1), seed=world.seed,
                                     canvas=world.canvas,
                                     train_examples=train_examples)
+  if backbone is not None and tokenizer is not None:
+    from tasks import demo_judge  # pylint: disable=g-import-not-at-top
+    baselines.update(demo_judge.image_baselines(
+        backbone["path"], tokenizer["path"], max(n, 1), seed=world.seed,
+        canvas=world.canvas))
   load = os.getloadavg() if hasattr(os, "getloadavg") else None
   rate = record.get("steps_per_s")
   info = {
@@ -229,6 +261,12 @@ def report(out_dir: str, *, metrics, record, backbone, run, model, model_dir,
                   f"{backbone.get('tag_accuracy', 0):.3f}, object cells "
                   f"{backbone.get('object_cell_accuracy', 0):.3f}, box edges off by "
                   f"{backbone.get('box_error_px', 0):.1f} px",
+      "image tokenizer": None if tokenizer is None else
+                         f"VQGAN (gin/vq/demo.gin, tasks/demo_vq.py): "
+                         f"{tokenizer.get('steps')} steps on "
+                         f"{tokenizer.get('images')} scenes; reconstruction "
+                         f"PSNR {tokenizer.get('psnr', 0):.1f} dB, "
+                         f"{100 * tokenizer.get('codes_used', 0):.0f} % of codes used",
       "evaluation": f"{eval_s:.0f} s ({n} validation examples per task)",
       "wall clock before the report": f"{time.monotonic() - start:.0f} s",
       "machine": f"{os.cpu_count()} CPU cores"
@@ -262,6 +300,11 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
                  help="steps of ResNet pretraining before training (OFA starts "
                  "from a pretrained ResNet; 0: train the backbone from scratch)")
   p.add_argument("--backbone_batch_size", type=int, default=64)
+  p.add_argument("--tokenizer_steps", type=int, default=None,
+                 help="steps of the demo VQGAN's training (default: "
+                 "TRAIN_STEPS of gin/vq/demo.gin)")
+  p.add_argument("--tokenizer_images", type=int, default=2000,
+                 help="scenes written as PNG files for the VQGAN's training")
   p.add_argument("--resume", action="store_true",
                  help="continue the run in out_dir/model instead of starting over")
   p.add_argument("--verbose", action="store_true",
@@ -320,6 +363,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     gin_args = list(gin_args) + [
         f"--gin.INITIAL_CHECKPOINT_PATH={backbone['path']!r}",
         "--gin.INITIAL_CHECKPOINT_FALLBACK_TO_SCRATCH=True"]
+    gin_args.append(f"--gin.JUDGE_DIR={backbone['path']!r}")
+  tokenizer = train_tokenizer(args, run, out_dir, line("tokenizer"))
+  gin_args = list(gin_args) + [f"--gin.VQGAN_DIR={tokenizer['path']!r}"]
   training = line("training")
   training.update(0, run["train_steps"])
   record = train(gin_args, model_dir, training)
@@ -329,7 +375,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
   writing = line("report", "")
   path, rows, baselines = report(
-      out_dir, metrics=metrics, record=record, backbone=backbone, run=run,
+      out_dir, metrics=metrics, record=record, backbone=backbone,
+      tokenizer=tokenizer, run=run,
       model=model, model_dir=model_dir, eval_dir=eval_dir, eval_s=eval_s,
       start=start, gin_args=gin_args,
       command="python -m tasks.demo_main " + " ".join(argv))
@@ -338,7 +385,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     json.dump({"metrics": metrics, "baselines": baselines,
                "training": {**record, "train_steps": run["train_steps"],
                             "batch_size": run["batch_size"]},
-               "backbone": backbone, "eval_s": round(eval_s, 1),
+               "backbone": backbone, "tokenizer": tokenizer,
+               "eval_s": round(eval_s, 1),
                "total_s": round(total, 1)}, f, indent=2, default=str)
   writing.finish(os.path.relpath(path))
   print("\n" + demo_report.text_table(rows))

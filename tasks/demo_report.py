@@ -32,11 +32,14 @@ from tasks import demo_world as world
 PRIMARY = {"caption": "cider", "vqa": "vqa_score", "grounding": "iou_acc",
            "grounded_caption": "cider", "classify": "accuracy",
            "matching": "accuracy", "detection": "f1", "sudoku": "solved",
-           "infilling": "exact_match"}
+           "infilling": "exact_match", "text_to_image": "object_recall",
+           "image_infilling": "tag_f1"}
 TARGETS = {"classify": 90.0, "matching": 90.0, "vqa": 90.0, "grounding": 70.0}
 IMAGE_KINDS = ("caption", "vqa", "grounding", "grounded_caption", "classify",
                "matching", "detection")
 TEXT_KINDS = ("sudoku", "infilling")
+# Tasks that generate images (their rows name PNG files the evaluator wrote).
+GENERATION_KINDS = ("text_to_image", "image_infilling")
 # What the "chance" column is (`tasks/demo_baselines.py` computes it).
 BASELINE_TEXT = (
     "the same metric, on the same validation examples, for the best predictor "
@@ -45,6 +48,12 @@ BASELINE_TEXT = (
     "the same text (grounding), the commonest training label, caption, object or "
     "sentence (the other tasks; for a closed set at least a uniform guess), the "
     "blanks filled at random (sudoku)")
+IMAGE_JUDGE_TEXT = (
+    "Judged by the backbone pretraining's scene tagger (tasks/demo_judge.py): "
+    "object_recall = objects of the caption whose colour, shape and size all "
+    "appear; tag_f1 = F1 of the generated image's tags against the "
+    "reference's. Chance = the same on images decoded from random codes; "
+    "ceiling = on the VQGAN's reconstructions of the references")
 PREFIX = "demo_"
 TILE = 192  # pixels of one upscaled image in a prediction sheet
 GOLD, PRED = (20, 160, 40), (220, 20, 60)
@@ -315,6 +324,47 @@ def draw_predictions(predictions: Mapping[str, Sequence[Mapping[str, Any]]],
   return paths, skipped
 
 
+def draw_generations(predictions: Mapping[str, Sequence[Mapping[str, Any]]],
+                     eval_dir: str, out_dir: str, *, per_task: int = 8
+                     ) -> dict[str, str]:
+  """One sheet per image-generation task: the reference (left) beside the
+  generated image (right) of each example, the request written under them."""
+  paths = {}
+  for kind in GENERATION_KINDS:
+    rows = [r for r in predictions.get(kind, ()) if r.get("prediction")][:per_task]
+    tiles = []
+    for row in rows:
+      pair = []
+      for key in ("target", "prediction"):
+        file = row.get(key)
+        image = (Image.open(os.path.join(eval_dir, file)).convert("RGB")
+                 if file and os.path.exists(os.path.join(eval_dir, file))
+                 else Image.new("RGB", (64, 64), (200, 200, 200)))
+        pair.append(image.resize((TILE // 2, TILE // 2), Image.NEAREST))
+      tile = Image.new("RGB", (TILE + 4, TILE // 2 + 36), (255, 255, 255))
+      tile.paste(pair[0], (0, 0))
+      tile.paste(pair[1], (TILE // 2 + 4, 0))
+      draw = ImageDraw.Draw(tile)
+      request = str(row.get("inputs", "")).split("caption:", 1)[-1].strip()
+      for k, text_line in enumerate(textwrap.wrap(request, 34)[:2]):
+        draw.text((2, TILE // 2 + 4 + 14 * k), text_line, fill=(0, 0, 0))
+      tiles.append(tile)
+    if not tiles:
+      continue
+    width, height = tiles[0].size
+    columns = 4
+    n_rows = (len(tiles) + columns - 1) // columns
+    sheet = Image.new("RGB", (columns * (width + 6), n_rows * (height + 6)),
+                      (230, 230, 230))
+    for i, tile in enumerate(tiles):
+      sheet.paste(tile, ((i % columns) * (width + 6), (i // columns) * (height + 6)))
+    path = os.path.join(out_dir, f"generated_{kind}.png")
+    os.makedirs(out_dir, exist_ok=True)
+    sheet.save(path)
+    paths[kind] = path
+  return paths
+
+
 def _cell(value: Any) -> str:
   text = value if isinstance(value, str) else json.dumps(value)
   return text.replace("|", "\\|").replace("\n", " ")
@@ -413,6 +463,22 @@ def write_report(out_dir: str, *, metrics: Mapping[str, Mapping[str, Any]],
     lines += [f"### {kind}", "", f"![{kind}]({os.path.basename(path)})", ""]
   for kind, why in skipped.items():
     lines += [f"- {kind}: no pictures ({why})"]
+  generated = draw_generations(predictions, eval_dir, out_dir)
+  if generated:
+    lines += ["### generated images", "",
+              "Reference (left) and generated image (right), decoded from the "
+              "sampled VQ codes by the demo's VQGAN; the request under them "
+              "(text-to-image: the caption). " + IMAGE_JUDGE_TEXT, ""]
+    for kind, path in generated.items():
+      lines += [f"#### {kind}", "", f"![{kind}]({os.path.basename(path)})", ""]
+    for kind in generated:
+      base = baselines.get(kind, {})
+      ceiling = {k: v for k, v in base.items() if k.endswith(("_ceiling",
+                                                              "_references"))}
+      if ceiling:
+        lines += [f"- {kind}: " + ", ".join(f"{k} {_fmt(v)}"
+                                            for k, v in ceiling.items())]
+    lines += [""]
   text = text_examples(predictions)
   if text:
     lines += ["### text tasks", "", text]

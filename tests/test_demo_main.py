@@ -203,7 +203,8 @@ def test_demo_main_end_to_end(tmp_path):
   out = tmp_path / "demo_out"
   cmd = [sys.executable, "-m", "tasks.demo_main", f"--out_dir={out}",
          "--gin.TRAIN_STEPS=2", "--gin.LOG_PERIOD=1", "--eval_examples=2",
-         "--eval_batch_size=2", "--backbone_steps=2", "--backbone_batch_size=2"]
+         "--eval_batch_size=2", "--backbone_steps=2", "--backbone_batch_size=2",
+         "--tokenizer_steps=2", "--tokenizer_images=16"]
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
                         timeout=1500, env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert proc.returncode == 0, proc.stderr[-4000:]
@@ -214,6 +215,11 @@ def test_demo_main_end_to_end(tmp_path):
     assert f"![{name}](predictions_{name}.png)" in report
   assert Image.open(out / "predictions_grounding.png").size[0] > 0
   assert "![training curves](training_curves.png)" in report
+  # The generated images beside their references, judged next to chance.
+  for name in demo_report.GENERATION_KINDS:
+    assert f"![{name}](generated_{name}.png)" in report
+    assert Image.open(out / f"generated_{name}.png").size[0] > 0
+  assert (out / "vqgan" / "vqgan_config.json").is_file()
   assert Image.open(out / "training_curves.png").size[0] > 0
   assert "### VQA by question type" in report
   summary = json.loads((out / "summary.json").read_text())
@@ -229,7 +235,8 @@ def test_demo_main_end_to_end(tmp_path):
   # the trainer's, orbax's and absl's INFO lines only in the log file.
   phases = [line.split()[0] for line in proc.stdout.splitlines()
             if "elapsed]" in line]
-  assert phases == ["backbone", "training", "evaluation", "report"], proc.stdout
+  assert phases == ["backbone", "tokenizer", "training", "evaluation",
+                    "report"], proc.stdout
   assert "training     step 2/2 " in proc.stdout
   assert "classify" in proc.stdout and "chance" in proc.stdout
   assert "initialized parameters from" not in proc.stderr

@@ -62,11 +62,12 @@ def test_every_model_layer_parses_with_the_run_layer(size):
   from ofa_jax.model import config
   cfg = gin.get_configurable(config.get_config)()
   assert cfg.d_model == config.get_config(size).d_model
-  # The embedding is sized from the configured vocabulary (the demo's has no
-  # VQ codes), not from a copied number.
+  # The embedding is sized from the configured vocabulary (the demo's has the
+  # 256 codes of its own VQGAN), not from a copied number.
   configured = gin.get_configurable(vocab.default_vocabulary)()
   assert cfg.vocab_size == configured.vocab_size
-  assert configured.num_codes == (0 if size == "demo" else 8192)
+  assert configured.num_codes == (256 if size == "demo" else 8192)
+  assert cfg.num_codes == configured.num_codes
   assert gin.get_configurable(optimizers.adamw)() is not None
 
 

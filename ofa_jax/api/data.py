@@ -128,8 +128,14 @@ def feature_lengths(examples: Sequence[Mapping[str, np.ndarray]],
 def prepare(instruction: str, rows: Sequence[Mapping[str, Any]], *,
             vocabulary: Any, options: Mapping[str, Any],
             closed_set: Optional[Sequence[str]], converter: seqio.FeatureConverter,
-            max_source_positions: Optional[int] = None) -> Prepared:
-  """Compiles the instruction, preprocesses the rows, converts them to features."""
+            max_source_positions: Optional[int] = None,
+            model_config: Any = None) -> Prepared:
+  """Compiles the instruction, preprocesses the rows, converts them to features.
+
+  With `model_config`, the one-off task is checked against the model as a
+  training task is (e.g. a target image grid the model's decoder and VQGAN
+  head were not built for is refused, naming both).
+  """
   from ofa_jax import plan as plan_lib  # pylint: disable=g-import-not-at-top
   template = instructions.parse_template(instruction)
   ds = _rows_dataset(template, rows, closed_set)
@@ -141,7 +147,8 @@ def prepare(instruction: str, rows: Sequence[Mapping[str, Any]], *,
       dataset_fn=lambda split, shuffle_files, seed=None: ds, splits=("infer",))
   task = plan_lib.register_task(name, instruction, source, replace=True,
                                 vocabulary=vocabulary, train_splits=(),
-                                shuffle_buffer_size=None, **opts)
+                                shuffle_buffer_size=None,
+                                model_config=model_config, **opts)
   try:
     task_ds = task.get_dataset(sequence_length=None, split="infer", shuffle=False,
                                num_epochs=1, seed=0).cache()
@@ -163,13 +170,27 @@ def prepare(instruction: str, rows: Sequence[Mapping[str, Any]], *,
 
 
 def to_result(prepared: Prepared, i: int, tokens: np.ndarray, score: float,
-              kind: str) -> Result:
-  """The typed result of example `i` from its decoded tokens."""
+              kind: str, *, choice: Any = None) -> Result:
+  """The typed result of example `i` from its decoded tokens.
+
+  `choice` (a `decoding.rerank.Choice`) carries the rendered picture of a
+  target rendered from codes, which is then the value postprocessed (the text
+  stays the decoded codes), and its candidates when several were sampled.
+  """
   from ofa_jax.decoding import prompts  # pylint: disable=g-import-not-at-top
   vocab = prepared.plan.vocab
   ex = prepared.examples[i]
   decoded = vocab.decode([int(t) for t in np.asarray(tokens).reshape(-1)])
   text = prompts.answer_text(decoded, ex, vocab)
-  value = prepared.postprocess(decoded, example=ex, is_target=False)
+  picture = getattr(choice, "picture", None)
+  value = prepared.postprocess(decoded if picture is None else picture,
+                               example=ex, is_target=False)
+  candidates = candidate_scores = None
+  if choice is not None and choice.pictures is not None:
+    candidates = list(choice.pictures)
+    candidate_scores = (choice.ranking if choice.ranking is not None
+                        else choice.sample_scores)
   return Result.from_prediction(text=text, value=value, score=score, kind=kind,
-                                tokens=tokens, image=prepared.images[i])
+                                tokens=tokens, input_image=prepared.images[i],
+                                candidates=candidates,
+                                candidate_scores=candidate_scores)

@@ -7,6 +7,10 @@
     model.inference("[IMAGE:img] which region does the text \\" [TEXT:t] \\" "
                     "describe? -> [BOX:region]", data={"img": "x.jpg", "t": "..."}
                     ).save_box("x_box.png")
+    r = model.inference("what is the complete image? caption: [TEXT:cap] -> "
+                        "[IMAGE:img]", data={"cap": "a red circle"},
+                        num_candidates=8, scorer=my_clip_scorer)
+    r.save_image("circle.png")  # r.image: uint8 [H, W, 3]; r.images: all 8
 
 Why through `plan.register_task`: an instruction given at inference time is
 compiled exactly like a training task (same parsing, same per-slot preprocessing,
@@ -28,7 +32,9 @@ import numpy as np
 from ofa_jax import instructions
 from ofa_jax.api import data as api_data
 from ofa_jax.decoding import prompts
+from ofa_jax.decoding import rerank
 from ofa_jax.decoding.spec import DecodingSpec
+from ofa_jax.evaluation import pictures
 from ofa_jax.evaluation import runner as lib
 from ofa_jax.results import Result
 
@@ -97,7 +103,9 @@ class Generalist:
                 top_k: Optional[int] = None, top_p: Optional[float] = None,
                 no_repeat_ngram_size: Optional[int] = None,
                 length_penalty: Optional[float] = None, batch_size: int = 8,
-                seed: int = 0) -> Result | list[Result]:
+                seed: int = 0, num_candidates: Optional[int] = None,
+                scorer: Optional[rerank.Scorer] = None
+                ) -> Result | list[Result]:
     """Runs `instruction` on one example (a dict) or several (a list of dicts).
 
     Keys of a dict are the field names of the instruction's slots: an image is
@@ -111,6 +119,14 @@ class Generalist:
     the plan builds the label trie (with the slot's `uncased` /
     `no_punctuation`). Examples are decoded `batch_size` at a time (one compiled
     program; the last batch is padded).
+
+    A target rendered from codes (an IMAGE target: sampled VQ codes) gives
+    results with `.image` (uint8 [H, W, 3]) and `.save_image(path)`.
+    `num_candidates=n` samples n pictures per example, renders them all and
+    keeps the one `scorer` ranks first (`decoding.rerank`: (example_inputs,
+    uint8 [n, H, W, 3]) -> n scores; a CLIP plugs in as `rerank.ClipScorer`);
+    without a scorer the first sample is kept. The candidates are `.images`,
+    their scores `.scores`.
     """
     single = isinstance(data, Mapping)
     rows = [data] if single else list(data)
@@ -120,13 +136,20 @@ class Generalist:
       if not isinstance(row, Mapping):
         raise TypeError(f"inference: data[{i}] is a {type(row).__name__}, "
                         "expected a dict of fields")
+    if num_candidates is not None and beam_size is not None and (
+        int(num_candidates) != int(beam_size)):
+      raise ValueError(f"inference: num_candidates={num_candidates} and "
+                       f"beam_size={beam_size} both set the number of samples; "
+                       "give one of them")
+    rerank.check_scorer(scorer, num_candidates or 1)
     labels = None if closed_set is None else tuple(str(x) for x in closed_set)
     if labels is not None:
       instruction = closed_set_instruction(instruction)
     prepared = api_data.prepare(
         instruction, rows, vocabulary=self.vocabulary, options=self.task_options,
         closed_set=labels, converter=self._converter,
-        max_source_positions=self.model.config.max_source_positions)
+        max_source_positions=self.model.config.max_source_positions,
+        model_config=self.model.config)
     decoding = prompts.with_prompt_room(
         _decoding(prepared.plan, {
             "beam_size": beam_size, "max_len": max_len, "min_len": min_len,
@@ -134,19 +157,27 @@ class Generalist:
             "top_p": top_p, "no_repeat_ngram_size": no_repeat_ngram_size,
             "length_penalty": length_penalty}),
         lambda: prepared.model_rows)
+    if num_candidates is not None:
+      decoding = rerank.candidates_spec(decoding, num_candidates)
+    to_picture = (pictures.to_picture_fn(prepared.plan)
+                  if lib.renders(decoding) else None)
     key = (instruction,)  # the runner adds decoding.cache_key()
     runner = self._runner(batch_size)
     variables = self._get_variables(prepared.model_rows[0])
     rng = jax.random.key(seed)
-    outputs: list[tuple[np.ndarray, float]] = []
+    choices: list[rerank.Choice] = []
     rows_iter = enumerate(prepared.model_rows)
-    for k, (_, batch, n) in enumerate(lib.batches_of(rows_iter, batch_size)):
-      tokens, scores = runner.predict(key, decoding, variables, batch,
-                                      jax.random.fold_in(rng, k))
-      outputs.extend((tokens[j], float(scores[j])) for j in range(n))
-    kind = decoding.kind
-    results = [api_data.to_result(prepared, i, tokens, score, kind)
-               for i, (tokens, score) in enumerate(outputs)]
+    for k, (indices, batch, n) in enumerate(lib.batches_of(rows_iter,
+                                                           batch_size)):
+      prediction = runner.predict(key, decoding, variables, batch,
+                                  jax.random.fold_in(rng, k))
+      choices.extend(rerank.choose_rows(
+          prediction, n, to_picture=to_picture, scorer=scorer,
+          examples=None if scorer is None else _scorer_inputs(
+              prepared, rows, indices)))
+    results = [api_data.to_result(prepared, i, c.tokens, c.score, decoding.kind,
+                                  choice=c)
+               for i, c in enumerate(choices)]
     return results[0] if single else results
 
   def _runner(self, batch_size: int) -> lib.BatchRunner:
@@ -160,6 +191,20 @@ class Generalist:
       batch = {k: np.asarray(v)[None] for k, v in example.items()}
       self._variables = lib.complete_variables(self.model, self._params, batch)
     return self._variables
+
+
+def _scorer_inputs(prepared: api_data.Prepared,
+                   rows: Sequence[Mapping[str, Any]], indices: np.ndarray):
+  """Row of a batch -> the scorer's `example_inputs` (the caller's fields)."""
+  vocab = prepared.plan.vocab
+
+  def inputs(j: int) -> dict[str, Any]:
+    i = int(indices[j])
+    return rerank.example_inputs(
+        prepared.model_rows[i], fields=rows[i],
+        input_text=lib.decode_inputs(prepared.examples[i], vocab))
+
+  return inputs
 
 
 def closed_set_instruction(instruction: str) -> str:

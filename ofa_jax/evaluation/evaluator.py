@@ -15,6 +15,12 @@ for an image. We add a teacher-forced eval loss per task, and write for every ta
 `<output_dir>/<task>_predictions.jsonl` (decoded input, target, prediction,
 score) next to `<output_dir>/metrics.json`.
 
+A task whose answers are rendered (a kind with code targets: generated images)
+predicts pictures (`evaluation/pictures.py`): `num_candidates` samples per
+example can be ranked by a `scorer` (`decoding/rerank.py`), the kept picture and
+the reference go to `<output_dir>/<task>/<index>_pred.png` / `_ref.png` (paths
+in the JSONL rows), and its metric functions receive the uint8 pictures.
+
 Used during training (build one `Evaluator`, call `evaluate(params, step=...)`
 every eval period: datasets are cached and nothing recompiles) and offline
 (`evaluate_checkpoint`, the function `python -m ofa_jax.evaluate` calls).
@@ -35,9 +41,11 @@ from seqio.metrics import ModelOutputType
 from ofa_jax import checkpoints
 from ofa_jax import feature_converter as fc_lib
 from ofa_jax import run_dir
+from ofa_jax.evaluation import pictures
 from ofa_jax.evaluation import runner as lib
 from ofa_jax import features as F
 from ofa_jax.decoding import prompts
+from ofa_jax.decoding import rerank
 from ofa_jax.decoding import spec as decoding_spec
 
 PyTree = Any
@@ -72,6 +80,10 @@ class Evaluator:
     require_metrics: only tasks with metric functions (evaluation); False takes
       every task that has the split (inference over a task, `predict`).
     seed: seqio's seed for the eval datasets (and the sampling rng).
+    num_candidates: candidates sampled per example of tasks whose answers are
+      rendered (generated images); the kept one is the scorer's best.
+    scorer: ranks them (`decoding.rerank`: (example_inputs, uint8 [n, H, W, 3])
+      -> n scores); None keeps the first sample.
   """
 
   def __init__(self, model: Any, mixture_or_task_name: str,
@@ -83,7 +95,10 @@ class Evaluator:
                decoding_overrides: Optional[
                    Mapping[str, Mapping[str, Any]]] = None,
                score_candidates: Optional[bool] = None, eval_loss: bool = True,
-               require_metrics: bool = True, seed: int = 42):
+               require_metrics: bool = True, seed: int = 42,
+               num_candidates: int = 1,
+               scorer: Optional[rerank.Scorer] = None):
+    rerank.check_scorer(scorer, num_candidates)
     if feature_converter is None:
       feature_converter = fc_lib.for_model(model, "Evaluator")
     self.model = model
@@ -92,6 +107,7 @@ class Evaluator:
     self.output_dir = output_dir
     self.eval_loss = eval_loss
     self.seed = seed
+    self._scorer = scorer
     self._runner = lib.BatchRunner(model, batch_size, partitioner=partitioner)
     self._lengths = dict(task_feature_lengths)
     tasks = seqio.get_subtasks(seqio.get_mixture_or_task(mixture_or_task_name))
@@ -122,9 +138,12 @@ class Evaluator:
         logging.warning("Evaluator: skipping %s: its target decodes as %r, which "
                         "has no token decoder", task.name, plan.decoding.kind)
         continue
-      self._decodings[task.name] = decoding_spec.for_task(
+      spec = decoding_spec.for_task(
           plan.decoding, task.name, overrides=overrides[task.name],
           score_candidates=score_candidates)
+      if lib.renders(spec):
+        spec = rerank.candidates_spec(spec, num_candidates)
+      self._decodings[task.name] = spec
     self._skipped = tuple(skipped)
     if not self._decodings:
       raise ValueError(
@@ -132,6 +151,7 @@ class Evaluator:
           f"and a token decoder on split {split!r} (skipped: {list(skipped)})")
     self._example_batch: Optional[dict[str, np.ndarray]] = None
     self._batch_stats: Optional[PyTree] = None
+    self._frozen: Optional[dict] = None  # the frozen heads, read once
 
   @property
   def task_names(self) -> tuple[str, ...]:
@@ -177,6 +197,10 @@ class Evaluator:
 
   def _variables(self, params: PyTree) -> dict:
     variables = self.model.split_variables(params)
+    if lib.lacks_frozen_heads(self.model, variables):
+      if self._frozen is None:  # params alone: the heads' own directories
+        self._frozen = lib.with_frozen_heads(self.model, {})
+      variables = {**self._frozen, **variables}
     if "batch_stats" not in variables:
       if self._batch_stats is None:  # computed once: the initial statistics
         self._batch_stats = lib.complete_variables(
@@ -186,17 +210,28 @@ class Evaluator:
     return variables
 
   # ---------------------------------------------------------------------------
+  def renders(self, name: str) -> bool:
+    """True when the task's answers are rendered (its predictions are pictures)."""
+    return lib.renders(self._decodings[name])
+
   def _predict_task(self, name: str, variables: dict, rng: jax.Array
-                    ) -> dict[int, tuple[np.ndarray, float]]:
+                    ) -> dict[int, rerank.Choice]:
     decoding = self._decodings[name] = prompts.with_prompt_room(
         self._decodings[name], lambda: (ex for _, ex in self._rows(name)))
-    out: dict[int, tuple[np.ndarray, float]] = {}
+    plan = self._tasks[name].plan
+    render = lib.renders(decoding)
+    to_picture = pictures.to_picture_fn(plan) if render else None
+    scorer = self._scorer if render else None
+    out: dict[int, rerank.Choice] = {}
     for k, (indices, batch, n) in enumerate(
         lib.batches_of(self._rows(name), self._runner.batch_size)):
-      tokens, scores = self._runner.predict(name, decoding, variables, batch,
-                                            jax.random.fold_in(rng, k))
+      prediction = self._runner.predict(name, decoding, variables, batch,
+                                        jax.random.fold_in(rng, k))
+      choices = rerank.choose_rows(
+          prediction, n, to_picture=to_picture, scorer=scorer,
+          examples=None if scorer is None else _scorer_inputs(batch, plan.vocab))
       for j in range(n):
-        out[int(indices[j])] = (tokens[j], float(scores[j]))
+        out[int(indices[j])] = choices[j]
     self._check_count(name, len(out))
     return out
 
@@ -235,7 +270,7 @@ class Evaluator:
     """
     variables = self._variables(params)
     rng = jax.random.key(self.seed) if rng is None else rng
-    predictions: dict[str, dict[int, tuple[np.ndarray, float]]] = {}
+    predictions: dict[str, dict[int, rerank.Choice]] = {}
     for k, name in enumerate(self.task_names):
       predictions[name] = self._predict_task(name, variables,
                                              jax.random.fold_in(rng, k))
@@ -266,7 +301,8 @@ class Evaluator:
               kind: str = run_dir.PREDICTIONS) -> dict[str, int]:
     """Decodes every task (no metrics); writes one JSONL per task if asked.
 
-    The files are `run_dir.predictions_file(output_dir, task, kind)`.
+    The files are `run_dir.predictions_file(output_dir, task, kind)`, and the
+    pictures of tasks that predict them (see `prediction_rows`).
 
     Returns {task: number of examples}.
     """
@@ -280,21 +316,25 @@ class Evaluator:
       if out_dir:
         os.makedirs(out_dir, exist_ok=True)
         lib.write_jsonl(run_dir.predictions_file(out_dir, name, kind),
-                        self.prediction_rows(name, predictions))
+                        self.prediction_rows(name, predictions, out_dir))
     return counts
 
   def _metrics(self, task: seqio.Task,
-               predictions: Mapping[int, tuple[np.ndarray, float]],
+               predictions: Mapping[int, rerank.Choice],
                scores: Optional[Mapping[int, float]]) -> dict[str, Any]:
     """The task's seqio metrics (its postprocess_fn and metric objects)."""
+    if self.renders(task.name):  # metric functions on pictures
+      return pictures.task_metrics(
+          task, enumerate(self._datasets(task.name)[0].as_numpy_iterator()),
+          predictions, scores)
     examples = _Reiterable(self._datasets(task.name)[0])
     order = sorted(predictions)
-    tokens = [predictions[i][0] for i in order]
+    tokens = [predictions[i].tokens for i in order]
     outputs = {
         ModelOutputType.PREDICTION: _as_array(tokens),
         ModelOutputType.PREDICTION_WITH_AUX: (
             _as_array(tokens),
-            {"scores": np.asarray([predictions[i][1] for i in order])}),
+            {"scores": np.asarray([predictions[i].score for i in order])}),
     }
     if scores is not None:
       outputs[ModelOutputType.SCORE] = np.asarray([scores[i] for i in order])
@@ -319,36 +359,61 @@ class Evaluator:
 
   # ---------------------------------------------------------------------------
   def prediction_rows(self, name: str,
-                      predictions: Mapping[int, tuple[np.ndarray, float]]):
-    """One JSON-able dict per example: inputs, target, prediction, score."""
+                      predictions: Mapping[int, rerank.Choice],
+                      out_dir: Optional[str] = None):
+    """One JSON-able dict per example: inputs, target, prediction, score.
+
+    For a task whose predictions are pictures, `target` and `prediction` are
+    PNG paths relative to `out_dir`, where the pictures are written
+    (`evaluation/pictures.py`; None without `out_dir`), and `candidates` /
+    `candidate_scores` list the sampled candidates when there are several.
+    """
     task = self._tasks[name]
     vocab = task.plan.vocab
     postprocess = task.postprocess_fn or (lambda x, **_: x)
+    render = self.renders(name)
     examples = self._datasets(name)[0].as_numpy_iterator()
     for i, ex in enumerate(examples):
       if i not in predictions:
         continue
-      tokens, score = predictions[i]
-      target = vocab.decode(list(np.asarray(ex[F.TARGETS]).reshape(-1)))
-      output = vocab.decode(list(np.asarray(tokens).reshape(-1)))
-      yield {"index": i, "inputs": lib.decode_inputs(ex, vocab),
-             "target": postprocess(target, example=ex, is_target=True),
-             "prediction": postprocess(output, example=ex, is_target=False),
-             "output": output, "score": score}
+      choice = predictions[i]
+      output = vocab.decode(list(np.asarray(choice.tokens).reshape(-1)))
+      row = {"index": i, "inputs": lib.decode_inputs(ex, vocab)}
+      if render:
+        row.update(pictures.row_files(out_dir, task.plan, i, ex, choice))
+      else:
+        target = vocab.decode(list(np.asarray(ex[F.TARGETS]).reshape(-1)))
+        row["target"] = postprocess(target, example=ex, is_target=True)
+        row["prediction"] = postprocess(output, example=ex, is_target=False)
+      row.update({"output": output, "score": choice.score})
+      yield row
 
   def write(self, out_dir: str, results: Mapping[str, Mapping[str, Any]],
-            predictions: Mapping[str, Mapping[int, tuple[np.ndarray, float]]],
+            predictions: Mapping[str, Mapping[int, rerank.Choice]],
             step: Optional[int]) -> None:
     os.makedirs(out_dir, exist_ok=True)
     for name in self.task_names:
       lib.write_jsonl(run_dir.predictions_file(out_dir, name),
-                      self.prediction_rows(name, predictions[name]))
+                      self.prediction_rows(name, predictions[name], out_dir))
     summary = {"step": step, "mixture_or_task_name": self.mixture_or_task_name,
                "split": self.split, "skipped_tasks": list(self._skipped),
                "tasks": lib.to_jsonable(results)}
     path = run_dir.write_json(run_dir.metrics_file(out_dir), summary)
     logging.info("evaluation: wrote %s and %d prediction files", path,
                  len(self.task_names))
+
+
+def _scorer_inputs(batch: Mapping[str, np.ndarray], vocab: Any
+                   ) -> Callable[[int], dict[str, Any]]:
+  """Row -> a scorer's `example_inputs` (model features, encoder text)."""
+
+  def inputs(j: int) -> dict[str, Any]:
+    row = {k: np.asarray(v)[j] for k, v in batch.items()}
+    text = lib.decode_inputs({**row, F.INPUTS: row[F.ENCODER_INPUT_TOKENS]},
+                             vocab)
+    return rerank.example_inputs(row, input_text=text)
+
+  return inputs
 
 
 class _Reiterable:
@@ -392,7 +457,9 @@ def evaluate_checkpoint(*, model: Any, checkpoint_path: str,
                             Mapping[str, Mapping[str, Any]]] = None,
                         score_candidates: Optional[bool] = None,
                         register_fns: Sequence[Callable[[], Any]] = (),
-                        seed: int = 42) -> dict[str, dict[str, float]]:
+                        seed: int = 42, num_candidates: int = 1,
+                        scorer: Optional[rerank.Scorer] = None
+                        ) -> dict[str, dict[str, float]]:
   """Loads the parameters of a checkpoint and evaluates them (see `Evaluator`).
 
   `checkpoint_path` is a training MODEL_DIR (its latest step), one step folder of
@@ -402,7 +469,7 @@ def evaluate_checkpoint(*, model: Any, checkpoint_path: str,
   task) and `decoding_overrides` ({task: {field: value}}) change the tasks'
   `DecodingSpec`s, e.g. in gin
   `evaluation.evaluate_checkpoint.decoding_overrides = {'demo_caption':
-  {'beam_size': 3}}`.
+  {'beam_size': 3}}`. `num_candidates` and `scorer`: see `Evaluator`.
   """
   for fn in register_fns:
     fn()
@@ -411,7 +478,7 @@ def evaluate_checkpoint(*, model: Any, checkpoint_path: str,
       split=split, num_examples=num_examples, output_dir=output_dir,
       partitioner=partitioner, decode_overrides=decode_overrides,
       decoding_overrides=decoding_overrides, score_candidates=score_candidates,
-      seed=seed)
+      seed=seed, num_candidates=num_candidates, scorer=scorer)
   variables = checkpoints.load_variables(checkpoint_path, model,
                                          evaluator.example_batch(), partitioner)
   step = run_dir.checkpoint_step(checkpoint_path)

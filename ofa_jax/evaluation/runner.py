@@ -7,17 +7,24 @@ features into predictions the same way: the task plan decides the decoding
 size so that one compiled program serves every batch (the padded rows are
 dropped from the results), and the compiled functions are cached per decoding so
 that repeated evaluations during training never recompile.
+
+A decoding whose kind has code targets (`DecodingKind.code_targets`: VQ image
+codes) is rendered in the same compiled program: the decoded codes go through
+the model's frozen head (`model.render_codes`), so callers get the rendered
+values (pixels) next to the tokens without a second pass over the device.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
-from typing import Any, Callable, Hashable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Hashable, Iterable, Iterator, Mapping, Optional
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ofa_jax import features as F
@@ -80,15 +87,36 @@ def batches_of(rows: Iterable[tuple[int, Mapping[str, np.ndarray]]],
 # ---------------------------------------------------------------------------
 # Variables
 # ---------------------------------------------------------------------------
+def lacks_frozen_heads(model: Any, variables: Mapping[str, Any]) -> bool:
+  """True when the model has frozen heads (the VQGAN of image targets) and
+  `variables` do not hold them (the trainer's parameters alone)."""
+  from ofa_jax import models  # pylint: disable=g-import-not-at-top
+  return bool(getattr(model, "target_heads", None)) and (
+      models.TARGET_HEADS not in variables)
+
+
+def with_frozen_heads(model: Any, variables: Mapping[str, Any]) -> dict:
+  """`variables` plus the trained frozen heads read from their directories
+  when they lack them (`lacks_frozen_heads`); raises naming a head without
+  weights."""
+  variables = dict(variables)
+  if lacks_frozen_heads(model, variables):
+    variables.update(model.frozen_variables())
+  return variables
+
+
 def complete_variables(model: Any, params_or_variables: PyTree,
                        example_batch: Mapping[str, np.ndarray]) -> dict:
-  """`{"params", "batch_stats"}` from the trainer's params alone, if need be.
+  """`{"params", "batch_stats"[, "target_heads"]}` from the trainer's params
+  alone, if need be.
 
   Why: the training state holds the parameters only; eval mode reads the ResNet's
   BatchNorm statistics, which then are the initial ones. Only the statistics are
-  computed (XLA drops the unused parameter initializers).
+  computed (XLA drops the unused parameter initializers). Frozen heads missing
+  from the variables come from their directories (`with_frozen_heads`).
   """
-  variables = model.split_variables(params_or_variables)
+  variables = with_frozen_heads(model,
+                                model.split_variables(params_or_variables))
   if "batch_stats" in variables:
     return variables
   shapes = {k: np.asarray(v).shape for k, v in example_batch.items()}
@@ -103,6 +131,55 @@ def complete_variables(model: Any, params_or_variables: PyTree,
         jax.random.key(0))
     variables["batch_stats"] = stats
   return variables
+
+
+# ---------------------------------------------------------------------------
+# Rendering code targets
+# ---------------------------------------------------------------------------
+def renders(spec: DecodingSpec) -> bool:
+  """True when the spec's decoded answers are codes a frozen head renders."""
+  return bool(spec.decoding_kind.code_targets)
+
+
+def render_answers(model: Any, variables: PyTree, tokens: jax.Array,
+                   prompt_lengths: jax.Array, spec: DecodingSpec) -> jax.Array:
+  """The answers' codes rendered by the model's head (jit-able).
+
+  tokens [B, L] or [B, K, L] (prompt, answer, `</s>`, pad) with the rows'
+  prompt lengths [B]; the answer of a code target is exactly `spec.max_len`
+  codes. Returns the head's values [B, ...] or [B, K, ...] (pixels).
+  """
+  if spec.max_len is None:
+    raise ValueError(f"rendering {spec.kind!r} answers needs max_len (the "
+                     "number of codes)")
+  n = int(spec.max_len)
+  lead, length = tokens.shape[:-1], tokens.shape[-1]
+  starts = jnp.asarray(prompt_lengths, jnp.int32).reshape(
+      (lead[0],) + (1,) * (len(lead) - 1))
+  starts = jnp.broadcast_to(starts, lead).reshape(-1)
+  index = jnp.clip(starts[:, None] + jnp.arange(n, dtype=jnp.int32)[None],
+                   0, length - 1)
+  codes = jnp.take_along_axis(tokens.reshape(-1, length), index, axis=1)
+  values = model.render_codes(variables, codes)
+  return values.reshape(lead + values.shape[1:])
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchPrediction:
+  """What one padded batch decodes to (numpy, padded rows included).
+
+  Attributes:
+    tokens: int [B, L] (prompt, answer, `</s>`, pad), or [B, K, L] with
+      `return_all` (K candidates per example).
+    scores: float [B] (or [B, K]): the decoder's log-probabilities.
+    rendered: float [B, S, S, 3] (or [B, K, S, S, 3]): the answers' codes
+      rendered by the model's frozen head (pixels in about [-1, 1]) when the
+      spec's kind has code targets; None otherwise.
+  """
+
+  tokens: np.ndarray
+  scores: np.ndarray
+  rendered: Optional[np.ndarray] = None
 
 
 # ---------------------------------------------------------------------------
@@ -145,9 +222,10 @@ class BatchRunner:
 
   def predict(self, key: Hashable, spec: DecodingSpec, variables: PyTree,
               batch: Mapping[str, np.ndarray], rng: jax.Array
-              ) -> tuple[np.ndarray, np.ndarray]:
-    """(tokens [B, L], scores [B]) of one padded batch, decoded as `spec` says
-    (a closed set with `score_candidates`: its best-scored label's tokens)."""
+              ) -> BatchPrediction:
+    """One padded batch decoded as `spec` says (a closed set with
+    `score_candidates`: its best-scored label's tokens); rendered values too
+    when the spec's kind has code targets (see `BatchPrediction`)."""
     model = self.model
     key = (key, spec.cache_key())
     if spec.scores_candidates:
@@ -163,18 +241,28 @@ class BatchRunner:
                                                variables, self._place(batch), rng))
       best = np.asarray(best, np.int64)
       scores = np.asarray(scores)
-      return cands[best], scores[np.arange(len(best)), best]
+      return BatchPrediction(tokens=cands[best],
+                             scores=scores[np.arange(len(best)), best])
+
+    render = renders(spec)
 
     def make():
       def fn(variables, batch, rng):
         tokens, aux = model.predict_batch_with_aux(
             variables, batch, decoding=spec, rng=rng)
-        return tokens, aux["scores"]
+        out = {"tokens": tokens, "scores": aux["scores"]}
+        if render:
+          out["rendered"] = render_answers(model, variables, tokens,
+                                           aux["prompt_lengths"], spec)
+        return out
       return fn
 
-    tokens, scores = jax.device_get(self._call(("predict", key), make, variables,
-                                               self._place(batch), rng))
-    return np.asarray(tokens), np.asarray(scores)
+    out = jax.device_get(self._call(("predict", key), make, variables,
+                                    self._place(batch), rng))
+    rendered = out.get("rendered")
+    return BatchPrediction(
+        tokens=np.asarray(out["tokens"]), scores=np.asarray(out["scores"]),
+        rendered=None if rendered is None else np.asarray(rendered, np.float32))
 
   def loss_sums(self, variables: PyTree, batch: Mapping[str, np.ndarray]
                 ) -> dict[str, np.ndarray]:

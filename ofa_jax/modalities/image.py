@@ -81,9 +81,18 @@ def _image_code_constraints(spec: Any, layout: Any) -> tuple:
 
 # An IMAGE target decodes as VQ codes: sampled (OFA's text-to-image), a fixed
 # grid of them, with the decoder's code positions.
+def _picture_view(value: Any) -> dict[str, Any]:
+  """`Result.image`: the generated picture (uint8 [H, W, 3]) the codes render to."""
+  arr = np.asarray(value) if value is not None else None
+  is_picture = (arr is not None and arr.dtype == np.uint8 and arr.ndim == 3
+                and arr.shape[-1] == 3)
+  return dict(image=value if is_picture else None)
+
+
 IMAGE_CODES = DecodingKind("image_codes", fixed_length=True, method="sample",
                            top_k=IMAGE_CODES_TOP_K, code_targets=True,
-                           constraints=_image_code_constraints)
+                           constraints=_image_code_constraints,
+                           views=_picture_view)
 
 
 
@@ -120,7 +129,11 @@ class ImageProcessor(DenseModality):
   )
   adapter = IMAGES  # the ResNet adapter of the model registry
   run_options = (RunOption("image_size", int,
-                           "input image side the tasks were trained at"),)
+                           "input image side the tasks were trained at"),
+                 RunOption("target_image_size", int,
+                           "side of the generated images (VQ targets)"),
+                 RunOption("vq_factor", int,
+                           "the VQGAN's downsampling factor of the targets"))
   file_suffixes = FILE_SUFFIXES
   decoding_kinds = (IMAGE_CODES,)
   head = TARGET_IMAGE  # the VQ image-code head: a later issue, not registered yet
