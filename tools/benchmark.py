@@ -1,4 +1,5 @@
-"""One command for the ofa_jax figures: train step / MFU, decoding, input pipeline, memory.
+"""One command for the ofa_jax figures: train step / MFU, decoding, input
+pipeline, memory, VQ tokenization and image generation.
 
     python tools/benchmark.py --preset base --batch_size 8 --encoder_length 256 \
         --image_size 224 --decoder_length 32 --dtype float32 \
@@ -23,6 +24,11 @@ Sections:
           the demo preset's train step.
   memory  per-device parameter / optimizer / activation bytes on a fake
           8-device mesh, in a subprocess (`tools/bench_memory.py`).
+  vq      VQGAN encode / decode images/s with analytic FLOPs and FLOP/s
+          (`--vq_tokenizers PRESET:IMAGE_SIZE:BATCH,...`), and codes/s of
+          sampled, cached image-code generation (`--vq_codes` codes, top-k
+          `--vq_top_k`) for `--vq_generation_presets` at
+          `--vq_generation_batch_sizes` (`tools/bench_vq.py`).
 """
 
 from __future__ import annotations
@@ -41,7 +47,9 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
 
-SECTIONS = ("train", "decode", "input", "memory")
+SECTIONS = ("train", "decode", "input", "memory", "vq")
+# Sections whose figures are set against the measured matmul peak.
+_PEAK_SECTIONS = ("train", "input", "vq")
 
 
 def _ints(text: str) -> list[int]:
@@ -50,6 +58,18 @@ def _ints(text: str) -> list[int]:
   except ValueError as e:
     raise argparse.ArgumentTypeError(f"expected comma-separated ints, got "
                                      f"{text!r}") from e
+
+
+def _strings(text: str) -> list[str]:
+  return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _tokenizer_cases(text: str) -> list[tuple[str, int, int]]:
+  from tools import bench_vq  # pylint: disable=g-import-not-at-top
+  try:
+    return bench_vq.parse_tokenizer_cases(text)
+  except ValueError as e:
+    raise argparse.ArgumentTypeError(str(e)) from e
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,6 +118,23 @@ def build_parser() -> argparse.ArgumentParser:
   ap.add_argument("--memory_presets", default="base,large")
   ap.add_argument("--memory_layouts", default="dp,fsdp,fsdp_conv,mp")
   ap.add_argument("--memory_no_compile", action="store_true")
+  # vq
+  ap.add_argument("--vq_tokenizers", type=_tokenizer_cases,
+                  default="demo:64:16,f8_8192:256:1",
+                  help="VQGAN cases PRESET:IMAGE_SIZE:BATCH_SIZE, comma-"
+                  "separated (f8_8192 at 256 px is OFA's tokenizer: 1024 "
+                  "codes); '' skips")
+  ap.add_argument("--vq_generation_presets", type=_strings, default="tiny",
+                  help="OFA presets timed generating image codes; '' skips")
+  ap.add_argument("--vq_generation_batch_sizes", type=_ints, default=[1, 4])
+  ap.add_argument("--vq_codes", type=int, default=1024,
+                  help="codes generated per image (OFA: 1024 for 256 px)")
+  ap.add_argument("--vq_text_length", type=int, default=32,
+                  help="text prompt tokens of the generation")
+  ap.add_argument("--vq_top_k", type=int, default=256)
+  ap.add_argument("--vq_methods", type=_strings, default="sample",
+                  help="'sample' (OFA's text-to-image) and/or 'greedy' (the "
+                  "same loop without top-k filtering and the draw)")
   ap.add_argument("--quick", action="store_true",
                   help="tiny shapes and presets: a smoke run, not a figure")
   ap.add_argument("--out", default=None, help="JSON file to write")
@@ -125,6 +162,11 @@ def apply_quick(args: argparse.Namespace) -> None:
   args.memory_presets = "demo"
   args.memory_layouts = "dp,fsdp"
   args.memory_no_compile = True
+  args.vq_tokenizers = [("demo", 32, 1)]
+  args.vq_generation_presets = ["demo"]
+  args.vq_generation_batch_sizes = [1]
+  args.vq_codes = 16
+  args.vq_text_length = 8
 
 
 def _text_length(args) -> int:
@@ -168,7 +210,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             "args": vars(args).copy(),
                             "machine": common.machine_info()}
   peak = None
-  if {"train", "input"} & set(sections):
+  if set(_PEAK_SECTIONS) & set(sections):
     peak = common.matmul_peak(args.dtype, n=args.peak_n)
     result["peak"] = peak
   text_length = _text_length(args)
@@ -207,6 +249,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         num_examples=max(200, args.input_batch_size * (args.input_batches + 4)))
   if "memory" in sections:
     result["memory"] = run_memory(args)
+  if "vq" in sections:
+    from tools import bench_vq  # pylint: disable=g-import-not-at-top
+    result["vq"] = bench_vq.run(
+        tokenizer_cases=args.vq_tokenizers,
+        generation_presets=args.vq_generation_presets,
+        generation_batch_sizes=args.vq_generation_batch_sizes,
+        codes=args.vq_codes, text_length=args.vq_text_length,
+        top_k=args.vq_top_k, methods=args.vq_methods, dtype=args.dtype,
+        vocab_size=args.vocab_size, repeats=args.repeats, peak=peak)
   result["elapsed_s"] = time.perf_counter() - t0
   return result
 
@@ -278,14 +329,49 @@ def table(result: dict[str, Any]) -> str:
           f"{_fmt(r['opt_state_bytes_per_device'], 'B')}, act "
           f"{_fmt(act, 'B')}, (params+opt)/(total/N) "
           f"{r['params_opt_over_ideal']:.3f}")
+  if "vq" in result:
+    lines += _vq_table(result["vq"])
   return "\n".join(lines)
+
+
+def _vq_table(vq: dict[str, Any]) -> list[str]:
+  lines = []
+  for r in vq["tokenizer"]:
+    for part in ("encode", "decode"):
+      t = r[part]
+      peak = t.get("fraction_of_peak")
+      lines.append(
+          f"vq {part} {r['preset']:<8} {r['image_size']}px B={r['batch_size']}: "
+          f"{t['images_per_s']:.2f} img/s, {_fmt(t['flops_per_image'], 'FLOP')}"
+          f"/img, {_fmt(t['flops_per_s'], 'FLOP/s')}"
+          + (f" ({100 * peak:.0f}% of peak)" if peak is not None else "")
+          + f", compile {t['compile_s']:.1f}s")
+  for r in vq["generation"]:
+    lines.append(
+        f"vq generate {r['preset']:<6} {r['codes']} codes B={r['batch_size']} "
+        f"{r['method']}: {r['codes_per_s']:.1f} codes/s "
+        f"(without encoder {r['loop_codes_per_s']:.1f}), "
+        f"{r['ms_per_step']:.1f} ms/step, {r['seconds_per_image']:.2f} s/image, "
+        f"{_fmt(r['model_flops_per_image'], 'FLOP')}/img, "
+        f"{_fmt(r['flops_per_s'], 'FLOP/s')}, "
+        f"compile {r['compile_s']:.1f}s")
+  for s in vq["text_to_image"]:
+    lines.append(
+        f"vq text-to-image {s['generator']} B={s['batch_size']} + "
+        f"{s['tokenizer']}: generate {s['generate_s_per_image']:.2f} s/img, "
+        f"VQGAN decode {s['vqgan_decode_s_per_image']:.2f} s/img "
+        f"({100 * s['generation_share']:.0f}% generation)")
+  if not lines:
+    lines.append("vq: nothing measured")
+  return lines
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   args = build_parser().parse_args(argv)
   if args.quick:
     apply_quick(args)
-  for name in ("batch_size", "repeats", "decode_batch_size", "beam_size"):
+  for name in ("batch_size", "repeats", "decode_batch_size", "beam_size",
+               "vq_codes", "vq_text_length"):
     if getattr(args, name) < 1:
       raise SystemExit(f"--{name} must be >= 1, got {getattr(args, name)}")
   result = run(args)
