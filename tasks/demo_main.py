@@ -145,6 +145,38 @@ def train_tokenizer(args: argparse.Namespace, run: dict[str, Any],
   return figures
 
 
+def tokenize_images(args: argparse.Namespace, gin_args: Sequence[str],
+                    tokenizer: dict[str, Any], out_dir: str, phase
+                    ) -> Optional[str]:
+  """Caches the image-generation tasks' training examples with their target
+  images as VQ codes (`tools/tokenize_images.py`, seqio's offline cache), so
+  the train steps need no VQGAN encoder pass. Returns the cache directory."""
+  import gin  # pylint: disable=g-import-not-at-top
+  from ofa_jax import gin_utils  # pylint: disable=g-import-not-at-top
+  from tasks import demo  # pylint: disable=g-import-not-at-top
+  from tools import tokenize_images as tool  # pylint: disable=g-import-not-at-top
+  if args.cache_examples <= 0:
+    phase.finish("skipped (--cache_examples=0: codes made in the train step)")
+    return None
+  cache = os.path.join(out_dir, "vq_cache")
+  shutil.rmtree(cache, ignore_errors=True)
+  files, bindings, paths, _ = gin_utils.parse_argv(
+      list(gin_args) + ["--gin.MODEL_DIR='unused'"])
+  gin.clear_config()
+  gin_utils.parse_gin_flags(files, bindings, paths, finalize=False)
+  try:
+    gin.get_configurable(demo.register_demo_tasks)()
+    done = tool.tokenize(demo.MIXTURE, tokenizer["path"], cache,
+                         splits=("train",), batch_size=64,
+                         max_examples=args.cache_examples)
+  finally:
+    gin.clear_config()
+  phase.finish(", ".join(f"{t[len(demo.PREFIX):]} {n['train']}"
+                         for t, n in done.items())
+               + " training examples cached as codes")
+  return cache
+
+
 def train(gin_args: Sequence[str], model_dir: str, phase) -> dict[str, Any]:
   """Runs `ofa_jax.train` in process; returns what the run recorded."""
   import gin  # pylint: disable=g-import-not-at-top
@@ -305,6 +337,9 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
                  "TRAIN_STEPS of gin/vq/demo.gin)")
   p.add_argument("--tokenizer_images", type=int, default=2000,
                  help="scenes written as PNG files for the VQGAN's training")
+  p.add_argument("--cache_examples", type=int, default=2500,
+                 help="training examples of each image-generation task "
+                 "tokenized offline (0: tokenize in the train step instead)")
   p.add_argument("--resume", action="store_true",
                  help="continue the run in out_dir/model instead of starting over")
   p.add_argument("--verbose", action="store_true",
@@ -366,6 +401,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     gin_args.append(f"--gin.JUDGE_DIR={backbone['path']!r}")
   tokenizer = train_tokenizer(args, run, out_dir, line("tokenizer"))
   gin_args = list(gin_args) + [f"--gin.VQGAN_DIR={tokenizer['path']!r}"]
+  cache = tokenize_images(args, gin_args, tokenizer, out_dir, line("codes", ""))
+  if cache is not None:
+    gin_args += ["--gin.USE_CACHED_TASKS=True", f"--gin.CACHE_DIRS=[{cache!r}]"]
   training = line("training")
   training.update(0, run["train_steps"])
   record = train(gin_args, model_dir, training)

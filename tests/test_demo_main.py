@@ -204,7 +204,7 @@ def test_demo_main_end_to_end(tmp_path):
   cmd = [sys.executable, "-m", "tasks.demo_main", f"--out_dir={out}",
          "--gin.TRAIN_STEPS=2", "--gin.LOG_PERIOD=1", "--eval_examples=2",
          "--eval_batch_size=2", "--backbone_steps=2", "--backbone_batch_size=2",
-         "--tokenizer_steps=2", "--tokenizer_images=16"]
+         "--tokenizer_steps=2", "--tokenizer_images=16", "--cache_examples=8"]
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
                         timeout=1500, env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert proc.returncode == 0, proc.stderr[-4000:]
@@ -235,8 +235,8 @@ def test_demo_main_end_to_end(tmp_path):
   # the trainer's, orbax's and absl's INFO lines only in the log file.
   phases = [line.split()[0] for line in proc.stdout.splitlines()
             if "elapsed]" in line]
-  assert phases == ["backbone", "tokenizer", "training", "evaluation",
-                    "report"], proc.stdout
+  assert phases == ["backbone", "tokenizer", "codes", "training",
+                    "evaluation", "report"], proc.stdout
   assert "training     step 2/2 " in proc.stdout
   assert "classify" in proc.stdout and "chance" in proc.stdout
   assert "initialized parameters from" not in proc.stderr

@@ -46,8 +46,8 @@ def test_presets():
   assert (f16.quantizer, f16.n_embed, f16.grid_side(256)) == ("vq", 16384, 16)
   assert f16.attn_resolutions == (16,) and f16.ch_mult == (1, 1, 2, 2, 4)
   demo = get_config("demo")
-  assert (demo.quantizer, demo.n_embed, demo.resolution) == ("ema", 256, 64)
-  assert demo.grid_side(64) == 4
+  assert (demo.quantizer, demo.n_embed, demo.resolution) == ("ema", 256, 32)
+  assert demo.grid_side(32) == 4
   assert get_config("demo", n_embed=128).n_embed == 128
 
 

@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
   ap.add_argument("--memory_no_compile", action="store_true")
   # vq
   ap.add_argument("--vq_tokenizers", type=_tokenizer_cases,
-                  default="demo:64:16,f8_8192:256:1",
+                  default="demo:32:16,f8_8192:256:1",
                   help="VQGAN cases PRESET:IMAGE_SIZE:BATCH_SIZE, comma-"
                   "separated (f8_8192 at 256 px is OFA's tokenizer: 1024 "
                   "codes); '' skips")

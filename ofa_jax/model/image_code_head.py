@@ -172,7 +172,13 @@ class ImageCodeHead:
       raise ValueError(f"target images of {pixels.shape[1:3]} px, but the VQGAN "
                        f"head encodes {self.image_size} px (code_image_size)")
     rows = jnp.asarray(batch[image_features.TARGET_IMAGE_MASK]).reshape(b, -1)[:, 0]
-    ids = self.encode(variables, jnp.asarray(pixels, jnp.float32)) + code_offset
+    pixels = jnp.asarray(pixels, jnp.float32)
+    # A batch with no image to encode (other tasks only, or codes already in an
+    # offline cache) skips the encoder at run time.
+    ids = jax.lax.cond(
+        jnp.any(rows > 0),
+        lambda: self.encode(variables, pixels) + code_offset,
+        lambda: jnp.full((b, self.grid * self.grid), code_offset, jnp.int32))
     is_code, fill = code_fill(ids, kinds, rows)
     targets = jnp.asarray(batch[features.DECODER_TARGET_TOKENS])
     batch[features.DECODER_TARGET_TOKENS] = jnp.where(is_code, fill, targets)
