@@ -56,19 +56,17 @@ def _batches(examples: Iterable[Mapping[str, np.ndarray]], batch_size: int,
     yield pending
 
 
-def _shape_key(ex: Mapping[str, np.ndarray]) -> tuple:
-  return tuple(sorted((k, v.shape) for k, v in ex.items()))
-
-
 def _apply_batched(transform: Transform, batch: list[dict[str, np.ndarray]],
-                   batch_size: int) -> list[dict[str, np.ndarray]]:
-  """`transform` on a stacked batch padded to batch_size (one compilation per
-  shape group), unstacked again."""
+                   batch_size: int, keys: Sequence[str]
+                   ) -> list[dict[str, np.ndarray]]:
+  """`transform` on the `keys` of a stacked batch padded to batch_size (one
+  compilation per shape of those keys), unstacked and merged back."""
   n = len(batch)
   stacked = {k: np.stack([ex[k] for ex in batch] + [batch[-1][k]] * (batch_size - n))
-             for k in batch[0]}
+             for k in keys}
   out = {k: np.asarray(jax.device_get(v)) for k, v in transform(stacked).items()}
-  return [{k: v[i] for k, v in out.items()} for i in range(n)]
+  return [{**ex, **{k: v[i] for k, v in out.items()}}
+          for i, ex in enumerate(batch)]
 
 
 def _feature_info(examples: Sequence[Mapping[str, np.ndarray]]
@@ -102,14 +100,18 @@ def _tf_example(ex: Mapping[str, np.ndarray]) -> bytes:
       feature=feature)).SerializeToString()
 
 
-def write_task_cache(task: seqio.Task, cache_root: str, transform: Transform, *,
+def write_task_cache(task: seqio.Task, cache_root: str, transform: Transform,
+                     keys: Sequence[str], *,
                      splits: Sequence[str] = ("train", "validation"),
                      batch_size: int = 16, max_examples: Optional[int] = None,
                      overwrite: bool = False) -> dict[str, int]:
   """Writes the offline cache of `task`; returns {split: examples written}.
 
-  `transform` maps a stacked batch of pre-cache task features to the cached
-  ones (e.g. `ImageCodeHead.tokenize_task_features` with its variables).
+  `transform` maps the features `keys` of a stacked batch of pre-cache task
+  features to the cached ones (e.g. `ImageCodeHead.tokenize_task_features`
+  with its variables); the other features are cached as they are. Only `keys`
+  enter the transform, so examples of different text lengths share batches
+  (and one compilation) when those features have one shape.
   """
   if not task.supports_caching:
     raise ValueError(f"task {task.name!r} has no CacheDatasetPlaceholder: "
@@ -130,8 +132,9 @@ def write_task_cache(task: seqio.Task, cache_root: str, transform: Transform, *,
     written: list[dict[str, np.ndarray]] = []
     path = seqio.utils.get_cached_tfrecord_prefix(tmp, split) + "-00000-of-00001"
     with tf.io.TFRecordWriter(path) as writer:
-      for batch in _batches(ds.as_numpy_iterator(), batch_size, _shape_key):
-        for ex in _apply_batched(transform, batch, batch_size):
+      shape_key = lambda ex: tuple(np.shape(ex[k]) for k in keys)  # noqa: E731
+      for batch in _batches(ds.as_numpy_iterator(), batch_size, shape_key):
+        for ex in _apply_batched(transform, batch, batch_size, keys):
           # Streams empty by construction (a zero-sized trailing axis, which
           # seqio's reader cannot parse) are left out; the task's post-cache
           # step puts them back.

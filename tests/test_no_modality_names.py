@@ -34,6 +34,10 @@ KNOWN = {
     # as (box, label) pairs. Metrics are per-task functions that know their
     # values' types (like metrics/grounding.py's IoU).
     "metrics/detection.py": "the documented {'box', 'label'} object format",
+    # The trainer of an image tokenizer (the VQGAN behind IMAGE targets) reads
+    # a folder of images by definition, as model/vqgan/ does; it records that
+    # folder as `image_dir` in the checkpoint's metadata.
+    "vq_training/loop.py": "a VQGAN trainer's image folder",
 }
 
 _NAMES = frozenset(modalities.names()[:9])  # the 9 built-in slot types

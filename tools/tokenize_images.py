@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib
+import logging
 import os
 import sys
 from typing import Optional, Sequence
@@ -70,11 +71,11 @@ def tokenize(name: str, vqgan_dir: str, cache_dir: str, *,
         head.tokenize_task_features, variables,
         code_offset=int(plan.vocab.code_offset)))
     done[task.name] = offline_cache.write_task_cache(
-        task, cache_dir, transform, splits=splits, batch_size=batch_size,
-        max_examples=max_examples, overwrite=overwrite)
-    print(f"{task.name}: " + ", ".join(f"{s} {n}" for s, n in
-                                       done[task.name].items())
-          + f" examples -> {offline_cache.task_cache_dir(cache_dir, task.name)}")
+        task, cache_dir, transform, head.TASK_FEATURES, splits=splits,
+        batch_size=batch_size, max_examples=max_examples, overwrite=overwrite)
+    logging.info("%s: %s examples -> %s", task.name, ", ".join(
+        f"{s} {n}" for s, n in done[task.name].items()),
+                 offline_cache.task_cache_dir(cache_dir, task.name))
   return done
 
 
@@ -99,6 +100,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not sep:
       parser.error(f"--register expects MODULE:FUNCTION, got {spec!r}")
     getattr(importlib.import_module(module), fn)()
+  logging.basicConfig(level=logging.INFO, format="%(message)s")
   tokenize(args.name, args.vqgan, args.cache_dir,
            splits=[s for s in args.splits.split(",") if s],
            batch_size=args.batch_size, max_examples=args.max_examples,

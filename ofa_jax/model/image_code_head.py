@@ -187,6 +187,11 @@ class ImageCodeHead:
         jnp.where(is_code[:, :-1], fill[:, :-1], dec_in[:, 1:]))
     return batch
 
+  # The task features `tokenize_task_features` reads and writes.
+  TASK_FEATURES = (features.TARGETS, features.TARGET_KINDS,
+                   features.TARGET_INPUTS, image_features.TARGET_IMAGE,
+                   image_features.TARGET_IMAGE_MASK)
+
   def tokenize_task_features(self, variables: Mapping[str, Any],
                              examples: Mapping[str, Any], code_offset: int
                              ) -> dict:

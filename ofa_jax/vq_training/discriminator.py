@@ -21,6 +21,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 KERNEL = 4
 MAX_CHANNEL_MULT = 8
@@ -82,3 +83,31 @@ class PatchDiscriminator(nn.Module):
     h = conv(self.channels * mult, 1, False, f"conv_{self.num_layers}")(h)
     h = nn.leaky_relu(norm(f"norm_{self.num_layers}")(h), 0.2)
     return conv(1, 1, True, "logits")(h)
+
+
+def init_discriminator(disc: PatchDiscriminator, image_shape: tuple[int, ...],
+                       seed: int) -> dict[str, Any]:
+  """{"params", "batch_stats"} drawn on the host with numpy.
+
+  Why not `disc.init`: XLA on CPU spends ~10 s compiling its random-number
+  programs; the shapes come from an abstract `init` (nothing computed) and the
+  values from the same distributions as the module's initializers.
+  """
+  shapes = jax.eval_shape(lambda: disc.init(
+      jax.random.PRNGKey(0), jnp.zeros((1,) + tuple(image_shape)),
+      train=False))
+  rng = np.random.default_rng(seed)
+
+  def draw(path, leaf):
+    name = str(getattr(path[-1], "key", path[-1]))
+    if name == "kernel":
+      value = rng.normal(0.0, 0.02, leaf.shape)
+    elif name == "scale":
+      value = rng.normal(1.0, 0.02, leaf.shape)
+    elif name == "var":
+      value = np.ones(leaf.shape)
+    else:  # biases, running means
+      value = np.zeros(leaf.shape)
+    return jnp.asarray(value, leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(draw, dict(shapes))

@@ -70,8 +70,12 @@ class _WindowLog:
     self._pending: list[dict[str, Any]] = []
     self._counts = None
     self._t0 = time.time()
-    self._first_step = 0
+    self._timed_from = 0
     self.last: dict[str, float] = {}
+
+  def restart_clock(self) -> None:
+    self._t0 = time.time()
+    self._timed_from = len(self._pending)
 
   def add(self, metrics: dict[str, Any]) -> None:
     counts = metrics.pop("code_counts")
@@ -92,7 +96,7 @@ class _WindowLog:
     scalars["window_perplexity"] = float(
         losses.perplexity_of_counts(jnp.asarray(counts)))
     elapsed = max(time.time() - self._t0, 1e-9)
-    scalars["steps_per_sec"] = len(fetched) / elapsed
+    scalars["steps_per_sec"] = (len(fetched) - self._timed_from) / elapsed
     self.writer.write_scalars(step, scalars)
     self.writer.flush()
     logging.info(
@@ -101,7 +105,7 @@ class _WindowLog:
         scalars["psnr"], scalars["quant_loss"], scalars["perplexity"],
         100 * scalars["codes_used"], scalars["steps_per_sec"])
     self._pending, self._counts = [], None
-    self._t0 = time.time()
+    self._t0, self._timed_from = time.time(), 0
     self.last = scalars
     return scalars
 
@@ -288,7 +292,7 @@ def train_vqgan(config: VQGANConfig, image_dir: str, out_dir: str, *,
       perceptual_weight=perceptual_weight,
       adversarial_weight=adversarial_weight, restart_after=restart_dead_after,
       l2_weight=l2_weight)
-  init_rng, disc_rng, step_rng = jax.random.split(jax.random.PRNGKey(seed), 3)
+  init_rng, step_rng = jax.random.split(jax.random.PRNGKey(seed))
   variables = vqgan_model.init_variables(config, init_rng)
   if adversarial:
     steps_lib.find_last_layer(variables["params"])  # refuse before training
@@ -301,7 +305,7 @@ def train_vqgan(config: VQGANConfig, image_dir: str, out_dir: str, *,
         config, variables, jnp.asarray(pixels), jax.random.fold_in(init_rng, 1))
   state = steps_lib.initial_state(config, variables, optimizer, disc=disc,
                                   disc_optimizer=disc_optimizer,
-                                  disc_rng=disc_rng)
+                                  disc_seed=seed)
   plain = jax.jit(builder.plain_step, donate_argnums=0)
   adv = (jax.jit(builder.adversarial_step, donate_argnums=0) if adversarial
          else None)
@@ -324,6 +328,7 @@ def train_vqgan(config: VQGANConfig, image_dir: str, out_dir: str, *,
         jax.block_until_ready(metrics)
         logging.info("first VQGAN step (compilation included) took %.1fs",
                      time.time() - t_start)
+        window.restart_clock()  # keep compilation out of the step rate
       done = step + 1
       if done % log_every == 0 or done == steps:
         window.flush(done)

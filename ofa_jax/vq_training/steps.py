@@ -188,15 +188,15 @@ def initial_state(config: VQGANConfig, variables: dict[str, Any],
                   optimizer: optax.GradientTransformation, *,
                   disc: Optional[disc_lib.PatchDiscriminator] = None,
                   disc_optimizer: Optional[optax.GradientTransformation] = None,
-                  disc_rng: Optional[jax.Array] = None) -> VQTrainState:
+                  disc_seed: int = 0) -> VQTrainState:
   """The state at step 0 from the model's `variables` ({"params", ...})."""
   variables = dict(variables)
   params = variables.pop("params")
   disc_params = disc_stats = disc_opt_state = None
   if disc is not None:
-    disc_vars = jax.jit(lambda r: disc.init(
-        r, jnp.zeros((1, config.resolution, config.resolution,
-                      config.out_channels)), train=False))(disc_rng)
+    disc_vars = disc_lib.init_discriminator(
+        disc, (config.resolution, config.resolution, config.out_channels),
+        disc_seed)
     disc_params, disc_stats = disc_vars["params"], disc_vars["batch_stats"]
     disc_opt_state = disc_optimizer.init(disc_params)
   return VQTrainState(
