@@ -364,7 +364,7 @@ def test_window_log_stops_on_a_non_finite_loss():
     def flush(self):
       pass
 
-  window = loop._WindowLog(Writer(), 4, 10)  # pylint: disable=protected-access
+  window = loop._WindowLog(Writer(), 10)  # pylint: disable=protected-access
   window.add({"loss": jnp.array(np.nan), "code_counts": jnp.zeros(4, jnp.int32)})
   with pytest.raises(train_metrics.NonFiniteLossError, match="step 1"):
     window.flush(1)

@@ -8,7 +8,9 @@ needs a tokenizer that reconstructs *that* domain. One concern per module:
   losses.py         L1, PSNR, hinge GAN losses, taming's adaptive weight
   discriminator.py  the PatchGAN discriminator (taming's NLayerDiscriminator)
   perceptual.py     an LPIPS-style VGG16 feature distance from user-given weights
-  loop.py           `train_vqgan`: the jitted step, the linear loop, metrics, saving
+  codebook.py       codebook upkeep: start at data, restart dead codes
+  steps.py          the training state and the jitted steps (plain, adversarial)
+  loop.py           `train_vqgan`: the linear loop, metrics, saving
 
 The trained directory is written with `ofa_jax.model.vqgan.io.save_vqgan`, so
 `load_vqgan(out_dir)` gives the config and variables back.

@@ -63,9 +63,8 @@ class _WindowLog:
   the window costs one [n_embed] fetch per window.
   """
 
-  def __init__(self, writer: Any, num_codes: int, steps: int):
+  def __init__(self, writer: Any, steps: int):
     self.writer = writer
-    self.num_codes = num_codes
     self.steps = steps
     self._pending: list[dict[str, Any]] = []
     self._counts = None
@@ -142,10 +141,14 @@ def reconstruct(config: VQGANConfig, variables: Any, pixels_uint8: np.ndarray,
 
   recs, codes = [], []
   for start in range(0, len(pixels_uint8), batch_size):
-    x = images_lib.to_model_pixels(pixels_uint8[start:start + batch_size])
-    rec, code = jax.device_get(run(jnp.asarray(x)))
-    recs.append(rec)
-    codes.append(code)
+    chunk = pixels_uint8[start:start + batch_size]
+    # The last batch is padded: one compiled shape for all.
+    padded = np.concatenate([chunk, np.zeros(
+        (batch_size - len(chunk),) + chunk.shape[1:], chunk.dtype)])
+    rec, code = jax.device_get(run(jnp.asarray(
+        images_lib.to_model_pixels(padded))))
+    recs.append(rec[:len(chunk)])
+    codes.append(code[:len(chunk)])
   return np.concatenate(recs), np.concatenate(codes)
 
 
@@ -249,12 +252,18 @@ def train_vqgan(config: VQGANConfig, image_dir: str, out_dir: str, *,
     restart_dead_after: "ema" only: a code unused for this many steps moves
       to a feature of the current batch (`codebook.restart_dead_codes`);
       0 never restarts.
+    l2_weight: weight of an extra mean squared error term (L1 stays on).
+    random_flip: mirror each training image with probability 1/2.
+    adam_b1, adam_b2: Adam's betas (taming's 0.5, 0.9 by default).
+    discriminator_layers, discriminator_channels: the PatchGAN's depth and
+      first width (taming: 3, 64).
 
   Returns:
     The final metrics: `l1`, `psnr`, `perplexity`, `codes_used` (fraction of
     the codebook) of the eval images' deterministic reconstructions, plus
     `train_l1` / `train_codes_used` of the last window, `steps`,
-    `num_images`, `skipped_images` and `train_seconds`.
+    `num_images` (files found), `skipped_images` (files that did not decode,
+    among those the run read) and `train_seconds` (compilation included).
   """
   for name, value in (("steps", steps), ("batch_size", batch_size),
                       ("log_every", log_every), ("eval_images", eval_images)):
@@ -312,7 +321,7 @@ def train_vqgan(config: VQGANConfig, image_dir: str, out_dir: str, *,
 
   writer = train_metrics.create_writer(
       os.path.join(out_dir, run_dir.TRAIN_LOGDIR))
-  window = _WindowLog(writer, config.n_embed, steps)
+  window = _WindowLog(writer, steps)
   metadata = {"image_dir": os.path.abspath(image_dir),
               "num_images": len(folder.files), "batch_size": batch_size,
               "learning_rate": learning_rate, "seed": seed}

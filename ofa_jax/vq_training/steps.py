@@ -4,8 +4,8 @@ Why apart from the loop: the step is the one piece that runs under `jax.jit`;
 keeping it a pure function of (state, pixels, rng, perceptual weights) makes it
 testable on its own and keeps the loop free of tracing concerns.
 
-Generator loss (pixels in [-1, 1]): L1 (+ perceptual_weight * LPIPS-style
-distance) + the quantizer's own term (+ in the adversarial step: taming's
+Generator loss (pixels in [-1, 1]): L1 (+ l2_weight * MSE) (+ perceptual_weight
+* LPIPS-style distance) + the quantizer's own term (+ in the adversarial step: taming's
 adaptive weight * adversarial_weight * (-mean D(x_rec)), the adaptive weight
 from the gradients of both terms at the decoder's last layer, obtained from
 one forward pass and two VJPs). The adversarial step then updates the
