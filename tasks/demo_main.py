@@ -337,7 +337,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
                  "TRAIN_STEPS of gin/vq/demo.gin)")
   p.add_argument("--tokenizer_images", type=int, default=2000,
                  help="scenes written as PNG files for the VQGAN's training")
-  p.add_argument("--cache_examples", type=int, default=2500,
+  p.add_argument("--cache_examples", type=int, default=1500,
                  help="training examples of each image-generation task "
                  "tokenized offline (0: tokenize in the train step instead)")
   p.add_argument("--resume", action="store_true",
