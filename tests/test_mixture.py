@@ -74,7 +74,7 @@ def test_mixture_batches_have_one_structure_and_static_shapes(mixtures):
 
 @pytest.mark.slow
 def test_token_only_mixture_packs(mixtures):
-  lengths = dict(LENGTHS, images=0, inputs=128, targets=96)
+  lengths = dict(LENGTHS, images=0, target_image=0, inputs=128, targets=96)
   ds, batches = _batches("test_tokens_only", lengths, n=2, seed=3, pack=True,
                          batch_size=2)
   b = batches[0]

@@ -333,9 +333,11 @@ def test_audio_input_and_image_target_streams(registered, vocab):
   assert ex[SN.TARGET_IMAGE].shape == (16, 16, 3)
   assert -1.0 <= ex[SN.TARGET_IMAGE].min() <= ex[SN.TARGET_IMAGE].max() <= 1.0
   np.testing.assert_array_equal(ex[SN.TARGET_IMAGE_MASK], [1])
-  # The token stream only closes the sequence; the image head carries the loss.
-  np.testing.assert_array_equal(ex[F.TARGETS], [F.EOS_ID])
-  np.testing.assert_array_equal(ex[F.TARGET_LOSS_MASK], [0])
+  # A 16 px target at the default vq_factor 8 is 2x2 codes: four <code_0>
+  # placeholders (the head writes the real ids) that carry the loss, then </s>.
+  np.testing.assert_array_equal(ex[F.TARGETS], [vocab.code_id(0)] * 4 + [F.EOS_ID])
+  np.testing.assert_array_equal(ex[F.TARGET_LOSS_MASK], [1] * 5)
+  assert list(ex[F.TARGET_KINDS][:4]) == [int(F.TokenKind.CODE)] * 4
 
 
 # ---------------------------------------------------------------------------
