@@ -1,8 +1,9 @@
-"""The embedded demo: nine tasks over the generated world, one instruction each.
+"""The embedded demo: eleven tasks over the generated world, one instruction each.
 
 Why these tasks: each mirrors a real OFASys task one to one (COCO caption, VQAv2
 with a closed answer set, RefCOCO grounding, grounded captioning, ImageNet
-classification, image-text matching, detection, sudoku, text infilling), so the
+classification, image-text matching, detection, sudoku, text infilling,
+text-to-image, image infilling), so the
 whole path (instruction -> SeqIO -> model -> decoding -> postprocess -> metric)
 is exercised on a fresh machine without downloads.
 
@@ -26,6 +27,7 @@ from ofa_jax.metrics import grounding as grounding_metrics
 from ofa_jax.metrics import sudoku as sudoku_metrics
 from ofa_jax.metrics import text as text_metrics
 from ofa_jax.metrics import vqa as vqa_metrics
+from tasks import demo_judge
 from tasks import demo_world as world
 
 MIXTURE = "demo_mixture"
@@ -54,10 +56,14 @@ INSTRUCTIONS: tuple[tuple[str, str, str], ...] = (
      '"? -> [TEXT:sentence]', "infilling"),
     # Image generation (OFA's text-to-image and image infilling): the target
     # image becomes VQ codes of the demo's VQGAN (trained by make demo).
+    # A picture names everything it shows (demo_world.picture_scene), so a
+    # generated one is judged by the picture it is nearest to.
     ("text_to_image", "what is the complete image? caption: [TEXT:cap] -> "
-     "[IMAGE:img]", "caption"),
+     "[IMAGE:img]", "picture"),
+    # The centre quarter masked: the object, always off-centre, stays in part
+    # visible, and the rest of it has to be drawn back.
     ("image_infilling", 'what is the complete image of " '
-     '[IMAGE:img,mask_ratio=0.5] "? -> [IMAGE:img]', "caption"),
+     '[IMAGE:img,mask_ratio=0.25] "? -> [IMAGE:img]', "picture"),
 )
 # Tasks whose target is an image (judged by tasks/demo_judge.py).
 IMAGE_TARGET_TASKS = ("text_to_image", "image_infilling")
@@ -72,6 +78,8 @@ METRICS = {
     "detection": (det_metrics.detection_prf,),
     "sudoku": (sudoku_metrics.solved_rate,),
     "infilling": (text_metrics.exact_match,),
+    "text_to_image": (demo_judge.picture_metrics,),
+    "image_infilling": (demo_judge.picture_metrics,),
 }
 
 CLOSED_SETS = {
@@ -118,66 +126,6 @@ def _sudoku_postprocess(plan):
   return postprocess
 
 
-class _Judge:
-  """The scene judge of `judge_dir`, loaded on first use (metrics run late)."""
-
-  def __init__(self, judge_dir: Optional[str]):
-    self.judge_dir = judge_dir
-    self._judge = None
-
-  def get(self):
-    if self._judge is None and self.judge_dir:
-      from tasks import demo_judge  # pylint: disable=g-import-not-at-top
-      self._judge = demo_judge.SceneJudge(self.judge_dir)
-    return self._judge
-
-
-def _caption_of_inputs(plan, example: Mapping[str, Any]) -> str:
-  """The caption a text-to-image example asks for (after "caption:")."""
-  text = plan.vocab.decode(list(example["inputs"]))
-  return text.split("caption:", 1)[-1].strip()
-
-
-def _picture_postprocess(plan):
-  """Targets keep the caption next to the reference picture (the judge reads
-  the objects it names); predictions are the generated pictures."""
-  def postprocess(output: Any, example: Optional[Mapping[str, Any]] = None,
-                  is_target: bool = False) -> Any:
-    if is_target and example is not None and "inputs" in example:
-      return {"image": output, "caption": _caption_of_inputs(plan, example)}
-    return output
-  return postprocess
-
-
-def image_metric_fns(judge_dir: Optional[str]) -> dict[str, tuple]:
-  """The judge's metrics of the two image tasks (tasks/demo_judge.py).
-
-  Without a judge (no backbone pretraining) they report nothing rather than a
-  number nobody measured, and log why.
-  """
-  judge = _Judge(judge_dir)
-
-  def missing(metric: str) -> dict[str, float]:
-    import logging  # pylint: disable=g-import-not-at-top
-    logging.warning("demo: %s needs the scene judge of the backbone "
-                    "pretraining (JUDGE_DIR); not reported", metric)
-    return {}
-
-  def object_recall(targets, predictions):
-    if judge.get() is None:
-      return missing("object_recall")
-    return {"object_recall": 100.0 * judge.get().object_recall(
-        [t["caption"] for t in targets], predictions)}
-
-  def tag_f1(targets, predictions):
-    if judge.get() is None:
-      return missing("tag_f1")
-    return {"tag_f1": 100.0 * judge.get().tag_f1(
-        [t["image"] for t in targets], predictions)}
-
-  return {"text_to_image": (object_recall,), "image_infilling": (tag_f1,)}
-
-
 def _options(name: str, image_size: int) -> dict[str, Any]:
   options: dict[str, Any] = {"image_size": image_size}
   if name in CLOSED_SETS:
@@ -196,8 +144,7 @@ def register_demo_tasks(image_size: int = 64, *, replace: bool = False,
                         num_examples: Optional[Mapping[str, int]] = None,
                         seed: int = 0, canvas: int = 64,
                         rates: Optional[Mapping[str, float]] = None,
-                        vocabulary=None, judge_dir: Optional[str] = None
-                        ) -> tuple[str, ...]:
+                        vocabulary=None) -> tuple[str, ...]:
   """Registers the demo tasks and `demo_mixture`; returns the task names.
 
   Args:
@@ -208,13 +155,10 @@ def register_demo_tasks(image_size: int = 64, *, replace: bool = False,
     canvas: side of the rendered images (before resizing to image_size).
     rates: mixing rate per task short name (default 1.0 each).
     vocabulary: an OFAVocabulary (default: the bundled one).
-    judge_dir: where the scene judge of the backbone pretraining is (the
-      metrics of the image-generation tasks; None: they report nothing).
   """
   counts = dict(num_examples or DEFAULT_NUM_EXAMPLES)
   signature = (image_size, tuple(sorted(counts.items())), seed, canvas,
-               tuple(sorted((rates or {}).items())), repr(vocabulary),
-               judge_dir)
+               tuple(sorted((rates or {}).items())), repr(vocabulary))
   names = task_names()
   existing = [n for n in names if n in seqio.TaskRegistry.names()]
   if existing and not replace:
@@ -226,18 +170,17 @@ def register_demo_tasks(image_size: int = 64, *, replace: bool = False,
     raise ValueError(
         f"demo tasks {existing} are already registered with other arguments; "
         "pass replace=True to replace them")
-  metrics = {**METRICS, **image_metric_fns(judge_dir)}
-  postprocess = {"sudoku": _sudoku_postprocess,
-                 **{name: _picture_postprocess for name in IMAGE_TARGET_TASKS}}
+  postprocess = {"sudoku": _sudoku_postprocess}
   for name, instruction, kind in INSTRUCTIONS:
     source = world.function_source(kind, counts, seed=seed, canvas=canvas)
     plan_lib.register_task(
-        PREFIX + name, instruction, source, metric_fns=metrics[name],
+        PREFIX + name, instruction, source, metric_fns=METRICS[name],
         make_postprocess_fn=postprocess.get(name),
         replace=True, vocabulary=vocabulary, demo_signature=signature,
         # Infilling masks its input on every split: OFASys masks in training
         # only, which would make evaluation a copy task.
-        train_splits=world.SPLITS if name == "infilling" else ("train",),
+        train_splits=(world.SPLITS if name in ("infilling", "image_infilling")
+                      else ("train",)),
         **_options(name, image_size))
   rates = dict(rates or {})
   plan_lib.register_mixture(

@@ -257,10 +257,6 @@ def pretrain_backbone(config: OFAConfig, out_dir: str, *, steps: int = 300,
       {"params": scoped(params["embed_images"]),
        "batch_stats": scoped(stats["embed_images"])},
       out_dir, metadata={"source": "tasks.demo_backbone", **figures}, force=True)
-  # The whole scene net too: it judges the demo's generated images.
-  from tasks import demo_judge  # pylint: disable=g-import-not-at-top
-  demo_judge.save_judge(out_dir, config, {"params": params, "batch_stats": stats},
-                        image_size)
   logging.info("backbone pretraining: %s", json.dumps(
       {k: v for k, v in figures.items() if k != "tags"}))
   return figures

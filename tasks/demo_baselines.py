@@ -26,6 +26,9 @@ What each baseline sees (everything but the image):
   sudoku            the puzzle: its blanks filled uniformly at random (the
                     expected solved rate, computed exactly)
   infilling         nothing: the commonest training sentence
+  text_to_image,
+  image_infilling   nothing: the commonest training picture (one of 96), judged
+                    as generated pictures are (tasks/demo_judge.py)
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from ofa_jax.metrics import classification as cls_metrics
 from ofa_jax.metrics import grounding as grounding_metrics
 from ofa_jax.metrics import sudoku as sudoku_metrics
 from tasks import demo
+from tasks import demo_judge
 from tasks import demo_world as world
 
 # ---- fitting ---------------------------------------------------------------------
@@ -208,6 +212,21 @@ def blind_baselines(n: int = 200, *, split: str = "validation",
 
   out["sudoku"] = {"solved": sudoku_metrics.chance_baseline(
       held_out("sudoku")["puzzle"])}
+
+  # Both image tasks draw pictures: the blind guess is the commonest training
+  # picture, drawn as the targets are (rendered, shrunk to the target size).
+  picture = {world.picture_caption(*p): p for p in world.pictures()}
+  judge = demo_judge.PictureJudge(canvas)
+
+  def drawn(caption: str) -> np.ndarray:
+    return demo_judge.resize(world.render(world.picture_scene(
+        *picture[caption], canvas)), demo.TARGET_IMAGE_SIZE)
+
+  common = drawn(majority(train("picture")["cap"]))
+  targets = [drawn(c) for c in held_out("picture")["cap"]]
+  guess = judge.scores(targets, [common] * len(targets))
+  for name in demo.IMAGE_TARGET_TASKS:
+    out[name] = dict(guess)
   return out
 
 

@@ -1,186 +1,146 @@
-"""The demo's judge of generated images: the scene tagger of the backbone pretraining.
+"""The demo's judge of generated images: which picture is this?
 
-Why a learned judge: a generated scene is right when it shows the objects asked
-for, wherever they sit; pixel distances to the reference would punish a correct
-scene drawn elsewhere. The demo already trains a tagger of shapes, colours and
-sizes for its backbone (`tasks/demo_backbone.py`, ~98 % per-tag accuracy on
-held-out renders), so it judges, the way FID / CLIP scores use a pretrained
-network, with the limits of its training: it has seen crisp renders only.
+Why a renderer and not a learned judge: a demo picture is fully named by its
+caption (`demo_world.picture_scene`: one object, its colour, shape and
+quadrant), so the demo knows every image it could be asked for. A generated
+image is judged by the picture whose rendering it is nearest to (mean squared
+pixel distance at the image's own size): exact where a learned tagger (FID /
+CLIP style) would add its own errors, and the same for text-to-image (the
+caption's picture) and image infilling (the reference's picture).
 
-Metrics (both with chance = the same measure on images decoded from random
-codes, and the VQGAN's ceiling = on reconstructions of the references):
-  * `object_recall` (text-to-image): the fraction of objects named in the
-    caption whose colour, shape and size tags all appear in the image;
-  * `tag_f1` (image infilling): F1 of the generated image's tags against the
-    reference image's tags, both as the judge reads them.
+Metrics, in percent of examples: `picture_match` (the nearest picture is the
+reference's: colour, shape and position all right), and `colour_match`,
+`shape_match`, `position_match` (each attribute of the nearest picture on its
+own). The report sets them next to chance (the commonest training picture,
+`tasks/demo_baselines.py`), images decoded from random codes, and the ceiling:
+the VQGAN's reconstructions of the references, the best any code sequence
+reaches through this tokenizer.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
-import re
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Sequence
 
-import flax
-import flax.linen  # noqa: F401  (flax.linen.meta)
-import jax
 import numpy as np
+from PIL import Image
 
 from tasks import demo_world as world
 
-JUDGE_FILE = "judge.msgpack"
-JUDGE_CONFIG = "judge.json"
-_OBJECT_RE = re.compile(r"\b(%s) (%s) (%s)\b" % (
-    "|".join(world.SIZES), "|".join(world.COLOURS), "|".join(world.SHAPES)))
+ATTRIBUTES = ("colour", "shape", "position")
 
 
-def save_judge(directory: str, config: Any, variables: Any,
-               image_size: int) -> None:
-  """Writes the scene net (params + BatchNorm statistics) next to the backbone."""
-  os.makedirs(directory, exist_ok=True)
-  blob = flax.serialization.to_bytes(
-      flax.linen.meta.unbox(jax.device_get(variables)))
-  tmp = os.path.join(directory, JUDGE_FILE + ".tmp")
-  with open(tmp, "wb") as f:
-    f.write(blob)
-  os.replace(tmp, os.path.join(directory, JUDGE_FILE))
-  with open(os.path.join(directory, JUDGE_CONFIG), "w") as f:
-    json.dump({"config": dataclasses.asdict(config), "image_size": image_size},
-              f)
+def resize(image: np.ndarray, side: int) -> np.ndarray:
+  """uint8 [side, side, 3], as the data pipeline shrinks a rendering."""
+  image = np.asarray(image, np.uint8)
+  if image.shape[:2] == (side, side):
+    return image
+  return np.asarray(Image.fromarray(image).resize((side, side), Image.BICUBIC))
 
 
-def caption_objects(text: str) -> list[tuple[str, str, str]]:
-  """(size, colour, shape) of every object a demo caption names."""
-  return [m.groups() for m in _OBJECT_RE.finditer(text or "")]
+class PictureJudge:
+  """Names the demo picture an image shows: the nearest rendering."""
+
+  def __init__(self, canvas: int = 64):
+    self.canvas = canvas
+    self.pictures = world.pictures()
+
+  def renderings(self, side: int) -> np.ndarray:
+    """float32 [pictures, side, side, 3] in [0, 1]."""
+    return np.stack([
+        resize(world.render(world.picture_scene(*p, self.canvas)), side)
+        for p in self.pictures]).astype(np.float32) / 255.0
+
+  def identify(self, images: Sequence[np.ndarray]) -> np.ndarray:
+    """int [N]: the index in `pictures` of each uint8 image's nearest rendering."""
+    if not len(images):
+      return np.zeros((0,), np.int64)
+    side = int(np.asarray(images[0]).shape[0])
+    shown = np.stack([resize(i, side) for i in images]).astype(np.float32) / 255.
+    if shown.ndim != 4 or shown.shape[-1] != 3:
+      raise ValueError(f"PictureJudge: images must be [side, side, 3] RGB, got "
+                       f"{shown.shape[1:]}")
+    refs = self.renderings(side).reshape(len(self.pictures), -1)
+    flat = shown.reshape(len(shown), -1)
+    dist = ((flat ** 2).sum(1, keepdims=True) - 2.0 * flat @ refs.T
+            + (refs ** 2).sum(1)[None])
+    return dist.argmin(axis=1)
+
+  def scores(self, references: Sequence[np.ndarray],
+             images: Sequence[np.ndarray]) -> dict[str, float]:
+    """Percent of images whose nearest picture (or its attributes) is the reference's."""
+    if len(references) != len(images):
+      raise ValueError(f"PictureJudge: {len(references)} references but "
+                       f"{len(images)} images")
+    if not len(images):
+      return {}
+    want = [self.pictures[i] for i in self.identify(references)]
+    got = [self.pictures[i] for i in self.identify(images)]
+    out = {"picture_match": float(100.0 * np.mean(
+        [w == g for w, g in zip(want, got)]))}
+    for k, name in enumerate(ATTRIBUTES):
+      out[f"{name}_match"] = float(100.0 * np.mean(
+          [w[k] == g[k] for w, g in zip(want, got)]))
+    return out
 
 
-class SceneJudge:
-  """Reads the tags of images with the pretrained scene net."""
+def reference_image(target: Any) -> np.ndarray:
+  """The reference picture of an evaluator target (a dict with "image", or pixels)."""
+  if isinstance(target, Mapping):
+    return np.asarray(target["image"])
+  return np.asarray(target)
 
-  def __init__(self, directory: str):
-    from ofa_jax.model import config as config_lib  # pylint: disable=g-import-not-at-top
-    from tasks import demo_backbone  # pylint: disable=g-import-not-at-top
-    path = os.path.join(directory, JUDGE_FILE)
-    if not os.path.isfile(path):
-      raise FileNotFoundError(
-          f"no scene judge at {path}: the demo's backbone pretraining writes it "
-          "(python -m tasks.demo_backbone --out_dir=DIR)")
-    with open(os.path.join(directory, JUDGE_CONFIG)) as f:
-      meta = json.load(f)
-    self.config = config_lib.OFAConfig(**meta["config"])
-    self.image_size = int(meta["image_size"])
-    self.net = demo_backbone.SceneNet(self.config)
-    x = np.zeros((1, self.image_size, self.image_size, 3), np.float32)
-    template = flax.linen.meta.unbox(jax.eval_shape(
-        lambda: self.net.init(jax.random.key(0), x, False)))
-    with open(path, "rb") as f:
-      self.variables = flax.serialization.from_bytes(
-          flax.core.unfreeze(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
-                                          template)), f.read())
-    self.tag_names = demo_backbone.TAGS
-    self._apply = jax.jit(lambda v, x: self.net.apply(v, x, False)[0])
 
-  def tags(self, images: Sequence[np.ndarray]) -> np.ndarray:
-    """bool [N, tags]: which shapes, colours and sizes each uint8 image shows."""
-    from PIL import Image  # pylint: disable=g-import-not-at-top
-    batch = []
-    for image in images:
-      image = np.asarray(image, np.uint8)
-      if image.shape[:2] != (self.image_size, self.image_size):
-        image = np.asarray(Image.fromarray(image).resize(
-            (self.image_size, self.image_size), Image.BICUBIC))
-      batch.append(image.astype(np.float32) / 127.5 - 1.0)
-    out = []
-    for i in range(0, len(batch), 64):
-      chunk = np.stack(batch[i:i + 64])
-      out.append(np.asarray(self._apply(self.variables, chunk)) > 0)
-    return np.concatenate(out) if out else np.zeros((0, len(self.tag_names)), bool)
-
-  def object_recall(self, captions: Sequence[str],
-                    images: Sequence[np.ndarray]) -> float:
-    """Mean over images of the share of caption objects fully present."""
-    tags = self.tags(images)
-    index = {t: i for i, t in enumerate(self.tag_names)}
-    scores = []
-    for caption, shown in zip(captions, tags):
-      objects = caption_objects(caption)
-      if not objects:
-        continue
-      scores.append(np.mean([all(shown[index[a]] for a in obj)
-                             for obj in objects]))
-    return float(np.mean(scores)) if scores else 0.0
-
-  def tag_f1(self, references: Sequence[np.ndarray],
-             images: Sequence[np.ndarray]) -> float:
-    """Mean over pairs of the F1 of the image's tags against the reference's."""
-    ref, gen = self.tags(references), self.tags(images)
-    tp = (ref & gen).sum(1)
-    denom = ref.sum(1) + gen.sum(1)
-    f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 1.0)
-    return float(f1.mean()) if len(f1) else 0.0
+def picture_metrics(targets: Sequence[Any], predictions: Sequence[Any]
+                    ) -> dict[str, float]:
+  """The evaluator's metric fn of both image tasks (tasks/demo.py METRICS)."""
+  return PictureJudge().scores([reference_image(t) for t in targets],
+                               [np.asarray(p) for p in predictions])
 
 
 def random_code_images(render: Any, n: int, num_codes: int, grid: int,
                        seed: int = 0) -> np.ndarray:
-  """uint8 images decoded from uniformly random codes (the judge's chance)."""
+  """uint8 images decoded from uniformly random codes."""
   rng = np.random.default_rng(seed)
   codes = rng.integers(0, num_codes, size=(n, grid * grid))
-  pixels = np.asarray(render(codes))
-  return np.clip(np.round((pixels + 1.0) * 127.5), 0, 255).astype(np.uint8)
+  return to_uint8(render(codes))
 
 
-def judge_or_none(directory: Optional[str]) -> Optional[SceneJudge]:
-  try:
-    return SceneJudge(directory) if directory else None
-  except FileNotFoundError:
-    return None
+def to_uint8(pixels: Any) -> np.ndarray:
+  return np.clip(np.round((np.asarray(pixels) + 1.0) * 127.5), 0,
+                 255).astype(np.uint8)
 
 
-def image_baselines(judge_dir: str, vq_dir: str, n: int, *, seed: int = 0,
-                    canvas: int = 64, split: str = "validation"
-                    ) -> dict[str, dict[str, float]]:
-  """Chance and ceiling of the two image tasks on the first n examples of split.
+def image_baselines(vq_dir: str, n: int, *, seed: int = 0, canvas: int = 64,
+                    split: str = "validation") -> dict[str, dict[str, float]]:
+  """Through-the-tokenizer figures of both image tasks on the first n examples.
 
-  Chance: the judge's metric on images decoded from uniformly random codes of
-  the demo VQGAN. Ceiling: on the VQGAN's reconstructions of the references
-  (what the best code sequence could reach through this tokenizer).
+  `<metric>_random_codes`: the judge on images decoded from uniformly random
+  codes of the demo VQGAN; `<metric>_ceiling`: on the VQGAN's reconstructions
+  of the references (what the best code sequence could reach).
   """
-  import io  # pylint: disable=g-import-not-at-top
-  from PIL import Image  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
   from ofa_jax.model.vqgan import VQGAN  # pylint: disable=g-import-not-at-top
   from ofa_jax.model.vqgan import io as vq_io  # pylint: disable=g-import-not-at-top
-  judge = SceneJudge(judge_dir)
   config, variables = vq_io.load_vqgan(vq_dir)
   module = VQGAN(config)
   decode = jax.jit(lambda c: module.apply(variables, c,
                                           method=module.decode_codes))
   encode = jax.jit(lambda x: module.apply(variables, x,
                                           method=module.encode_codes))
-  rec = world.records("caption", n, seed=seed, split=split, canvas=canvas)
   side = config.resolution
-  references = [np.asarray(Image.open(io.BytesIO(png)).convert("RGB").resize(
-      (side, side), Image.BICUBIC)) for png in rec["img"]]
   grid = config.grid_side(side)
-
-  def to_uint8(pixels):
-    return np.clip(np.round((np.asarray(pixels) + 1.0) * 127.5), 0,
-                   255).astype(np.uint8)
-
+  import io  # pylint: disable=g-import-not-at-top
+  rec = world.records("picture", n, seed=seed, split=split, canvas=canvas)
+  references = [resize(np.asarray(Image.open(io.BytesIO(png)).convert("RGB")),
+                       side) for png in rec["img"]]
+  judge = PictureJudge(canvas)
   chance = random_code_images(
       lambda codes: decode(codes.reshape(-1, grid, grid)), n, config.n_embed,
       grid, seed=seed)
   pixels = np.stack(references).astype(np.float32) / 127.5 - 1.0
   ceiling = to_uint8(decode(encode(pixels)))
-  return {
-      "text_to_image": {
-          "object_recall": 100.0 * judge.object_recall(rec["cap"], chance),
-          "object_recall_ceiling": 100.0 * judge.object_recall(rec["cap"],
-                                                               ceiling),
-          "object_recall_references": 100.0 * judge.object_recall(
-              rec["cap"], references)},
-      "image_infilling": {
-          "tag_f1": 100.0 * judge.tag_f1(references, chance),
-          "tag_f1_ceiling": 100.0 * judge.tag_f1(references, ceiling)},
-  }
+  figures = {}
+  for name, images in (("random_codes", chance), ("ceiling", ceiling)):
+    for metric, value in judge.scores(references, images).items():
+      figures[f"{metric}_{name}"] = value
+  return {"text_to_image": dict(figures), "image_infilling": dict(figures)}

@@ -274,11 +274,12 @@ def report(out_dir: str, *, metrics, record, backbone, tokenizer, run, model,
   baselines = demo.chance_baselines("validation", n=max(n, 1), seed=world.seed,
                                     canvas=world.canvas,
                                     train_examples=train_examples)
-  if backbone is not None and tokenizer is not None:
+  if tokenizer is not None:
     from tasks import demo_judge  # pylint: disable=g-import-not-at-top
-    baselines.update(demo_judge.image_baselines(
-        backbone["path"], tokenizer["path"], max(n, 1), seed=world.seed,
-        canvas=world.canvas))
+    for task, figures in demo_judge.image_baselines(
+        tokenizer["path"], max(n, 1), seed=world.seed,
+        canvas=world.canvas).items():
+      baselines.setdefault(task, {}).update(figures)
   load = os.getloadavg() if hasattr(os, "getloadavg") else None
   rate = record.get("steps_per_s")
   info = {
@@ -398,7 +399,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     gin_args = list(gin_args) + [
         f"--gin.INITIAL_CHECKPOINT_PATH={backbone['path']!r}",
         "--gin.INITIAL_CHECKPOINT_FALLBACK_TO_SCRATCH=True"]
-    gin_args.append(f"--gin.JUDGE_DIR={backbone['path']!r}")
   tokenizer = train_tokenizer(args, run, out_dir, line("tokenizer"))
   gin_args = list(gin_args) + [f"--gin.VQGAN_DIR={tokenizer['path']!r}"]
   cache = tokenize_images(args, gin_args, tokenizer, out_dir, line("codes", ""))

@@ -32,8 +32,8 @@ from tasks import demo_world as world
 PRIMARY = {"caption": "cider", "vqa": "vqa_score", "grounding": "iou_acc",
            "grounded_caption": "cider", "classify": "accuracy",
            "matching": "accuracy", "detection": "f1", "sudoku": "solved",
-           "infilling": "exact_match", "text_to_image": "object_recall",
-           "image_infilling": "tag_f1"}
+           "infilling": "exact_match", "text_to_image": "picture_match",
+           "image_infilling": "picture_match"}
 TARGETS = {"classify": 90.0, "matching": 90.0, "vqa": 90.0, "grounding": 70.0}
 IMAGE_KINDS = ("caption", "vqa", "grounding", "grounded_caption", "classify",
                "matching", "detection")
@@ -49,11 +49,13 @@ BASELINE_TEXT = (
     "sentence (the other tasks; for a closed set at least a uniform guess), the "
     "blanks filled at random (sudoku)")
 IMAGE_JUDGE_TEXT = (
-    "Judged by the backbone pretraining's scene tagger (tasks/demo_judge.py): "
-    "object_recall = objects of the caption whose colour, shape and size all "
-    "appear; tag_f1 = F1 of the generated image's tags against the "
-    "reference's. Chance = the same on images decoded from random codes; "
-    "ceiling = on the VQGAN's reconstructions of the references")
+    "Each picture shows one object whose colour, shape and quadrant the caption "
+    "names (96 possible pictures); a generated image is judged by the picture "
+    "whose rendering it is nearest to (tasks/demo_judge.py): picture_match = "
+    "that picture is the reference's, colour/shape/position_match = that "
+    "attribute is. Chance = the commonest training picture; *_random_codes = "
+    "images decoded from random codes; *_ceiling = the VQGAN's reconstructions "
+    "of the references (the best any codes reach through this tokenizer)")
 PREFIX = "demo_"
 TILE = 192  # pixels of one upscaled image in a prediction sheet
 GOLD, PRED = (20, 160, 40), (220, 20, 60)
@@ -474,7 +476,7 @@ def write_report(out_dir: str, *, metrics: Mapping[str, Mapping[str, Any]],
     for kind in generated:
       base = baselines.get(kind, {})
       ceiling = {k: v for k, v in base.items() if k.endswith(("_ceiling",
-                                                              "_references"))}
+                                                              "_random_codes"))}
       if ceiling:
         lines += [f"- {kind}: " + ", ".join(f"{k} {_fmt(v)}"
                                             for k, v in ceiling.items())]

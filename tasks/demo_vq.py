@@ -31,12 +31,18 @@ GIN_FILE = "vq/demo.gin"
 
 def write_scenes(directory: str, n: int, *, seed: int = 0, canvas: int = 64
                  ) -> int:
-  """n rendered scenes as PNG files (kept when already there); returns n."""
+  """n rendered scenes as PNG files (kept when already there); returns n.
+
+  Every other one is a picture (what the image tasks generate), the rest free
+  scenes: the tokenizer is trained on the domain it must draw, and on more.
+  """
   os.makedirs(directory, exist_ok=True)
   rng = np.random.default_rng([seed, VQ_SALT])
+  pictures = world.pictures()
   for i in range(n):
     path = os.path.join(directory, f"scene_{i:05d}.png")
-    scene = world.make_scene(rng, canvas)
+    scene = (world.picture_scene(*pictures[rng.integers(len(pictures))], canvas)
+             if i % 2 else world.make_scene(rng, canvas))
     if not os.path.exists(path):
       with open(path + ".tmp", "wb") as f:
         f.write(world.png_bytes(world.render(scene)))

@@ -3,8 +3,8 @@
 Why generated: a fresh machine cannot download COCO or VQAv2, yet every task kind
 must be trainable and checkable in minutes on a CPU. Scenes of coloured shapes give
 each real task a faithful miniature (captions, closed-set VQA, referring
-expressions with boxes, detection, classification, matching), plus 4x4 sudoku and
-short texts for infilling. Everything is a pure function of (seed, split, index),
+expressions with boxes, detection, classification, matching), plus 4x4 sudoku,
+short texts for infilling, and captioned pictures to generate. Everything is a pure function of (seed, split, index),
 so two runs, two hosts or two processes see the same examples.
 
 Images are PNG bytes (what a real source gives), rendered with PIL at `canvas` px.
@@ -107,6 +107,38 @@ def render(scene: Scene) -> np.ndarray:
       cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
       draw.polygon([(cx, y0), (x1, cy), (cx, y1), (x0, cy)], fill=fill)
   return np.asarray(image, dtype=np.uint8)
+
+
+# Pictures: what the image-generation tasks draw. One object in one quadrant,
+# everything about it named by its caption, so a caption has exactly one
+# correct picture and a generated image can be judged by which picture it is
+# nearest to (tasks/demo_judge.py). Free placement, as in the scenes above,
+# would leave the picture's layout to chance and no judge could score it.
+POSITIONS = ("top left", "top right", "bottom left", "bottom right")
+PICTURE_SIDE = 0.4  # of the canvas: the object fills most of its quadrant
+
+
+def pictures() -> tuple[tuple[str, str, str], ...]:
+  """Every (colour, shape, position) a picture can show, in a fixed order."""
+  return tuple((c, s, p) for c in COLOURS for s in SHAPES for p in POSITIONS)
+
+
+def picture_scene(colour: str, shape: str, position: str, canvas: int) -> Scene:
+  """The one scene a picture caption describes: the object centred in its quadrant."""
+  if colour not in COLOURS or shape not in SHAPES or position not in POSITIONS:
+    raise ValueError(f"demo world: no picture of a {colour} {shape} at the "
+                     f"{position}; colours {tuple(COLOURS)}, shapes {SHAPES}, "
+                     f"positions {POSITIONS}")
+  q = POSITIONS.index(position)
+  half, side = canvas / 2, canvas * PICTURE_SIDE
+  x0 = (q % 2) * half + (half - side) / 2
+  y0 = (q // 2) * half + (half - side) / 2
+  return Scene((Obj(shape, colour, "large", (x0, y0, x0 + side, y0 + side)),),
+               canvas)
+
+
+def picture_caption(colour: str, shape: str, position: str) -> str:
+  return f"a {colour} {shape} at the {position}"
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:
@@ -239,7 +271,7 @@ def sentence(rng: np.random.Generator) -> str:
 # Examples: each one a pure function of (kind, seed, split, index).
 # ---------------------------------------------------------------------------
 KINDS = ("caption", "vqa", "grounding", "grounded_caption", "classify", "matching",
-         "detection", "sudoku", "infilling")
+         "detection", "sudoku", "infilling", "picture")
 _STREAM = {k: i + 1 for i, k in enumerate(KINDS)}
 
 
@@ -266,6 +298,13 @@ def example(kind: str, index: int, *, seed: int = 0, split: str = "train",
     return {"puzzle": puzzle, "solution": solution}
   if kind == "infilling":
     return {"sentence": sentence(rng)}
+  if kind == "picture":
+    colour, shape, position = pictures()[rng.integers(len(pictures()))]
+    out = {"cap": picture_caption(colour, shape, position)}
+    if images:
+      out["img"] = png_bytes(render(picture_scene(colour, shape, position,
+                                                  canvas)))
+    return out
   scene = make_scene(rng, canvas, max_objects=1 if kind == "classify" else 3)
   out: dict[str, Any] = {"img": png_bytes(render(scene))} if images else {}
   objs = scene.objects
@@ -306,6 +345,7 @@ def _signature(kind: str) -> dict[str, tf.TensorSpec]:
   sig = {"img": text}
   sig.update({
       "caption": {"cap": text},
+      "picture": {"cap": text},
       "vqa": {"question": text, "answer": text},
       "grounding": {"region": tf.TensorSpec([4], tf.float32), "cap": text},
       "grounded_caption": {"region": tf.TensorSpec([4], tf.float32), "cap": text},

@@ -226,6 +226,9 @@ def test_demo_main_end_to_end(tmp_path):
   assert summary["training"]["final_step"] == 2
   assert summary["training"]["train_steps"] == 2
   assert set(summary["metrics"]) == set(demo.task_names())
+  # Generated pictures: chance (blind), random codes and the tokenizer's ceiling.
+  assert {"picture_match", "picture_match_random_codes",
+          "picture_match_ceiling"} <= set(summary["baselines"]["text_to_image"])
   # The pretrained ResNet was written and loaded into the generalist.
   assert summary["backbone"]["steps"] == 2
   assert (out / "backbone" / "checkpoint").is_dir()
