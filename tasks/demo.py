@@ -60,8 +60,8 @@ INSTRUCTIONS: tuple[tuple[str, str, str], ...] = (
     # generated one is judged by the picture it is nearest to.
     ("text_to_image", "what is the complete image? caption: [TEXT:cap] -> "
      "[IMAGE:img]", "picture"),
-    # The centre quarter masked: the object, always off-centre, stays in part
-    # visible, and the rest of it has to be drawn back.
+    # The centre quarter masked: the object, in the top-left quadrant, stays
+    # in part visible, and the rest of it has to be drawn back.
     ("image_infilling", 'what is the complete image of " '
      '[IMAGE:img,mask_ratio=0.25] "? -> [IMAGE:img]', "picture"),
 )

@@ -27,7 +27,7 @@ What each baseline sees (everything but the image):
                     expected solved rate, computed exactly)
   infilling         nothing: the commonest training sentence
   text_to_image,
-  image_infilling   nothing: the commonest training picture (one of 96), judged
+  image_infilling   nothing: the commonest training picture (one of 24), judged
                     as generated pictures are (tasks/demo_judge.py)
 """
 

@@ -1,17 +1,16 @@
 """The demo's judge of generated images: which picture is this?
 
 Why a renderer and not a learned judge: a demo picture is fully named by its
-caption (`demo_world.picture_scene`: one object, its colour, shape and
-quadrant), so the demo knows every image it could be asked for. A generated
+caption (`demo_world.picture_scene`: one object, its colour and shape), so the
+demo knows every image it could be asked for. A generated
 image is judged by the picture whose rendering it is nearest to (mean squared
 pixel distance at the image's own size): exact where a learned tagger (FID /
 CLIP style) would add its own errors, and the same for text-to-image (the
 caption's picture) and image infilling (the reference's picture).
 
 Metrics, in percent of examples: `picture_match` (the nearest picture is the
-reference's: colour, shape and position all right), and `colour_match`,
-`shape_match`, `position_match` (each attribute of the nearest picture on its
-own). The report sets them next to chance (the commonest training picture,
+reference's: colour and shape right), and `colour_match`, `shape_match` (each
+attribute of the nearest picture on its own). The report sets them next to chance (the commonest training picture,
 `tasks/demo_baselines.py`), images decoded from random codes, and the ceiling:
 the VQGAN's reconstructions of the references, the best any code sequence
 reaches through this tokenizer.
@@ -26,7 +25,7 @@ from PIL import Image
 
 from tasks import demo_world as world
 
-ATTRIBUTES = ("colour", "shape", "position")
+ATTRIBUTES = ("colour", "shape")
 
 
 def resize(image: np.ndarray, side: int) -> np.ndarray:

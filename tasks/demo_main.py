@@ -297,7 +297,7 @@ def report(out_dir: str, *, metrics, record, backbone, tokenizer, run, model,
       "image tokenizer": None if tokenizer is None else
                          f"VQGAN (gin/vq/demo.gin, tasks/demo_vq.py): "
                          f"{tokenizer.get('steps')} steps on "
-                         f"{tokenizer.get('images')} scenes; reconstruction "
+                         f"{tokenizer.get('images')} pictures; reconstruction "
                          f"PSNR {tokenizer.get('psnr', 0):.1f} dB, "
                          f"{100 * tokenizer.get('codes_used', 0):.0f} % of codes used",
       "evaluation": f"{eval_s:.0f} s ({n} validation examples per task)",

@@ -49,11 +49,11 @@ BASELINE_TEXT = (
     "sentence (the other tasks; for a closed set at least a uniform guess), the "
     "blanks filled at random (sudoku)")
 IMAGE_JUDGE_TEXT = (
-    "Each picture shows one object whose colour, shape and quadrant the caption "
-    "names (96 possible pictures); a generated image is judged by the picture "
-    "whose rendering it is nearest to (tasks/demo_judge.py): picture_match = "
-    "that picture is the reference's, colour/shape/position_match = that "
-    "attribute is. Chance = the commonest training picture; *_random_codes = "
+    "Each picture shows one object whose colour and shape the caption names "
+    "(24 possible pictures); a generated image is judged by the picture whose "
+    "rendering it is nearest to (tasks/demo_judge.py): picture_match = that "
+    "picture is the reference's, colour_match / shape_match = that attribute "
+    "is. Chance = the commonest training picture; *_random_codes = "
     "images decoded from random codes; *_ceiling = the VQGAN's reconstructions "
     "of the references (the best any codes reach through this tokenizer)")
 PREFIX = "demo_"

@@ -5,8 +5,8 @@
 Why its own tokenizer: OFA generates images as codes of a VQGAN trained on
 OpenImages; nothing can be downloaded here, and the demo world's flat shapes on
 a light canvas are their own domain, which is what `python -m ofa_jax.train_vq`
-is for. The demo uses it exactly as a user would: scenes are written as PNG
-files (from their own random stream, disjoint from the task splits), the VQGAN
+is for. The demo uses it exactly as a user would: pictures are written as PNG
+files (their own random draws of the 96 pictures), the VQGAN
 is trained on that folder with `gin/vq/demo.gin` (a fixed number of steps), and
 the generalist's `target_image` head loads the directory it writes.
 """
@@ -24,25 +24,25 @@ import numpy as np
 
 from tasks import demo_world as world
 
-# Random stream of the tokenizer's scenes (the tasks and the backbone use others).
+# Random stream of the tokenizer's pictures (the tasks and the backbone use others).
 VQ_SALT = 4_000_037
 GIN_FILE = "vq/demo.gin"
 
 
-def write_scenes(directory: str, n: int, *, seed: int = 0, canvas: int = 64
+def write_pictures(directory: str, n: int, *, seed: int = 0, canvas: int = 64
                  ) -> int:
-  """n rendered scenes as PNG files (kept when already there); returns n.
+  """n rendered pictures as PNG files (kept when already there); returns n.
 
-  Every other one is a picture (what the image tasks generate), the rest free
-  scenes: the tokenizer is trained on the domain it must draw, and on more.
+  Pictures (`demo_world.picture_scene`) are what the image tasks generate: a
+  tokenizer trained on them draws every one back (gin/vq/demo.gin has the
+  figures; mixing in free scenes halved that in the same budget).
   """
   os.makedirs(directory, exist_ok=True)
   rng = np.random.default_rng([seed, VQ_SALT])
   pictures = world.pictures()
   for i in range(n):
-    path = os.path.join(directory, f"scene_{i:05d}.png")
-    scene = (world.picture_scene(*pictures[rng.integers(len(pictures))], canvas)
-             if i % 2 else world.make_scene(rng, canvas))
+    path = os.path.join(directory, f"picture_{i:05d}.png")
+    scene = world.picture_scene(*pictures[rng.integers(len(pictures))], canvas)
     if not os.path.exists(path):
       with open(path + ".tmp", "wb") as f:
         f.write(world.png_bytes(world.render(scene)))
@@ -54,7 +54,7 @@ def train_tokenizer(out_dir: str, *, num_images: int = 2000, seed: int = 0,
                     canvas: int = 64, gin_bindings: Sequence[str] = (),
                     on_step: Optional[Callable[[int, int], None]] = None
                     ) -> dict[str, Any]:
-  """Writes the scenes and trains `gin/vq/demo.gin` on them; returns figures.
+  """Writes the pictures and trains `gin/vq/demo.gin` on them; returns figures.
 
   The VQGAN lands in `out_dir/vqgan` (`ofa_jax.model.vqgan.io.load_vqgan`).
   """
@@ -63,7 +63,7 @@ def train_tokenizer(out_dir: str, *, num_images: int = 2000, seed: int = 0,
   from ofa_jax.vq_training import loop  # pylint: disable=g-import-not-at-top
   images = os.path.join(out_dir, "vq_images")
   vq_dir = os.path.join(out_dir, "vqgan")
-  write_scenes(images, num_images, seed=seed, canvas=canvas)
+  write_pictures(images, num_images, seed=seed, canvas=canvas)
   bindings = [f"IMAGE_DIR = {images!r}", f"VQ_DIR = {vq_dir!r}",
               f"RANDOM_SEED = {int(seed)}", *gin_bindings]
   gin.clear_config()
