@@ -23,7 +23,7 @@ demo: $(STAMP)
 # OFA_JAX_REQUIRE_PARITY=1: without the parity extra the suite fails, never skips
 # the parity tests (tests/conftest.py), so CI cannot go green without them.
 test: $(STAMP)
-	OFA_JAX_REQUIRE_PARITY=1 $(PY) -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS)
+	OFA_JAX_REQUIRE_PARITY=1 $(PY) -m pytest -q -n 2 --dist loadfile --durations=25 $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	OFA_JAX_REQUIRE_PARITY=1 $(PY) -m pytest -q -n 2 --dist loadfile -m "not slow" $(PYTEST_ARGS)

@@ -4,8 +4,8 @@ Why shared: generating pictures needs a model with a VQGAN head, its VQGAN
 directory, image-target tasks on the same code grid and a checkpoint that
 carries the head (as a trained run's does). Building that once per test module
 keeps the tests of the runner, the API, the CLI and the evaluator on one setup.
-The model is freshly initialized (step 0): random weights still decode valid
-codes, and the plumbing is what is tested.
+The model holds random weights drawn on the host (step 0, no init compiled):
+random weights still decode valid codes, and the plumbing is what is tested.
 """
 
 from __future__ import annotations
@@ -71,6 +71,29 @@ def register_tasks(vocabulary: Any, config: Any) -> None:
         model_config=config, **OPTIONS)
 
 
+def random_variables(abstract: Any, seed: int = 0) -> dict:
+  """Random values of an abstract variable tree, drawn on the host.
+
+  Why not the model's init: compiling it costs as much as a train step, and
+  the tests need random weights, not those of one initializer. Matrices are
+  small, scales near one, BatchNorm variances positive, so activations and
+  logits stay in a sane range and samples differ.
+  """
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    name = jax.tree_util.keystr(path)
+    if name.endswith("['var']"):
+      value = rng.uniform(0.5, 1.5, leaf.shape)
+    elif name.endswith("['scale']"):
+      value = 1.0 + 0.1 * rng.normal(size=leaf.shape)
+    else:
+      value = 0.05 * rng.normal(size=leaf.shape)
+    return np.asarray(value, leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(fill, abstract)
+
+
 def build(root: str) -> ImageWorld:
   """Registers the tasks, saves a VQGAN and a step-0 checkpoint under `root`."""
   vocabulary = vocab_lib.default_vocabulary(num_codes=NUM_CODES)
@@ -81,8 +104,9 @@ def build(root: str) -> ImageWorld:
   model = models.OFAModel(config, vocabulary,
                           target_head_dirs={"target_image": vq_dir})
   batch = api_config.dummy_model_batch(config, OPTIONS)
-  variables = jax.jit(lambda rng: nn.meta.unbox(
-      model.get_initial_variables(rng, batch)))(jax.random.key(0))
+  variables = random_variables(jax.eval_shape(
+      lambda rng: nn.meta.unbox(model.get_initial_variables(rng, batch)),
+      jax.random.key(0)))
   variables = {**variables, **model.frozen_variables()}  # the trained VQGAN
   model_dir = os.path.join(root, "model")
   state = {"step": np.zeros((), np.int32), "params": variables["params"],

@@ -241,20 +241,29 @@ def test_evaluate_entry_point_reports_a_missing_macro(tmp_path, capsys):
 def test_training_evaluates_every_task_during_the_run(setup, tmp_path):
   """`trainer.train(eval_period=...)` decodes every task and logs its metrics."""
   from ofa_jax import optimizers
+  from ofa_jax import partitioning
   from ofa_jax import trainer
   model, _ = setup
   model_dir = str(tmp_path / "run")
+  # One device and greedy decoding: neither the mesh (test_partitioning.py)
+  # nor the beam is what this test is about, and a checkpoint replicated over
+  # the 8 fake devices or a beam program cost more than the two steps.
   trainer.train(
       model=model, model_dir=model_dir, mixture_or_task_name="test_eval_mix",
       task_feature_lengths=LENGTHS, train_steps=2, batch_size=8,
       optimizer=optimizers.adamw(learning_rate=1e-3, total_steps=2),
+      partitioner=partitioning.make_partitioner(devices=jax.devices()[:1]),
       checkpoint_period=2, log_period=1, async_checkpoints=False,
-      eval_period=1, eval_kwargs={"num_examples": 3, "batch_size": 8},
+      eval_period=1, eval_kwargs={"num_examples": 3, "batch_size": 4,
+                                  "decode_overrides": {"beam_size": 1}},
       handle_signals=False)
   for step in ("1", "2"):
     with open(os.path.join(model_dir, "eval", step, "metrics.json")) as f:
       metrics = json.load(f)
-    assert {"demo_classify", "demo_grounding"} <= set(metrics["tasks"])
+    # Every task of the mixture, the one without a train split too.
+    assert set(metrics["tasks"]) == {"demo_classify", "demo_grounding",
+                                     "test_eval_classify_scored"}
+    assert all(m["num_examples"] == 3 for m in metrics["tasks"].values())
   scalars = trainer.read_scalars(os.path.join(model_dir, "train"))
   assert [s for s, _ in scalars["eval/demo_classify/accuracy"]] == [1, 2]
   assert os.path.exists(os.path.join(model_dir, "model_config.json"))

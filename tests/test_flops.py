@@ -106,6 +106,20 @@ def test_forward_count_matches_xla(num_images):
   assert 1.0 <= ratio <= 1.15, ratio
 
 
+def test_quick_benchmark_turns_backend_optimizations_off_unless_told():
+  from tools import benchmark  # pylint: disable=g-import-not-at-top
+  env = {}
+  benchmark.use_quick_compiler_flags(env)
+  assert env == {"XLA_FLAGS": benchmark.QUICK_XLA_FLAG}
+  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  benchmark.use_quick_compiler_flags(env)
+  assert env["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=8",
+                                      benchmark.QUICK_XLA_FLAG]
+  chosen = {"XLA_FLAGS": "--xla_backend_optimization_level=2"}
+  benchmark.use_quick_compiler_flags(chosen)
+  assert chosen == {"XLA_FLAGS": "--xla_backend_optimization_level=2"}
+
+
 @pytest.mark.slow
 def test_benchmark_quick_emits_valid_json(tmp_path):
   out = tmp_path / "bench.json"
@@ -118,7 +132,7 @@ def test_benchmark_quick_emits_valid_json(tmp_path):
   assert proc.returncode == 0, proc.stderr[-4000:]
   result = json.loads(out.read_text())
   assert set(result) >= {"machine", "peak", "train", "decode", "input",
-                         "memory", "command"}
+                         "memory", "vq", "command"}
   train = result["train"]
   assert train["step"]["median_s"] > 0 and 0 < train["mfu"]
   assert train["model_flops_per_step"] > 0
@@ -133,4 +147,10 @@ def test_benchmark_quick_emits_valid_json(tmp_path):
   layouts = {r["layout"]: r for r in result["memory"]}
   assert layouts["dp"]["params_opt_over_ideal"] == pytest.approx(8.0)
   assert layouts["fsdp"]["params_opt_over_ideal"] < 8.0
+  vq = result["vq"]
+  assert [r["preset"] for r in vq["tokenizer"]] == ["demo"]
+  assert all(r[part]["images_per_s"] > 0 for r in vq["tokenizer"]
+             for part in ("encode", "decode"))
+  assert [r["codes"] for r in vq["generation"]] == [16]
+  assert vq["generation"][0]["codes_per_s"] > 0
   assert "peak matmul" in proc.stdout and "MFU" in proc.stdout

@@ -14,6 +14,7 @@ from ofa_jax import feature_converter as fc_lib
 from ofa_jax import features as F
 from ofa_jax import models
 from ofa_jax import optimizers
+from ofa_jax import partitioning
 from ofa_jax import plan as plan_lib
 from ofa_jax import trainer
 from ofa_jax import vocab as vocab_lib
@@ -152,10 +153,14 @@ def test_on_device_codes_equal_the_offline_cache(world, tmp_path):
 def test_text_to_image_and_infilling_train_and_generate(world, tmp_path):
   vocabulary, model, vq_dir = world
   model_dir = str(tmp_path / "run")
+  # One device: the mesh is not what this test is about (layouts:
+  # test_partitioning.py), and saving a checkpoint replicated over the 8 fake
+  # devices costs more than the two steps.
   result = trainer.train(
       model=model, model_dir=model_dir, mixture_or_task_name="test_codes_mix",
       task_feature_lengths=LENGTHS, train_steps=2, batch_size=8,
       optimizer=optimizers.adamw(learning_rate=1e-3, total_steps=2),
+      partitioner=partitioning.make_partitioner(devices=jax.devices()[:1]),
       checkpoint_period=2, log_period=1, async_checkpoints=False,
       handle_signals=False)
   frozen = result.state.model_state[models.TARGET_HEADS]["target_image"]
@@ -165,17 +170,25 @@ def test_text_to_image_and_infilling_train_and_generate(world, tmp_path):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # never trained
 
   variables = {"params": result.state.params, **result.state.model_state}
+  # Jitted, one program per decoding spec: both tasks decode the same way on
+  # batches of the same shapes, so they share one compilation.
+  predict = {}
+  render = jax.jit(model.render_codes)
   for name in ("test_codes_t2i", "test_codes_infill"):
     task = seqio.get_mixture_or_task(name)
     spec = task.plan.decoding
     assert spec.kind == "image_codes" and spec.max_len == 16
+    if spec.cache_key() not in predict:
+      predict[spec.cache_key()] = jax.jit(
+          lambda v, b, r, spec=spec: model.predict_batch(v, b, decoding=spec,
+                                                         rng=r))
     batch = _model_batch(name)
-    tokens = np.asarray(model.predict_batch(variables, batch, decoding=spec,
-                                            rng=jax.random.key(0)))
+    tokens = np.asarray(predict[spec.cache_key()](variables, batch,
+                                                  jax.random.key(0)))
     codes = tokens[:, :16]
     assert ((codes >= vocabulary.code_offset)
             & (codes < vocabulary.code_offset + NUM_CODES)).all()
-    pixels = np.asarray(model.render_codes(variables, codes))
+    pixels = np.asarray(render(variables, codes))
     assert pixels.shape == (4, SIDE, SIDE, 3) and np.isfinite(pixels).all()
 
 
