@@ -15,7 +15,6 @@ import json
 import os
 from typing import Any, Sequence
 
-import flax.linen as nn
 import jax
 import numpy as np
 
@@ -25,6 +24,7 @@ from ofa_jax import models
 from ofa_jax import plan as plan_lib
 from ofa_jax import vocab as vocab_lib
 from ofa_jax.api import model_spec as api_config
+from ofa_jax.model import testing
 from ofa_jax.model.vqgan import io as vq_io
 from ofa_jax.model.vqgan import model as vq_model
 from tasks import demo_world
@@ -71,29 +71,6 @@ def register_tasks(vocabulary: Any, config: Any) -> None:
         model_config=config, **OPTIONS)
 
 
-def random_variables(abstract: Any, seed: int = 0) -> dict:
-  """Random values of an abstract variable tree, drawn on the host.
-
-  Why not the model's init: compiling it costs as much as a train step, and
-  the tests need random weights, not those of one initializer. Matrices are
-  small, scales near one, BatchNorm variances positive, so activations and
-  logits stay in a sane range and samples differ.
-  """
-  rng = np.random.default_rng(seed)
-
-  def fill(path, leaf):
-    name = jax.tree_util.keystr(path)
-    if name.endswith("['var']"):
-      value = rng.uniform(0.5, 1.5, leaf.shape)
-    elif name.endswith("['scale']"):
-      value = 1.0 + 0.1 * rng.normal(size=leaf.shape)
-    else:
-      value = 0.05 * rng.normal(size=leaf.shape)
-    return np.asarray(value, leaf.dtype)
-
-  return jax.tree_util.tree_map_with_path(fill, abstract)
-
-
 def build(root: str) -> ImageWorld:
   """Registers the tasks, saves a VQGAN and a step-0 checkpoint under `root`."""
   vocabulary = vocab_lib.default_vocabulary(num_codes=NUM_CODES)
@@ -104,9 +81,9 @@ def build(root: str) -> ImageWorld:
   model = models.OFAModel(config, vocabulary,
                           target_head_dirs={"target_image": vq_dir})
   batch = api_config.dummy_model_batch(config, OPTIONS)
-  variables = random_variables(jax.eval_shape(
-      lambda rng: nn.meta.unbox(model.get_initial_variables(rng, batch)),
-      jax.random.key(0)))
+  # Random weights drawn on the host: compiling the init costs as much as a
+  # train step, and any well-scaled weights serve.
+  variables = testing.random_variables(config, batch)
   variables = {**variables, **model.frozen_variables()}  # the trained VQGAN
   model_dir = os.path.join(root, "model")
   state = {"step": np.zeros((), np.int32), "params": variables["params"],
