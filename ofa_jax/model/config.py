@@ -39,6 +39,10 @@ class OFAConfig:
     dtype: compute dtype. Params stay float32; softmax, LayerNorm and logits are
       float32 whatever this is.
     remat: rematerialize each transformer layer in the backward pass.
+    conv_formulation: how the ResNet's convolutions are computed
+      (`ofa_jax/model/conv.py`): "auto" (1x1 as matmuls, the stem as im2col,
+      3x3 as XLA convolutions: the fast backward on XLA:CPU) or "conv" (all
+      as XLA convolutions, for comparison). Same function, same parameters.
     use_dot_product_attention: route attention through
       `jax.nn.dot_product_attention` (with OFA's additive bias) where no
       attention-probability dropout is needed.
@@ -94,6 +98,7 @@ class OFAConfig:
   pad_id: int = 1
   dtype: str = "float32"
   remat: bool = False
+  conv_formulation: str = "auto"
   use_dot_product_attention: bool = False
   encoder_adapters: tuple[str, ...] = ("images",)
   target_heads: tuple[str, ...] = ()
@@ -118,6 +123,9 @@ class OFAConfig:
     if self.code_downsample < 1 or self.code_image_size % self.code_downsample:
       problems.append(f"code_image_size={self.code_image_size} is not a multiple "
                       f"of code_downsample={self.code_downsample}")
+    if self.conv_formulation not in ("auto", "conv"):
+      problems.append(f"conv_formulation={self.conv_formulation!r} (expected "
+                      "'auto' or 'conv')")
     if self.vocab_size <= self.pad_id:
       problems.append(f"vocab_size={self.vocab_size} <= pad_id={self.pad_id}")
     for name in ("dropout", "attention_dropout", "activation_dropout",

@@ -9,6 +9,8 @@ Parameter names mirror torchvision / OFA `models/ofa/resnet.py` (the module is
   layer{s}_{b}/{conv1,bn1,conv2,bn2,conv3,bn3}   = layer{s}.{b}.*
   layer{s}_{b}/downsample_conv, downsample_bn    = layer{s}.{b}.downsample.{0,1}
 
+The convolutions are `ofa_jax/model/conv.py`'s (nn.Conv's parameters, a
+formulation per shape whose backward is fast on XLA:CPU).
 Paddings are explicit (7×7/s2/p3 stem, 3×3/s2/p1 max-pool, p1 on 3×3 convs):
 'SAME' would pad asymmetrically at stride 2 and shift every feature.
 BatchNorm follows torch exactly: normalize with the biased batch variance at
@@ -26,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ofa_jax.model.config import OFAConfig
+from ofa_jax.model.conv import Conv2D
 from ofa_jax.model.layers import DropPath, partitioned
 
 Array = jax.Array
@@ -66,15 +69,14 @@ class BatchNorm(nn.Module):
 
 
 def _conv(config: OFAConfig, features: int, kernel: int, stride: int = 1,
-          pad: int = 0, name: Optional[str] = None) -> nn.Conv:
-  return nn.Conv(
-      features, (kernel, kernel), strides=(stride, stride),
-      padding=((pad, pad), (pad, pad)), use_bias=False,
+          pad: int = 0, name: Optional[str] = None) -> Conv2D:
+  return Conv2D(
+      features, kernel, stride=stride, padding=pad, use_bias=False,
       dtype=config.compute_dtype, param_dtype=jnp.float32,
       kernel_init=partitioned(
           nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
           ("conv_height", "conv_width", "conv_in", "conv_out")),
-      name=name)
+      formulation=config.conv_formulation, name=name)
 
 
 class Bottleneck(nn.Module):
