@@ -5,6 +5,7 @@ pipeline, memory, VQ tokenization and image generation.
         --image_size 224 --decoder_length 32 --dtype float32 \
         --sections train,decode,input,memory --out bench.json
     python tools/benchmark.py --quick --out /tmp/quick.json   # smoke run, ~minutes
+    python tools/benchmark.py --sections train,decode --compare_pytorch ...
 
 `--encoder_length` is the whole encoder sequence: image patches (196 at 224 px)
 plus text tokens, so 256 at 224 px means 60 text tokens. Every figure is a
@@ -29,6 +30,13 @@ Sections:
           sampled, cached image-code generation (`--vq_codes` codes, top-k
           `--vq_top_k`) for `--vq_generation_presets` at
           `--vq_generation_batch_sizes` (`tools/bench_vq.py`).
+
+`--compare_pytorch` also times OFA's own PyTorch network (the modelscope port,
+the parity extra; `tools/bench_pytorch.py`) with the same config and batch, in
+the same run: its train step next to ours (`train.pytorch`,
+`train.speedup_vs_pytorch` = PyTorch seconds / ours), and its fairseq-style
+beam search next to our beam rows of the caption lengths (`decode.pytorch`,
+`speedup_vs_pytorch` on each beam row). `--torch_threads` sets torch's threads.
 """
 
 from __future__ import annotations
@@ -135,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
   ap.add_argument("--vq_methods", type=_strings, default="sample",
                   help="'sample' (OFA's text-to-image) and/or 'greedy' (the "
                   "same loop without top-k filtering and the draw)")
+  # PyTorch comparison
+  ap.add_argument("--compare_pytorch", action="store_true",
+                  help="also time OFA's PyTorch network (modelscope port, the "
+                  "parity extra) on the train step and caption beam search")
+  ap.add_argument("--torch_threads", type=int, default=None,
+                  help="torch intra-op threads (default: os.cpu_count())")
   ap.add_argument("--quick", action="store_true",
                   help="tiny shapes and presets, XLA backend optimizations "
                   "off: a smoke run, not a figure")
@@ -222,11 +236,89 @@ def run_memory(args) -> Any:
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _train_config(args: argparse.Namespace):
+  """The config the train section builds (bench_train.run's)."""
+  from tools import bench_common as common  # pylint: disable=g-import-not-at-top
+  return common.make_config(args.preset, dtype=args.dtype,
+                            vocab_size=args.vocab_size,
+                            **(args.config_overrides or {}))
+
+
+def _decode_config(args: argparse.Namespace, length: int):
+  """The config the decode section builds for captions of `length` positions."""
+  from tools import bench_common as common  # pylint: disable=g-import-not-at-top
+  cfg = common.make_config(args.decode_preset or args.preset, dtype=args.dtype,
+                           vocab_size=args.vocab_size, dropout=0.0)
+  if length + 2 > cfg.max_target_positions:
+    # bench_decode grows max_target_positions only; modelscope has one size
+    # for both tables. Position tables do not change the speed.
+    cfg = cfg.replace(max_source_positions=length + 2,
+                      max_target_positions=length + 2)
+  return cfg
+
+
+def _check_pytorch(args: argparse.Namespace, sections: Sequence[str]) -> None:
+  """Fails before any section runs when the comparison cannot be made."""
+  from tools import bench_pytorch  # pylint: disable=g-import-not-at-top
+  if args.num_images != 1:
+    raise SystemExit(f"--compare_pytorch needs --num_images=1 (modelscope's "
+                     f"OFA takes one image here), got {args.num_images}")
+  try:
+    bench_pytorch.check_available()
+    if "train" in sections:
+      bench_pytorch.check_config(_train_config(args))
+    if "decode" in sections and args.caption_lengths:
+      longest = max(args.caption_lengths)
+      bench_pytorch.check_config(_decode_config(args, longest))
+  except (ImportError, ValueError) as e:
+    raise SystemExit(f"--compare_pytorch: {e}") from e
+
+
+def compare_train(args: argparse.Namespace, train: dict[str, Any],
+                  text_length: int) -> None:
+  """Times PyTorch OFA's train step; puts it and the ratio into `train`."""
+  from tools import bench_pytorch  # pylint: disable=g-import-not-at-top
+  torch_result = bench_pytorch.time_train_step(
+      _train_config(args), batch_size=args.batch_size, text_length=text_length,
+      decoder_length=args.decoder_length, image_size=args.image_size,
+      repeats=args.repeats, threads=args.torch_threads)
+  train["pytorch"] = torch_result
+  train["speedup_vs_pytorch"] = (torch_result["median_s"] /
+                                 train["step"]["median_s"])
+
+
+def compare_decode(args: argparse.Namespace, decode: dict[str, Any],
+                   text_length: int) -> None:
+  """Times PyTorch OFA's beam search at each caption length with beam rows.
+
+  The ratio (PyTorch seconds / ours) goes on every beam row of that length:
+  the cached one is the headline, the uncached one does the same work as
+  modelscope's generator (which reruns the decoder over the prefix).
+  """
+  from tools import bench_pytorch  # pylint: disable=g-import-not-at-top
+  decode["pytorch"] = []
+  for length in args.caption_lengths:
+    rows = [r for r in decode["rows"] if r["kind"] == "text" and
+            r["method"] == "beam" and r["length"] == length]
+    if not rows:
+      continue
+    torch_result = bench_pytorch.time_beam_search(
+        _decode_config(args, length), batch_size=args.decode_batch_size,
+        text_length=text_length, image_size=args.image_size,
+        max_length=length, beam_size=args.beam_size, repeats=args.repeats,
+        threads=args.torch_threads)
+    decode["pytorch"].append(torch_result)
+    for r in rows:
+      r["speedup_vs_pytorch"] = torch_result["median_s"] / r["median_s"]
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
   sections = [s for s in args.sections.split(",") if s]
   unknown = sorted(set(sections) - set(SECTIONS))
   if unknown:
     raise SystemExit(f"Unknown section(s) {unknown}; known: {SECTIONS}")
+  if args.compare_pytorch:
+    _check_pytorch(args, sections)
   from tools import bench_common as common  # pylint: disable=g-import-not-at-top
   result: dict[str, Any] = {"command": " ".join(sys.argv),
                             "args": vars(args).copy(),
@@ -246,6 +338,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         vocab_size=args.vocab_size, repeats=args.repeats, peak=peak,
         breakdown=args.breakdown, profile_dir=args.profile_dir,
         prng_impl=args.prng_impl, config_overrides=args.config_overrides)
+    if args.compare_pytorch:
+      compare_train(args, result["train"], text_length)
   if "decode" in sections:
     from tools import bench_decode  # pylint: disable=g-import-not-at-top
     common_kw = dict(batch_size=args.decode_batch_size, dtype=args.dtype,
@@ -262,6 +356,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
           text_length=min(text_length, 32),
           uncached_max_length=args.image_uncached_max, **common_kw)
     result["decode"] = {"rows": rows, "speedups": bench_decode.speedups(rows)}
+    if args.compare_pytorch:
+      compare_decode(args, result["decode"], text_length)
   if "input" in sections:
     from tools import bench_input  # pylint: disable=g-import-not-at-top
     result["input"] = bench_input.run(
@@ -315,6 +411,12 @@ def table(result: dict[str, Any]) -> str:
     for name, part in (t.get("breakdown") or {}).items():
       lines.append(f"  {name:<18} {part['median_s']:.3f}s "
                    f"({100 * part['fraction_of_step']:.0f}% of step)")
+    if "pytorch" in t:
+      p = t["pytorch"]
+      lines.append(
+          f"  train step: ofa_jax {t['step']['median_s']:.3f} s, PyTorch OFA "
+          f"{p['median_s']:.3f} s (torch {p['torch_version']}, "
+          f"{_threads(p['threads'])}): {t['speedup_vs_pytorch']:.2f}x")
     if "profile" in t:
       lines.append("  profile (CPU time by XLA op kind): " + ", ".join(
           f"{r['name']} {100 * r['share']:.0f}%"
@@ -331,6 +433,7 @@ def table(result: dict[str, Any]) -> str:
       lines.append(f"  cache speed-up {s['kind']} {s['length']} {s['method']}: "
                    f"{s['cached_over_uncached']:.1f}x "
                    f"(without encoder {s['loop_cached_over_uncached']:.1f}x)")
+    lines += _pytorch_decode_lines(result["decode"])
   if "input" in result:
     i = result["input"]
     for p in i["pipelines"]:
@@ -354,6 +457,28 @@ def table(result: dict[str, Any]) -> str:
   if "vq" in result:
     lines += _vq_table(result["vq"])
   return "\n".join(lines)
+
+
+def _threads(n: int) -> str:
+  return f"{n} thread" + ("" if n == 1 else "s")
+
+
+def _pytorch_decode_lines(decode: dict[str, Any]) -> list[str]:
+  """One line per caption length compared with PyTorch OFA's beam search."""
+  lines = []
+  for p in decode.get("pytorch", []):
+    rows = {r["cached"]: r for r in decode["rows"] if r["kind"] == "text" and
+            r["method"] == "beam" and r["length"] == p["max_length"]}
+    ours = rows.get(True) or rows.get(False)
+    line = (f"  beam-{p['beam_size']} {p['max_length']} tokens "
+            f"B={p['batch_size']}: ofa_jax {ours['median_s']:.3f} s "
+            f"({'cached' if ours['cached'] else 'uncached'}), PyTorch OFA "
+            f"{p['median_s']:.3f} s (torch {p['torch_version']}, "
+            f"{_threads(p['threads'])}): {ours['speedup_vs_pytorch']:.2f}x")
+    if ours["cached"] and False in rows:
+      line += f" (uncached {rows[False]['speedup_vs_pytorch']:.2f}x)"
+    lines.append(line)
+  return lines
 
 
 def _vq_table(vq: dict[str, Any]) -> list[str]:
@@ -397,6 +522,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                "vq_codes", "vq_text_length"):
     if getattr(args, name) < 1:
       raise SystemExit(f"--{name} must be >= 1, got {getattr(args, name)}")
+  if args.torch_threads is not None and args.torch_threads < 1:
+    raise SystemExit(f"--torch_threads must be >= 1, got {args.torch_threads}")
   result = run(args)
   if args.out:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
