@@ -10,12 +10,14 @@ Parameter names mirror torchvision / OFA `models/ofa/resnet.py` (the module is
   layer{s}_{b}/downsample_conv, downsample_bn    = layer{s}.{b}.downsample.{0,1}
 
 The convolutions are `ofa_jax/model/conv.py`'s (nn.Conv's parameters, a
-formulation per shape whose backward is fast on XLA:CPU).
+formulation per shape whose backward is fast on XLA:CPU), the max-pool
+`ofa_jax/model/pooling.py`'s (a scatter-free backward).
 Paddings are explicit (7×7/s2/p3 stem, 3×3/s2/p1 max-pool, p1 on 3×3 convs):
 'SAME' would pad asymmetrically at stride 2 and shift every feature.
-BatchNorm follows torch exactly: normalize with the biased batch variance at
-train time, update the running variance with the unbiased one (momentum 0.1),
-use running statistics at eval; eps 1e-5. Statistics live in `batch_stats`.
+BatchNorm (`ofa_jax/model/batch_norm.py`) follows torch exactly: normalize
+with the biased batch variance at train time, update the running variance with
+the unbiased one (momentum 0.1), use running statistics at eval; eps 1e-5.
+Statistics live in `batch_stats`.
 """
 
 from __future__ import annotations
@@ -27,45 +29,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ofa_jax.model.batch_norm import BatchNorm
 from ofa_jax.model.config import OFAConfig
 from ofa_jax.model.conv import Conv2D
 from ofa_jax.model.layers import DropPath, partitioned
+from ofa_jax.model.pooling import max_pool
 
 Array = jax.Array
-
-
-class BatchNorm(nn.Module):
-  """torch.nn.BatchNorm2d semantics over the channel (last) axis, float32 math."""
-
-  momentum: float = 0.1
-  epsilon: float = 1e-5
-
-  @nn.compact
-  def __call__(self, x: Array, train: bool) -> Array:
-    features = x.shape[-1]
-    scale = self.param("scale", partitioned(nn.initializers.ones, ("conv_out",)),
-                       (features,), jnp.float32)
-    bias = self.param("bias", partitioned(nn.initializers.zeros, ("conv_out",)),
-                      (features,), jnp.float32)
-    mean_v = self.variable("batch_stats", "mean", jnp.zeros, (features,),
-                           jnp.float32)
-    var_v = self.variable("batch_stats", "var", jnp.ones, (features,),
-                          jnp.float32)
-    xf = x.astype(jnp.float32)
-    if train:
-      axes = tuple(range(x.ndim - 1))
-      mean = jnp.mean(xf, axis=axes)
-      var = jnp.mean(jnp.square(xf - mean), axis=axes)
-      if not self.is_initializing():
-        n = int(np.prod([x.shape[a] for a in axes]))
-        unbiased = var * (n / max(n - 1, 1))
-        m = self.momentum
-        mean_v.value = (1 - m) * mean_v.value + m * jax.lax.stop_gradient(mean)
-        var_v.value = (1 - m) * var_v.value + m * jax.lax.stop_gradient(unbiased)
-    else:
-      mean, var = mean_v.value, var_v.value
-    y = (xf - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
-    return y.astype(x.dtype)
 
 
 def _conv(config: OFAConfig, features: int, kernel: int, stride: int = 1,
@@ -118,7 +88,7 @@ class ResNet(nn.Module):
     x = images.astype(cfg.compute_dtype)
     x = _conv(cfg, width, 7, 2, 3, name="conv1")(x)
     x = nn.relu(BatchNorm(name="bn1")(x, train))
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    x = max_pool(x, 3, 2, 1)
     inplanes = width
     for stage, blocks in enumerate(cfg.resnet_layers):
       planes = width * 2 ** stage
