@@ -189,6 +189,6 @@ def test_quick_benchmark_records_and_prints_the_ratio(monkeypatch):
 
   json.dumps(result)  # JSON-able as written by benchmark.py
   text = benchmark.table(result)
-  assert "train step: ofa_jax 0.250 s, PyTorch OFA" in text
+  assert "train step: ofa_jax 0.250 s (float32), PyTorch OFA" in text
   assert "beam-2 4 tokens B=1: ofa_jax 0.500 s (cached), PyTorch OFA" in text
   assert "1 thread)" in text and "(uncached " in text

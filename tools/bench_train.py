@@ -57,8 +57,10 @@ def run(*, preset: str, batch_size: int, text_length: int, decoder_length: int,
   variables = common.random_variables(cfg, batch)
   model = OFAModel(cfg)
   tx = optimizers.adamw(learning_rate=1e-4, total_steps=1000)
+  # Text-only shapes (num_images=0) build no ResNet, so no batch_stats.
   state = train_state_lib.TrainState.create(
-      variables["params"], tx, {"batch_stats": variables["batch_stats"]})
+      variables["params"], tx,
+      {k: v for k, v in variables.items() if k != "params"})
   step = jax.jit(train_state_lib.make_train_step(model, tx),
                  donate_argnums=(0,))
   rng = jax.random.key(0, impl=prng_impl)
@@ -116,7 +118,7 @@ def _breakdown(model: OFAModel, cfg, state, batch, rng, *, repeats: int,
                step_s: float) -> dict[str, Any]:
   """Seconds of nested sub-computations of the step on the same batch."""
   params = state.params
-  stats = state.model_state["batch_stats"]
+  stats = state.model_state.get("batch_stats")
   images = batch.get(image_features.IMAGES)
 
   def resnet_fwd(p, s, imgs):

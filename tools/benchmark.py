@@ -237,9 +237,13 @@ def run_memory(args) -> Any:
 
 
 def _train_config(args: argparse.Namespace):
-  """The config the train section builds (bench_train.run's)."""
+  """The config the train section builds (bench_train.run's), as PyTorch runs it.
+
+  PyTorch's side is always float32 (OFA's CPU training dtype): with
+  `--dtype bfloat16` the ratio says what our faster dtype buys against it.
+  """
   from tools import bench_common as common  # pylint: disable=g-import-not-at-top
-  return common.make_config(args.preset, dtype=args.dtype,
+  return common.make_config(args.preset, dtype="float32",
                             vocab_size=args.vocab_size,
                             **(args.config_overrides or {}))
 
@@ -414,8 +418,8 @@ def table(result: dict[str, Any]) -> str:
     if "pytorch" in t:
       p = t["pytorch"]
       lines.append(
-          f"  train step: ofa_jax {t['step']['median_s']:.3f} s, PyTorch OFA "
-          f"{p['median_s']:.3f} s (torch {p['torch_version']}, "
+          f"  train step: ofa_jax {t['step']['median_s']:.3f} s ({t['dtype']}), "
+          f"PyTorch OFA {p['median_s']:.3f} s (float32, torch {p['torch_version']}, "
           f"{_threads(p['threads'])}): {t['speedup_vs_pytorch']:.2f}x")
     if "profile" in t:
       lines.append("  profile (CPU time by XLA op kind): " + ", ".join(
