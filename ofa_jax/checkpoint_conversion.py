@@ -17,7 +17,8 @@ Layout changes: Linear ``[out, in]`` -> Dense kernel ``[in, out]``; Conv
 ``OIHW`` -> ``HWIO``; BatchNorm running stats -> the ``batch_stats`` collection;
 embeddings, LayerNorms, head scales and relative-position tables as they are.
 
-Output on disk (``save_converted``): an orbax ``StandardCheckpointer`` directory
+Output on disk (``save_converted``): an orbax pytree checkpoint directory
+(``checkpoints.save_array_tree``, readable with ``ocp.StandardCheckpointer``)
 holding ``{"params": ..., "batch_stats": ...}`` plus ``conversion.json`` (config
 name, overrides, source file, naming). ``load_converted`` reads it back.
 """
@@ -282,15 +283,13 @@ def to_state_dict(variables: Mapping[str, Any], naming: str = names.HF,
 def save_converted(variables: Mapping[str, Any], out_dir: str,
                    metadata: Mapping[str, Any], *, force: bool = False) -> str:
   """Writes ``out_dir/checkpoint`` (orbax) and ``out_dir/conversion.json``."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from ofa_jax import checkpoints  # pylint: disable=g-import-not-at-top
   out_dir = os.path.abspath(out_dir)
   os.makedirs(out_dir, exist_ok=True)
   ckpt_dir = run_dir.converted_checkpoint(out_dir)
   state = {c: dict(variables[c]) for c in COLLECTIONS if c in variables}
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(ckpt_dir, state, force=force)
-  checkpointer.wait_until_finished()
-  checkpointer.close()
+  # Replica-parallel writes off in one process (checkpoints.array_tree_handler).
+  checkpoints.save_array_tree(ckpt_dir, state, force=force)
   run_dir.write_json(run_dir.conversion_file(out_dir), dict(metadata))
   return ckpt_dir
 

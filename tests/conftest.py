@@ -1,4 +1,5 @@
-"""Test-wide setup: CPU only, a fake 8-device mesh, TensorFlow kept off accelerators.
+"""Test-wide setup: CPU only, a fake 8-device mesh, quick XLA compiles, TensorFlow
+kept off accelerators.
 
 Also the rule that keeps CI honest about parity with OFA's PyTorch network: a
 test that needs the parity extra (torch, transformers, modelscope, fairseq)
@@ -19,7 +20,13 @@ import importlib.util
 import os
 import re
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# Backend optimizations off: a test compiles each program once and runs it a
+# few times, so XLA:CPU's LLVM passes cost more than they save (on 2 cores:
+# tests/test_trainer.py 151 -> 81 s, tests/test_demo_main.py 489 -> 317 s).
+# Subprocesses inherit the flags; a test that sets its own device count keeps
+# the rest (test_multihost.py).
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
+                      "--xla_backend_optimization_level=0")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")

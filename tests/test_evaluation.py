@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 
-import flax.linen as nn
 import gin
 import jax
 import numpy as np
@@ -26,6 +25,7 @@ from ofa_jax import models
 from ofa_jax import plan as plan_lib
 from ofa_jax import vocab as vocab_lib
 from ofa_jax.metrics import grounding as grounding_metrics
+from ofa_jax.model import testing
 from ofa_jax.decoding import spec as decoding_spec
 from tasks import demo
 from tasks import demo_world
@@ -121,8 +121,8 @@ def test_evaluator_writes_metrics_and_one_line_per_example(setup, tmp_path):
   assert set(ev.task_names) == {"demo_classify", "demo_grounding",
                                 "test_eval_classify_scored"}
   batch = ev.example_batch()
-  params = jax.jit(lambda r: nn.meta.unbox(
-      model.get_initial_variables(r, batch)["params"]))(jax.random.key(1))
+  # Host-drawn weights: compiling the init costs as much as a train step.
+  params = testing.random_variables(model.config, batch, seed=1)["params"]
   results = ev.evaluate(params, step=3, output_dir=str(tmp_path))
 
   summary = json.loads((tmp_path / "metrics.json").read_text())

@@ -63,12 +63,22 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+def _xla_flags(devices: int) -> str:
+  """The suite's XLA_FLAGS (conftest.py) with `devices` host devices instead.
+
+  Both runs compared below get the same compiler options as the rest of the
+  suite; only the device count differs.
+  """
+  kept = [f for f in os.environ.get("XLA_FLAGS", "").split()
+          if not f.startswith("--xla_force_host_platform_device_count")]
+  return " ".join(kept + [f"--xla_force_host_platform_device_count={devices}"])
+
+
 def _launch(tmp_path, model_dir, devices, extra=()):
   gin_file = tmp_path / "mh.gin"
   gin_file.write_text(GIN)
   env = dict(os.environ, PYTHONPATH=f"{REPO}:{os.path.join(REPO, 'tests')}",
-             JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+             JAX_PLATFORMS="cpu", XLA_FLAGS=_xla_flags(devices))
   suffix = extra[-1].split("=")[-1] if extra else "single"
   log = open(f"{model_dir}.{suffix}.log", "w")
   return subprocess.Popen(

@@ -31,9 +31,11 @@ def test_forward_and_gradient_match_torch_with_ties(kernel, stride, padding,
                       jnp.asarray(x))
   dy = rs.randn(*ours.shape).astype(np.float32)
   (dx,) = vjp(jnp.asarray(dy))
-  xt = torch.tensor(x.transpose(0, 3, 1, 2)).requires_grad_(True)
-  yt = torch.nn.functional.max_pool2d(xt, kernel, stride, padding)
-  (dxt,) = torch.autograd.grad(yt, xt, torch.tensor(dy.transpose(0, 3, 1, 2)))
+  with torch.enable_grad():  # whatever an earlier test left switched
+    xt = torch.tensor(x.transpose(0, 3, 1, 2)).requires_grad_(True)
+    yt = torch.nn.functional.max_pool2d(xt, kernel, stride, padding)
+    (dxt,) = torch.autograd.grad(yt, xt,
+                                 torch.tensor(dy.transpose(0, 3, 1, 2)))
   np.testing.assert_array_equal(ours, yt.detach().numpy().transpose(0, 2, 3, 1))
   np.testing.assert_allclose(dx, dxt.numpy().transpose(0, 2, 3, 1), atol=1e-6)
 

@@ -92,23 +92,23 @@ def taming_reference(net, config: VQGANConfig, pixels_nchw):
   """What taming computes: features, deterministic codes, decoded pixels and
   the quantizer's loss."""
   import torch  # pylint: disable=g-import-not-at-top
-  torch.set_grad_enabled(False)
-  features = net.quant_conv(net.encoder(pixels_nchw))
-  if config.quantizer == "gumbel":
-    # taming's GumbelQuantize adds noise even in eval: take the logits' argmax.
-    logits = net.quantize.proj(features)
-    codes = logits.argmax(1)
-    quantized = net.quantize.embed(codes).permute(0, 3, 1, 2)
-    probs = torch.softmax(logits, 1)
-    loss = config.gumbel_kl_weight * torch.sum(
-        probs * torch.log(probs * config.n_embed + 1e-10), 1).mean()
-  else:
-    quantized, loss, (_, _, codes) = net.quantize(features)
-    codes = codes.reshape(features.shape[0], *features.shape[2:])
-  pixels = net.decoder(net.post_quant_conv(quantized))
-  return {"features": features.permute(0, 2, 3, 1).numpy(),
-          "codes": codes.numpy(), "pixels": pixels.permute(0, 2, 3, 1).numpy(),
-          "loss": float(loss)}
+  with torch.no_grad():  # scoped: a global switch would leak into later tests
+    features = net.quant_conv(net.encoder(pixels_nchw))
+    if config.quantizer == "gumbel":
+      # taming's GumbelQuantize adds noise even in eval: take the logits' argmax.
+      logits = net.quantize.proj(features)
+      codes = logits.argmax(1)
+      quantized = net.quantize.embed(codes).permute(0, 3, 1, 2)
+      probs = torch.softmax(logits, 1)
+      loss = config.gumbel_kl_weight * torch.sum(
+          probs * torch.log(probs * config.n_embed + 1e-10), 1).mean()
+    else:
+      quantized, loss, (_, _, codes) = net.quantize(features)
+      codes = codes.reshape(features.shape[0], *features.shape[2:])
+    pixels = net.decoder(net.post_quant_conv(quantized))
+    return {"features": features.permute(0, 2, 3, 1).numpy(),
+            "codes": codes.numpy(), "pixels": pixels.permute(0, 2, 3, 1).numpy(),
+            "loss": float(loss)}
 
 
 def flax_outputs(config: VQGANConfig, variables, pixels_nhwc):

@@ -9,7 +9,7 @@ Layout of ``directory``::
 
     vqgan_config.json    VQGANConfig.to_dict()
     vqgan_metadata.json  optional free-form facts (source, training steps)
-    variables/           orbax StandardCheckpointer: {"params"[, "vq_ema"]}
+    variables/           orbax pytree checkpoint: {"params"[, "vq_ema"]}
 
 Atomicity: ``vqgan_config.json`` is the commit mark. A save writes the new
 variables into a hidden staging folder first, then removes the old config (the
@@ -70,7 +70,7 @@ def save_vqgan(directory: str, config: VQGANConfig,
                variables: Mapping[str, Any], *, metadata: Optional[Mapping[str, Any]] = None) -> None:
   """Writes ``variables`` (checked against ``config``) and ``config`` to
   ``directory`` atomically, replacing an earlier VQGAN saved there."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from ofa_jax import checkpoints  # pylint: disable=g-import-not-at-top
   if not isinstance(config, VQGANConfig):
     raise ValueError(f"save_vqgan: config must be a VQGANConfig, got "
                      f"{type(config).__name__}")
@@ -87,12 +87,9 @@ def save_vqgan(directory: str, config: VQGANConfig,
   config_path = os.path.join(directory, CONFIG_FILE)
   metadata_path = os.path.join(directory, METADATA_FILE)
   try:
-    checkpointer = ocp.StandardCheckpointer()
-    try:
-      checkpointer.save(staging, {k: dict(v) for k, v in variables.items()})
-      checkpointer.wait_until_finished()
-    finally:
-      checkpointer.close()
+    # Replica-parallel writes off in one process (checkpoints.array_tree_handler).
+    checkpoints.save_array_tree(staging,
+                                {k: dict(v) for k, v in variables.items()})
     # From here until the config is back, the directory does not load.
     for stale in (config_path, metadata_path):
       if os.path.exists(stale):
