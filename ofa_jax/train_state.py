@@ -15,6 +15,24 @@ import jax
 import jax.numpy as jnp
 import optax
 
+# The PRNG of the dropout masks unless a run names another (`jax.random.key`'s
+# impl). XLA's RngBitGenerator with keys derived without threefry, as MaxText
+# trains: threefry draws every mask bit as elementwise integer work over each
+# activation, about 12 % of a base train step on CPU (BENCHMARKS.md section 1).
+# Masks stay a function of (seed, step) alone, so resume is exact, and are the
+# same whatever the mesh (tests/test_partitioning.py). Initialization keeps
+# JAX's threefry: this choice changes the dropout masks only.
+DEFAULT_DROPOUT_PRNG = "unsafe_rbg"
+DROPOUT_PRNGS = ("threefry2x32", "rbg", "unsafe_rbg")
+
+
+def dropout_key(seed: int, impl: str = DEFAULT_DROPOUT_PRNG) -> jax.Array:
+  """The run's dropout key; each step folds its step number into it."""
+  if impl not in DROPOUT_PRNGS:
+    raise ValueError(f"dropout PRNG {impl!r} is not one of {DROPOUT_PRNGS} "
+                     "(jax.random.key implementations)")
+  return jax.random.key(seed, impl=impl)
+
 
 @flax.struct.dataclass
 class TrainState:

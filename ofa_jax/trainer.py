@@ -122,7 +122,7 @@ def train(*, model: Any, model_dir: str, mixture_or_task_name: str,
           eval_period: int = 0,
           eval_kwargs: Optional[Mapping[str, Any]] = None,
           handle_signals: bool = True,
-          prng_impl: Optional[str] = None) -> TrainResult:
+          prng_impl: str = ts_lib.DEFAULT_DROPOUT_PRNG) -> TrainResult:
   """Trains `model` on a SeqIO mixture until `train_steps`; resumes from `model_dir`.
 
   `initial_checkpoint_path` starts a new run from another checkpoint (fine-tuning);
@@ -142,10 +142,11 @@ def train(*, model: Any, model_dir: str, mixture_or_task_name: str,
   go to the writer under `eval/<task>/<metric>` and the predictions to
   `MODEL_DIR/eval/<step>/`.
 
-  `prng_impl` is the PRNG of the dropout masks (`jax.random.key`'s impl; None:
-  JAX's default threefry). "rbg" / "unsafe_rbg" (XLA's RngBitGenerator, as
-  MaxText trains) are cheaper to draw; initialization always uses threefry, so
-  the choice changes the dropout masks only.
+  `prng_impl` is the PRNG of the dropout masks (`jax.random.key`'s impl):
+  by default "unsafe_rbg", XLA's RngBitGenerator, the fastest to draw
+  (`train_state.DEFAULT_DROPOUT_PRNG` says why); "threefry2x32" is JAX's
+  default. Initialization always uses threefry, so the choice changes the
+  dropout masks only.
   """
   _register_tasks(register_fns)
   if cache_dirs:  # where seqio looks for offline caches (tools/tokenize_images.py)
@@ -155,6 +156,7 @@ def train(*, model: Any, model_dir: str, mixture_or_task_name: str,
   if train_steps <= 0 or batch_size <= 0:
     raise ValueError(f"train_steps ({train_steps}) and batch_size ({batch_size}) "
                      "must be positive")
+  dropout_rng = ts_lib.dropout_key(seed, prng_impl)  # an unknown impl: now
   model_dir = os.path.abspath(model_dir)
   leader = multihost.is_leader()
   if leader:
@@ -181,7 +183,6 @@ def train(*, model: Any, model_dir: str, mixture_or_task_name: str,
   train_step = _compile_train_step(model, optimizer, partitioner, shardings,
                                    microbatches, label_smoothing, loss_kwargs)
   rng = jax.random.key(seed)
-  dropout_rng = rng if prng_impl is None else jax.random.key(seed, impl=prng_impl)
 
   ckpts = ckpt_lib.CheckpointManager(model_dir, save_period=checkpoint_period,
                                      keep=keep_checkpoints,

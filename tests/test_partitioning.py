@@ -357,8 +357,9 @@ def ofa_trainer_step(partitioner: partitioning.Partitioner,
       step_fn, in_shardings=(shardings, partitioner.data_sharding,
                              partitioner.replicated),
       out_shardings=(shardings, partitioner.replicated, partitioner.replicated))
+  # The trainer's dropout key (its default PRNG), which the compiled step takes.
   compiled = jitted.lower(state, partitioner.shard_batch(ofa_batch(0)),
-                          jax.random.key(1)).compile()
+                          train_state_lib.dropout_key(1)).compile()
   return state, shardings, compiled
 
 
@@ -371,7 +372,7 @@ def _ofa_two_steps(partitioner):
   """
   model = ofa_demo_model()
   state, _, compiled = ofa_trainer_step(partitioner, model, optax.sgd(0.1))
-  rng = jax.random.key(1)
+  rng = train_state_lib.dropout_key(1)
   losses = []
   for step in range(2):
     state, metrics, _ = compiled(state, partitioner.shard_batch(ofa_batch(step)),
@@ -379,7 +380,7 @@ def _ofa_two_steps(partitioner):
     losses.append(float(metrics["loss"]))
   # Another dropout key changes the loss: dropout is on, its masks are compared.
   _, other, _ = compiled(state, partitioner.shard_batch(ofa_batch(0)),
-                         jax.random.key(2))
+                         train_state_lib.dropout_key(2))
   _, again, _ = compiled(state, partitioner.shard_batch(ofa_batch(0)), rng)
   return losses, jax.device_get(state), (float(other["loss"]),
                                          float(again["loss"]))

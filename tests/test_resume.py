@@ -25,6 +25,7 @@ from ofa_jax import checkpoints
 from ofa_jax import gin_utils
 from ofa_jax import optimizers
 from ofa_jax import partitioning
+from ofa_jax import train_state as train_state_lib
 from ofa_jax import trainer
 from test_partitioning import ofa_batch, ofa_demo_model, ofa_trainer_step
 
@@ -164,7 +165,7 @@ def test_ofa_network_restored_mid_run_continues_bit_identically(tmp_path):
   part = partitioning.make_partitioner(num_partitions=2)
   tx = optimizers.adamw(learning_rate=1e-3, total_steps=4, warmup_steps=0)
   start, shardings, compiled = ofa_trainer_step(part, ofa_demo_model(), tx)
-  rng = jax.random.key(7)
+  rng = train_state_lib.dropout_key(7)  # the trainer's default PRNG
 
   def run(state, steps):
     for step in steps:

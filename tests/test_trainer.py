@@ -240,13 +240,22 @@ def test_partial_initial_checkpoint_falls_back_to_scratch(tmp_path):
 
 @pytest.mark.slow
 def test_dropout_prng_impl_is_deterministic_and_changes_the_masks(tmp_path):
-  rbg = [_train(tmp_path / f"rbg{i}", steps=2, prng_impl="rbg") for i in range(2)]
-  threefry = _train(tmp_path / "threefry", steps=2)
-  params = [jax.device_get(r.state.params) for r in rbg + [threefry]]
+  """The default PRNG (unsafe_rbg) draws the same masks run after run; JAX's
+  threefry, still selectable, draws others (same init: other updates)."""
+  assert train_state_lib.DEFAULT_DROPOUT_PRNG == "unsafe_rbg"
+  default = [_train(tmp_path / f"default{i}", steps=2) for i in range(2)]
+  threefry = _train(tmp_path / "threefry", steps=2, prng_impl="threefry2x32")
+  params = [jax.device_get(r.state.params) for r in default + [threefry]]
   jax.tree.map(np.testing.assert_array_equal, params[0], params[1])
   differs = jax.tree.leaves(jax.tree.map(
       lambda a, b: not np.array_equal(a, b), params[0], params[2]))
   assert any(differs)  # other dropout masks, other updates (same init)
+
+
+def test_unknown_dropout_prng_is_refused_before_anything_runs(tmp_path):
+  with pytest.raises(ValueError, match="dropout PRNG 'philox'"):
+    _train(tmp_path / "bad", steps=1, prng_impl="philox")
+  assert not (tmp_path / "bad").exists()
 
 
 def test_run_options_recorded_are_the_ones_the_tasks_agree_on():

@@ -44,8 +44,8 @@ def run(*, preset: str, batch_size: int, text_length: int, decoder_length: int,
         prng_impl: Optional[str] = None) -> dict[str, Any]:
   """Times the train step; returns a JSON-able dict of figures.
 
-  prng_impl: the PRNG of the dropout masks (jax.random.key's `impl`: None is
-  JAX's default threefry; "rbg" uses XLA's RngBitGenerator).
+  prng_impl: the PRNG of the dropout masks (jax.random.key's `impl`; None:
+  the trainer's default; "threefry2x32" is JAX's default).
   """
   cfg = common.make_config(preset, dtype=dtype, vocab_size=vocab_size,
                            **(config_overrides or {}))
@@ -63,7 +63,8 @@ def run(*, preset: str, batch_size: int, text_length: int, decoder_length: int,
       {k: v for k, v in variables.items() if k != "params"})
   step = jax.jit(train_state_lib.make_train_step(model, tx),
                  donate_argnums=(0,))
-  rng = jax.random.key(0, impl=prng_impl)
+  prng_impl = prng_impl or train_state_lib.DEFAULT_DROPOUT_PRNG
+  rng = train_state_lib.dropout_key(0, prng_impl)
   batch = jax.device_put(batch)
   compiled, compile_s = _compile(step, state, batch, rng)
 
@@ -83,7 +84,7 @@ def run(*, preset: str, batch_size: int, text_length: int, decoder_length: int,
   step_s = t["median_s"]
   out: dict[str, Any] = {
       "preset": preset, "dtype": dtype, "batch_size": batch_size,
-      "prng_impl": prng_impl or "default", "dropout": cfg.dropout,
+      "prng_impl": prng_impl, "dropout": cfg.dropout,
       "encoder_length": enc_len, "text_length": text_length,
       "num_images": num_images, "image_size": image_size,
       "decoder_length": decoder_length, "vocab_size": cfg.vocab_size,

@@ -100,9 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
                   help='OFAConfig fields for the train section, as JSON, e.g. '
                   '\'{"num_codes": 0, "num_bins": 64}\' (the demo vocabulary)')
   ap.add_argument("--repeats", type=int, default=3)
-  ap.add_argument("--prng_impl", default=None, choices=(None, "threefry2x32",
-                                                        "rbg", "unsafe_rbg"),
-                  help="PRNG of the train step's dropout masks (default: JAX's)")
+  # Not imported from ofa_jax here: jax must not load before the XLA flags.
+  ap.add_argument("--prng_impl", default=None,
+                  choices=("threefry2x32", "rbg", "unsafe_rbg"),
+                  help="PRNG of the train step's dropout masks (default: the "
+                  "trainer's, train_state.DEFAULT_DROPOUT_PRNG)")
   ap.add_argument("--peak_n", type=int, default=2048,
                   help="side of the peak-measuring matmul")
   ap.add_argument("--breakdown", action="store_true",
