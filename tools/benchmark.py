@@ -47,7 +47,7 @@ import os
 import subprocess
 import sys
 import time
-from typing import Any, MutableMapping, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -55,157 +55,14 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
 
-SECTIONS = ("train", "decode", "input", "memory", "vq")
+# The command line and the printed summary live in their own modules; their
+# names are re-exported because this file is the command people and tests call.
+from tools.bench_args import (SECTIONS, apply_quick, build_parser,  # pylint: disable=g-import-not-at-top,unused-import
+                              check as check_args, use_quick_compiler_flags)
+from tools.bench_report import table  # pylint: disable=g-import-not-at-top
+
 # Sections whose figures are set against the measured matmul peak.
 _PEAK_SECTIONS = ("train", "input", "vq")
-
-
-def _ints(text: str) -> list[int]:
-  try:
-    return [int(x) for x in text.split(",") if x.strip()]
-  except ValueError as e:
-    raise argparse.ArgumentTypeError(f"expected comma-separated ints, got "
-                                     f"{text!r}") from e
-
-
-def _strings(text: str) -> list[str]:
-  return [x.strip() for x in text.split(",") if x.strip()]
-
-
-def _tokenizer_cases(text: str) -> list[tuple[str, int, int]]:
-  from tools import bench_vq  # pylint: disable=g-import-not-at-top
-  try:
-    return bench_vq.parse_tokenizer_cases(text)
-  except ValueError as e:
-    raise argparse.ArgumentTypeError(str(e)) from e
-
-
-def build_parser() -> argparse.ArgumentParser:
-  ap = argparse.ArgumentParser(
-      description="ofa_jax benchmarks (see BENCHMARKS.md)",
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  ap.add_argument("--preset", default="base")
-  ap.add_argument("--batch_size", type=int, default=8)
-  ap.add_argument("--encoder_length", type=int, default=256,
-                  help="image patches + text tokens")
-  ap.add_argument("--image_size", type=int, default=224)
-  ap.add_argument("--num_images", type=int, default=1)
-  ap.add_argument("--decoder_length", type=int, default=32)
-  ap.add_argument("--dtype", default="float32",
-                  choices=("float32", "bfloat16"))
-  ap.add_argument("--vocab_size", type=int, default=None,
-                  help="default: the preset's (OFA's 59457)")
-  ap.add_argument("--sections", default=",".join(SECTIONS))
-  ap.add_argument("--config_overrides", type=json.loads, default=None,
-                  help='OFAConfig fields for the train section, as JSON, e.g. '
-                  '\'{"num_codes": 0, "num_bins": 64}\' (the demo vocabulary)')
-  ap.add_argument("--repeats", type=int, default=3)
-  # Not imported from ofa_jax here: jax must not load before the XLA flags.
-  ap.add_argument("--prng_impl", default=None,
-                  choices=("threefry2x32", "rbg", "unsafe_rbg"),
-                  help="PRNG of the train step's dropout masks (default: the "
-                  "trainer's, train_state.DEFAULT_DROPOUT_PRNG)")
-  ap.add_argument("--peak_n", type=int, default=2048,
-                  help="side of the peak-measuring matmul")
-  ap.add_argument("--breakdown", action="store_true",
-                  help="time ResNet / forward / backward parts of the step")
-  ap.add_argument("--profile_dir", default=None,
-                  help="write a jax.profiler trace of two train steps here")
-  # decode
-  ap.add_argument("--decode_preset", default=None, help="default: --preset")
-  ap.add_argument("--decode_batch_size", type=int, default=1)
-  ap.add_argument("--caption_lengths", type=_ints, default=[16, 32])
-  ap.add_argument("--image_preset", default="demo")
-  ap.add_argument("--image_codes", type=_ints, default=[256, 1024])
-  ap.add_argument("--image_uncached_max", type=int, default=256,
-                  help="longest image-code run also timed without the cache")
-  ap.add_argument("--beam_size", type=int, default=5)
-  # input
-  ap.add_argument("--input_batch_size", type=int, default=32)
-  ap.add_argument("--input_batches", type=int, default=10)
-  ap.add_argument("--input_image_size", type=int, default=64)
-  # memory
-  ap.add_argument("--memory_presets", default="base,large")
-  ap.add_argument("--memory_layouts", default="dp,fsdp,fsdp_conv,mp")
-  ap.add_argument("--memory_no_compile", action="store_true")
-  # vq
-  ap.add_argument("--vq_tokenizers", type=_tokenizer_cases,
-                  default="demo:32:16,f8_8192:256:1",
-                  help="VQGAN cases PRESET:IMAGE_SIZE:BATCH_SIZE, comma-"
-                  "separated (f8_8192 at 256 px is OFA's tokenizer: 1024 "
-                  "codes); '' skips")
-  ap.add_argument("--vq_generation_presets", type=_strings, default="tiny",
-                  help="OFA presets timed generating image codes; '' skips")
-  ap.add_argument("--vq_generation_batch_sizes", type=_ints, default=[1, 4])
-  ap.add_argument("--vq_codes", type=int, default=1024,
-                  help="codes generated per image (OFA: 1024 for 256 px)")
-  ap.add_argument("--vq_text_length", type=int, default=32,
-                  help="text prompt tokens of the generation")
-  ap.add_argument("--vq_top_k", type=int, default=256)
-  ap.add_argument("--vq_methods", type=_strings, default="sample",
-                  help="'sample' (OFA's text-to-image) and/or 'greedy' (the "
-                  "same loop without top-k filtering and the draw)")
-  # PyTorch comparison
-  ap.add_argument("--compare_pytorch", action="store_true",
-                  help="also time OFA's PyTorch network (modelscope port, the "
-                  "parity extra) on the train step and caption beam search")
-  ap.add_argument("--torch_threads", type=int, default=None,
-                  help="torch intra-op threads (default: os.cpu_count())")
-  ap.add_argument("--quick", action="store_true",
-                  help="tiny shapes and presets, XLA backend optimizations "
-                  "off: a smoke run, not a figure")
-  ap.add_argument("--out", default=None, help="JSON file to write")
-  return ap
-
-
-def apply_quick(args: argparse.Namespace) -> None:
-  """Shrinks everything to a smoke run (seconds per section on a free core)."""
-  args.preset = "demo"
-  args.batch_size = 2
-  args.image_size = 32
-  args.encoder_length = 4 + 8
-  args.decoder_length = 8
-  args.vocab_size = args.vocab_size or 9400
-  args.repeats = 2
-  args.peak_n = 256
-  args.decode_preset = "demo"
-  args.caption_lengths = [4]
-  args.image_codes = [16]
-  args.image_uncached_max = 0
-  args.beam_size = 2
-  args.input_batch_size = 4
-  args.input_batches = 2
-  args.input_image_size = 32
-  args.memory_presets = "demo"
-  args.memory_layouts = "dp,fsdp"
-  args.memory_no_compile = True
-  args.vq_tokenizers = [("demo", 32, 1)]
-  args.vq_generation_presets = ["demo"]
-  args.vq_generation_batch_sizes = [1]
-  args.vq_codes = 16
-  args.vq_text_length = 8
-
-
-# XLA's LLVM backend optimizations off: a smoke run's programs are compiled once
-# and run a few times, so optimizing them costs more than it saves (about half
-# of a train step's compile time on a CPU). Quick mode only: its figures are
-# not figures.
-QUICK_XLA_FLAG = "--xla_backend_optimization_level=0"
-
-
-def use_quick_compiler_flags(
-    environ: Optional[MutableMapping[str, str]] = None) -> None:
-  """Adds `QUICK_XLA_FLAG` to XLA_FLAGS (default: this process's environment)
-  unless an optimization level is set there.
-
-  Must run before the first computation creates the CPU client (importing
-  jax is fine); the memory section's subprocess inherits it.
-  """
-  environ = os.environ if environ is None else environ
-  flags = environ.get("XLA_FLAGS", "")
-  if "--xla_backend_optimization_level" not in flags:
-    environ["XLA_FLAGS"] = f"{flags} {QUICK_XLA_FLAG}".strip()
-
 
 def _text_length(args) -> int:
   from ofa_jax import flops  # pylint: disable=g-import-not-at-top
@@ -386,150 +243,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   return result
 
 
-def _fmt(x: Optional[float], unit: str = "") -> str:
-  if x is None:
-    return "-"
-  for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-    if abs(x) >= scale:
-      return f"{x / scale:.2f}{suffix}{unit}"
-  return f"{x:.3g}{unit}"
-
-
-def table(result: dict[str, Any]) -> str:
-  """The short human summary of a result dict."""
-  lines = []
-  m = result.get("machine", {})
-  lines.append(f"machine: {m.get('device_kind')} x{m.get('num_devices')}, "
-               f"{m.get('cpu_count')} cpus, load {m.get('load_average')}")
-  if "peak" in result:
-    p = result["peak"]
-    lines.append(f"peak matmul ({p['dtype']}, n={p['n']}): "
-                 f"{_fmt(p['flops_per_s'], 'FLOP/s')}")
-  if "train" in result:
-    t = result["train"]
-    lines.append(
-        f"train {t['preset']} {t['dtype']} B={t['batch_size']} "
-        f"enc={t['encoder_length']} dec={t['decoder_length']}: "
-        f"step {t['step']['median_s']:.3f}s, {t['examples_per_s']:.2f} ex/s, "
-        f"{_fmt(t['tokens_per_s'])} tok/s, MFU {100 * t['mfu']:.1f}%, "
-        f"compile {t['compile_s']:.1f}s, XLA/analytic FLOPs "
-        f"{t['xla_over_model_flops'] or 0:.3f}")
-    for name, part in (t.get("breakdown") or {}).items():
-      lines.append(f"  {name:<18} {part['median_s']:.3f}s "
-                   f"({100 * part['fraction_of_step']:.0f}% of step)")
-    if "pytorch" in t:
-      p = t["pytorch"]
-      lines.append(
-          f"  train step: ofa_jax {t['step']['median_s']:.3f} s ({t['dtype']}), "
-          f"PyTorch OFA {p['median_s']:.3f} s (float32, torch {p['torch_version']}, "
-          f"{_threads(p['threads'])}): {t['speedup_vs_pytorch']:.2f}x")
-    if "profile" in t:
-      lines.append("  profile (CPU time by XLA op kind): " + ", ".join(
-          f"{r['name']} {100 * r['share']:.0f}%"
-          for r in t["profile"]["by_category"][:8]))
-  if "decode" in result:
-    lines.append("decode: preset kind length method cached  tokens/s "
-                 "(without encoder)  (compile s)")
-    for r in result["decode"]["rows"]:
-      lines.append(f"  {r['preset']:<6} {r['kind']:<11} {r['length']:>5} "
-                   f"{r['method']:<6} {str(r['cached']):<5} "
-                   f"{r['tokens_per_s']:>9.1f} ({r['loop_tokens_per_s']:.1f})"
-                   f"  ({r['compile_s']:.1f})")
-    for s in result["decode"]["speedups"]:
-      lines.append(f"  cache speed-up {s['kind']} {s['length']} {s['method']}: "
-                   f"{s['cached_over_uncached']:.1f}x "
-                   f"(without encoder {s['loop_cached_over_uncached']:.1f}x)")
-    lines += _pytorch_decode_lines(result["decode"])
-  if "input" in result:
-    i = result["input"]
-    for p in i["pipelines"]:
-      lines.append(f"input {p['name']}: {p['examples_per_s']:.1f} ex/s "
-                   f"(median batch), {i['pipeline_over_train_step'][p['name']]:.1f}x "
-                   "the demo train step")
-    lines.append(f"demo train step: "
-                 f"{i['demo_train_step']['examples_per_s']:.1f} ex/s")
-  if "memory" in result:
-    for r in result["memory"]:
-      if "error" in r:
-        lines.append(f"memory {r['preset']} {r['layout']}: ERROR {r['error'][:200]}")
-        continue
-      act = r.get("activation_bytes_per_device")
-      lines.append(
-          f"memory {r['preset']:<6} {r['layout']:<9} mesh {r['mesh']}: params "
-          f"{_fmt(r['params_bytes_per_device'], 'B')}, opt "
-          f"{_fmt(r['opt_state_bytes_per_device'], 'B')}, act "
-          f"{_fmt(act, 'B')}, (params+opt)/(total/N) "
-          f"{r['params_opt_over_ideal']:.3f}")
-  if "vq" in result:
-    lines += _vq_table(result["vq"])
-  return "\n".join(lines)
-
-
-def _threads(n: int) -> str:
-  return f"{n} thread" + ("" if n == 1 else "s")
-
-
-def _pytorch_decode_lines(decode: dict[str, Any]) -> list[str]:
-  """One line per caption length compared with PyTorch OFA's beam search."""
-  lines = []
-  for p in decode.get("pytorch", []):
-    rows = {r["cached"]: r for r in decode["rows"] if r["kind"] == "text" and
-            r["method"] == "beam" and r["length"] == p["max_length"]}
-    ours = rows.get(True) or rows.get(False)
-    line = (f"  beam-{p['beam_size']} {p['max_length']} tokens "
-            f"B={p['batch_size']}: ofa_jax {ours['median_s']:.3f} s "
-            f"({'cached' if ours['cached'] else 'uncached'}), PyTorch OFA "
-            f"{p['median_s']:.3f} s (torch {p['torch_version']}, "
-            f"{_threads(p['threads'])}): {ours['speedup_vs_pytorch']:.2f}x")
-    if ours["cached"] and False in rows:
-      line += f" (uncached {rows[False]['speedup_vs_pytorch']:.2f}x)"
-    lines.append(line)
-  return lines
-
-
-def _vq_table(vq: dict[str, Any]) -> list[str]:
-  lines = []
-  for r in vq["tokenizer"]:
-    for part in ("encode", "decode"):
-      t = r[part]
-      peak = t.get("fraction_of_peak")
-      lines.append(
-          f"vq {part} {r['preset']:<8} {r['image_size']}px B={r['batch_size']}: "
-          f"{t['images_per_s']:.2f} img/s, {_fmt(t['flops_per_image'], 'FLOP')}"
-          f"/img, {_fmt(t['flops_per_s'], 'FLOP/s')}"
-          + (f" ({100 * peak:.0f}% of peak)" if peak is not None else "")
-          + f", compile {t['compile_s']:.1f}s")
-  for r in vq["generation"]:
-    lines.append(
-        f"vq generate {r['preset']:<6} {r['codes']} codes B={r['batch_size']} "
-        f"{r['method']}: {r['codes_per_s']:.1f} codes/s "
-        f"(without encoder {r['loop_codes_per_s']:.1f}), "
-        f"{r['ms_per_step']:.1f} ms/step, {r['seconds_per_image']:.2f} s/image, "
-        f"{_fmt(r['model_flops_per_image'], 'FLOP')}/img, "
-        f"{_fmt(r['flops_per_s'], 'FLOP/s')}, "
-        f"compile {r['compile_s']:.1f}s")
-  for s in vq["text_to_image"]:
-    lines.append(
-        f"vq text-to-image {s['generator']} B={s['batch_size']} + "
-        f"{s['tokenizer']}: generate {s['generate_s_per_image']:.2f} s/img, "
-        f"VQGAN decode {s['vqgan_decode_s_per_image']:.2f} s/img "
-        f"({100 * s['generation_share']:.0f}% generation)")
-  if not lines:
-    lines.append("vq: nothing measured")
-  return lines
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
   args = build_parser().parse_args(argv)
   if args.quick:
     apply_quick(args)
     use_quick_compiler_flags()
-  for name in ("batch_size", "repeats", "decode_batch_size", "beam_size",
-               "vq_codes", "vq_text_length"):
-    if getattr(args, name) < 1:
-      raise SystemExit(f"--{name} must be >= 1, got {getattr(args, name)}")
-  if args.torch_threads is not None and args.torch_threads < 1:
-    raise SystemExit(f"--torch_threads must be >= 1, got {args.torch_threads}")
+  check_args(args)
   result = run(args)
   if args.out:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
