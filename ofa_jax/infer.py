@@ -16,6 +16,11 @@ Two modes:
   options, e.g. `--image_size`) are flags too; the model directory records them.
   Every example gives one line `{"input": ..., "text": ..., "score": ..., ...}`
   (see `results.Result.to_json`). The model comes from `Generalist.load`.
+  An input that cannot be run (an undecodable or missing file, a missing
+  field, an input too long for the model) costs only its own line, an error
+  record `{"input", "error", "source", "index"}`; the terminal says "k of n
+  inputs failed" with each `source: reason`, and the exit status is 0 unless
+  `--strict` is given (then 1, after writing everything).
 
 Generated pictures (a target rendered from codes, e.g. text-to-image) are PNG
 files next to the JSONL: in files mode `<output stem>_<line>.png` (and, with
@@ -28,11 +33,12 @@ evaluator writes them (`evaluation/pictures.py`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import sys
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 # Binds `infer_task` to its macros; parsed before the command line's files.
 RUN_GIN = "runs/infer.gin"
@@ -144,30 +150,97 @@ def file_field_of(instruction: str) -> Optional[str]:
   return file_slot_of(instruction)[0]
 
 
+@dataclasses.dataclass
+class FilesReport:
+  """What `infer_files` wrote: its lines, and the inputs that failed."""
+
+  output_path: str
+  lines: int
+  failures: list[Any]  # api.InferenceError, by index
+
+  @property
+  def predictions(self) -> int:
+    return self.lines - len(self.failures)
+
+  def failure_summary(self, max_listed: int = 20) -> str:
+    """"k of n inputs failed" and one `source: reason` line per failure (the
+    first `max_listed`); "" without failures."""
+    if not self.failures:
+      return ""
+    out = [f"{len(self.failures)} of {self.lines} inputs failed (their error "
+           f"records are in {self.output_path}):"]
+    out += [f"  {f}" for f in self.failures[:max_listed]]
+    if len(self.failures) > max_listed:
+      out.append(f"  ... and {len(self.failures) - max_listed} more")
+    return "\n".join(out)
+
+
 def infer_files(generalist: Any, instruction: str, input_path: str,
                 output_path: str, *, file_field: Optional[str] = None,
                 fields: Optional[Mapping[str, Any]] = None, batch_size: int = 8,
-                **decode_kwargs: Any) -> int:
+                **decode_kwargs: Any) -> FilesReport:
   """Runs `instruction` over the inputs; writes one JSON line per example
-  (and one PNG per generated picture, see the module doc)."""
+  (and one PNG per generated picture, see the module doc).
+
+  An input that cannot be run (an undecodable or missing file, a missing
+  field, ...) does not stop the run: its line is an error record
+  `{"input", "error", "source", "index"}` and the report lists it.
+  """
   from ofa_jax.evaluation import runner as lib  # pylint: disable=g-import-not-at-top
   found, suffixes = file_slot_of(instruction)
   rows = read_inputs(input_path, file_field=file_field or found, fields=fields,
                      suffixes=suffixes or None)
-  results = generalist.inference(instruction, rows, batch_size=batch_size,
-                                 **decode_kwargs)
+  failures: list[Any] = []
+
+  def lines() -> Iterator[dict[str, Any]]:
+    for line, failure in inference_lines(generalist, instruction, rows,
+                                         output_path, batch_size=batch_size,
+                                         **decode_kwargs):
+      if failure is not None:
+        failures.append(failure)
+      yield line
+
+  # The file is opened before the first line is decoded.
+  os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
+  n = lib.write_jsonl(output_path, lines())
+  return FilesReport(output_path=output_path, lines=n, failures=failures)
+
+
+def inference_lines(generalist: Any, instruction: str,
+                    rows: Sequence[Mapping[str, Any]], output_path: str, *,
+                    indices: Optional[Sequence[int]] = None,
+                    batch_size: int = 8, **decode_kwargs: Any
+                    ) -> Iterator[tuple[dict[str, Any], Optional[Any]]]:
+  """(output line, None) per predicted row, (error record, InferenceError) per
+  row that could not be run, in the order of `rows`, as they are decoded.
+
+  `indices` are the rows' numbers in the whole input (default 0, 1, ...): a
+  host of a multi-host run passes those of its shard, so error records and
+  picture names (`<output stem>_<index>.png`, next to `output_path`) are the
+  ones a single host would write.
+  """
+  indices = list(range(len(rows)) if indices is None else indices)
+  if len(indices) != len(rows):
+    raise ValueError(f"inference_lines: {len(indices)} indices for "
+                     f"{len(rows)} rows")
   out_dir = os.path.dirname(os.path.abspath(output_path))
   os.makedirs(out_dir, exist_ok=True)
   stem = os.path.splitext(os.path.basename(output_path))[0]
-
-  def line(i: int, row: Mapping[str, Any], result: Any) -> dict[str, Any]:
-    out = {"input": row, **result.to_json()}
-    if result.image is not None:
-      out.update(_write_pictures(out_dir, f"{stem}_{i}", result))
-    return out
-
-  return lib.write_jsonl(output_path, (line(i, row, r) for i, (row, r)
-                                       in enumerate(zip(rows, results))))
+  outcomes = generalist.iter_inference(instruction, rows, batch_size=batch_size,
+                                       errors="record", **decode_kwargs)
+  for k, (row, outcome) in enumerate(zip(rows, outcomes)):
+    index = int(indices[k])
+    if not outcome.ok:
+      failure = dataclasses.replace(
+          outcome, index=index,
+          source=(outcome.source if outcome.source != f"data[{k}]"
+                  else f"data[{index}]"))
+      yield {"input": row, **failure.to_json()}, failure
+      continue
+    line = {"input": row, **outcome.to_json()}
+    if outcome.image is not None:
+      line.update(_write_pictures(out_dir, f"{stem}_{index}", outcome))
+    yield line, None
 
 
 def _write_pictures(out_dir: str, name: str, result: Any) -> dict[str, Any]:
@@ -211,6 +284,10 @@ def _file_parser() -> argparse.ArgumentParser:
     parser.add_argument(f"--{option.key}", type=option.type, default=None,
                         help=f"{option.doc} (default: as the model directory "
                         "records)")
+  parser.add_argument("--strict", action="store_true",
+                      help="exit with status 1 when an input could not be run "
+                      "(every other input is still predicted and every error "
+                      "record written)")
   parser.add_argument("--batch_size", type=int, default=8)
   parser.add_argument("--beam_size", type=int, default=None)
   parser.add_argument("--max_len", type=int, default=None)
@@ -260,10 +337,16 @@ def _file_mode(argv: Sequence[str]) -> int:
              if getattr(args, o.key) is not None}
   generalist = api.Generalist.load(args.checkpoint, config=args.config,
                                    task_options=options)
-  n = infer_files(generalist, args.instruction, args.input, args.output,
-                  file_field=args.file_field, fields=fields,
-                  batch_size=args.batch_size, **_decode_kwargs(args))
-  print(f"ofa_jax.infer: wrote {n} results to {args.output}")
+  report = infer_files(generalist, args.instruction, args.input, args.output,
+                       file_field=args.file_field, fields=fields,
+                       batch_size=args.batch_size, **_decode_kwargs(args))
+  print(f"ofa_jax.infer: wrote {report.predictions} results"
+        + (f" and {len(report.failures)} error records"
+           if report.failures else "") + f" to {args.output}")
+  if report.failures:
+    print(f"ofa_jax.infer: {report.failure_summary()}", file=sys.stderr)
+    if args.strict:
+      return 1
   return 0
 
 

@@ -22,7 +22,7 @@ import dataclasses
 import io
 import os
 import types
-from typing import Any, Optional, Sequence
+from typing import Any, ClassVar, Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -122,6 +122,9 @@ class Result:
                                                repr=False)
   scores: list[float] = dataclasses.field(default_factory=list)
   input_image: Any = dataclasses.field(default=None, repr=False)
+  # A prediction; an input that could not be run is an
+  # `api.InferenceError`, whose `ok` is False.
+  ok: ClassVar[bool] = True
 
   @classmethod
   def from_prediction(cls, *, text: str, value: Any, score: float, kind: str,

@@ -7,6 +7,7 @@ back with `Generalist.load`, which is what a user does with a trained MODEL_DIR.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 
@@ -255,3 +256,83 @@ def test_length_overrides_reach_free_length_targets_only():
   assert settings("box", max_len=4, min_len=4).max_len == 4  # a box stays 4 bins
   with pytest.raises(ValueError, match="'audio_frames', which has no token"):
     settings("audio_frames")
+
+
+def _bad_files(directory) -> dict[str, str]:
+  """{kind: path} of image files that cannot be read."""
+  text = os.path.join(directory, "notes.png")
+  with open(text, "w") as f:
+    f.write("not an image at all")
+  truncated = os.path.join(directory, "truncated.png")
+  buf = io.BytesIO()
+  Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(buf, format="PNG")
+  with open(truncated, "wb") as f:
+    f.write(buf.getvalue()[:40])
+  return {"text": text, "truncated": truncated,
+          "missing": os.path.join(directory, "missing.png")}
+
+
+@pytest.mark.slow
+def test_prepare_records_each_bad_row_and_prepares_the_others(images,
+                                                              tmp_path):
+  bad = _bad_files(str(tmp_path))
+  vocabulary = vocab_lib.default_vocabulary(num_codes=16)
+  converter = models.OFAModel.FEATURE_CONVERTER_CLS(pack=False)
+  rows = [{"img": images[0]}, {"img": bad["text"]}, {"img": bad["missing"]},
+          {"image": images[1]}, {"img": bad["truncated"]}, {"img": images[1]},
+          "not a dict"]
+  prepared = api_data.prepare(CAPTION, rows, vocabulary=vocabulary,
+                              options={"image_size": IMAGE_SIZE},
+                              closed_set=None, converter=converter,
+                              first_index=100, errors="record")
+  assert prepared.indices == [0, 5]
+  assert len(prepared.model_rows) == 2
+  assert prepared.images == [images[0], images[1]]
+  by_index = {f.index: f for f in prepared.failures}
+  assert sorted(by_index) == [101, 102, 103, 104, 106]
+  assert by_index[101].source == bad["text"]
+  assert by_index[101].reason == ("undecodable IMAGE in field 'img': not a "
+                                  "JPEG/PNG/GIF/BMP image")
+  assert by_index[102].source == bad["missing"]
+  assert "does not exist" in by_index[102].reason
+  assert by_index[103].source == "data[103]"
+  assert "no field 'img'" in by_index[103].reason
+  assert by_index[104].source == bad["truncated"]
+  assert "Invalid PNG" in by_index[104].reason
+  assert "expected a dict" in by_index[106].reason
+  assert not any(by_index.values()) and not by_index[101].ok
+  assert by_index[101].to_json() == {"error": by_index[101].reason,
+                                     "source": bad["text"], "index": 101}
+  # The default refuses the first bad row, naming it and why.
+  with pytest.raises(ValueError, match=r"data\[1\] \(.*notes.png\): "
+                     "undecodable IMAGE in field 'img': not a JPEG"):
+    api_data.prepare(CAPTION, rows[:2], vocabulary=vocabulary,
+                     options={"image_size": IMAGE_SIZE}, closed_set=None,
+                     converter=converter)
+  assert not [n for n in seqio.TaskRegistry.names() if n.startswith("_ofa_api")]
+
+
+@pytest.mark.slow
+def test_inference_on_a_list_survives_bad_items(generalist, images, tmp_path):
+  g, _, _ = generalist
+  bad = _bad_files(str(tmp_path))
+  kw = dict(beam_size=2, max_len=5, batch_size=2)
+  alone = g.inference(CAPTION, [{"img": p} for p in images], **kw)
+  rows = [{"img": images[0]}, {"img": bad["text"]}, {"img": images[1]},
+          {"img": bad["missing"]}, {"img": images[2]}]
+  # chunk_size=4: two chunks, the second continues the first's numbering.
+  mixed = g.inference(CAPTION, rows, chunk_size=4, **kw)
+  assert len(mixed) == len(rows)
+  good = [mixed[0], mixed[2], mixed[4]]
+  assert all(isinstance(r, Result) and r.ok for r in good)
+  assert [r.text for r in good] == [r.text for r in alone]
+  for r, a in zip(good, alone):
+    assert r.score == pytest.approx(a.score, abs=1e-4)
+  assert isinstance(mixed[1], api.InferenceError) and not mixed[1]
+  assert (mixed[1].index, mixed[1].source) == (1, bad["text"])
+  assert "not a JPEG/PNG/GIF/BMP image" in mixed[1].reason
+  assert (mixed[3].index, mixed[3].source) == (3, bad["missing"])
+  # Every item bad: errors only, nothing decoded.
+  assert [r.ok for r in g.inference(CAPTION, rows[1:2], **kw)] == [False]
+  with pytest.raises(ValueError, match="not a JPEG/PNG/GIF/BMP image"):
+    g.inference(CAPTION, {"img": bad["text"]}, **kw)

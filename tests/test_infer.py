@@ -12,6 +12,7 @@ from ofa_jax import models
 from ofa_jax import vocab as vocab_lib
 from test_api import (CAPTION, IMAGE_SIZE, SHAPES, save_initial_checkpoint,
                       tiny_config, write_images)
+from ofa_jax.api.failures import InferenceError
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +63,49 @@ def test_infer_jsonl_and_image_folder_write_one_result_per_line(model_dir,
   rows = _lines(out2)
   assert [r["input"]["img"] for r in rows] == sorted(paths)
   assert all(r["label"] in SHAPES for r in rows)
+
+
+@pytest.mark.slow
+def test_infer_folder_with_a_corrupt_png_predicts_the_others(model_dir,
+                                                             tmp_path, capsys):
+  """The issue's reproduction: one corrupt PNG among four."""
+  images_dir = tmp_path / "images"
+  images_dir.mkdir()
+  good = write_images(str(images_dir), 3, seed=2)
+  corrupt = images_dir / "scene_9.png"
+  corrupt.write_text("this is text, not a PNG")
+  out = tmp_path / "captions.jsonl"
+  argv = [f"--checkpoint={model_dir}", f"--instruction={CAPTION}",
+          f"--input={images_dir}", f"--output={out}", "--beam_size=1",
+          "--max_len=4", "--batch_size=2"]
+  assert infer.main(argv) == 0
+  rows = _lines(out)
+  assert [r["input"]["img"] for r in rows] == sorted(good + [str(corrupt)])
+  assert all(isinstance(r["text"], str) for r in rows[:3])
+  assert rows[3] == {"input": {"img": str(corrupt)}, "source": str(corrupt),
+                     "index": 3, "error": "undecodable IMAGE in field 'img': "
+                     "not a JPEG/PNG/GIF/BMP image"}
+  captured = capsys.readouterr()
+  assert "wrote 3 results and 1 error records" in captured.out
+  assert "1 of 4 inputs failed" in captured.err
+  assert f"{corrupt}: undecodable IMAGE" in captured.err
+  # --strict: the same output, and a failing exit status.
+  assert infer.main(argv + ["--strict"]) == 1
+  assert _lines(out) == rows
+
+
+def test_failure_summary_lists_each_failure_up_to_a_limit():
+  failures = [InferenceError(i, f"/d/{i}.png", "not a JPEG/PNG/GIF/BMP image")
+              for i in range(3)]
+  report = infer.FilesReport(output_path="o.jsonl", lines=10,
+                             failures=failures)
+  assert report.predictions == 7
+  text = report.failure_summary(max_listed=2)
+  assert text.splitlines() == [
+      "3 of 10 inputs failed (their error records are in o.jsonl):",
+      "  /d/0.png: not a JPEG/PNG/GIF/BMP image",
+      "  /d/1.png: not a JPEG/PNG/GIF/BMP image", "  ... and 1 more"]
+  assert infer.FilesReport("o.jsonl", 4, []).failure_summary() == ""
 
 
 def test_infer_reports_bad_input(tmp_path, capsys):

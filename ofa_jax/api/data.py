@@ -20,6 +20,7 @@ import tensorflow as tf
 from ofa_jax import features as F
 from ofa_jax import instructions
 from ofa_jax import modalities
+from ofa_jax.api import failures as failures_lib
 from ofa_jax.results import Result
 _BUCKET = 16  # token lengths are rounded up to a multiple: fewer recompilations
 
@@ -34,6 +35,10 @@ class Prepared:
   # Each example's first geometry-giving input (an image) as given, or None.
   images: list[Any]
   postprocess: Callable[..., Any]
+  # The position in the given rows of each example (rows that failed are not
+  # examples), and the failures, by position.
+  indices: list[int] = dataclasses.field(default_factory=list)
+  failures: list[Any] = dataclasses.field(default_factory=list)
 
 
 def task_name_of(instruction: str) -> str:
@@ -73,34 +78,55 @@ def _target_fields(template: instructions.Template
   return out
 
 
-def _rows_dataset(template: instructions.Template,
-                  rows: Sequence[Mapping[str, Any]],
-                  labels: Optional[Sequence[str]]) -> tf.data.Dataset:
+def _row_tensors(template: instructions.Template, row: Any, where: str,
+                 labels: Optional[Sequence[str]]) -> dict[str, tf.Tensor]:
+  """One row's source tensors; raises (naming `where`) on a bad field."""
+  if not isinstance(row, Mapping):
+    raise TypeError(f"inference: {where} is a {type(row).__name__}, expected a "
+                    "dict of fields")
   targets = _target_fields(template)
   source = {s.name: s for alt in template.alternatives for s in alt.source_slots()
             if s.name is not None}
-  datasets = []
-  for i, row in enumerate(rows):
-    ex = {}
-    for name, slot in source.items():
-      if name not in row:
-        raise ValueError(f"inference: data[{i}] has no field {name!r} for slot "
-                         f"{slot.to_string()}; its fields are {sorted(row)}")
-      ex[name] = _tensor(row[name], slot.modality, f"data[{i}][{name!r}]")
-    for name, (slot, grouped, prompt) in targets.items():
-      if name in ex:
-        continue
-      if name in row:
-        ex[name] = _tensor(row[name], slot.modality, f"data[{i}][{name!r}]")
-      elif prompt:
-        raise ValueError(f"inference: data[{i}] has no field {name!r}: the "
-                         f"no_loss slot {slot.to_string()} is the decoder's prompt")
-      else:
-        ex[name] = _placeholder(slot, grouped, labels)
-    datasets.append(tf.data.Dataset.from_tensors(ex))
-  ds = datasets[0]
-  for other in datasets[1:]:
-    ds = ds.concatenate(other)
+  ex = {}
+  for name, slot in source.items():
+    if name not in row:
+      raise ValueError(f"inference: {where} has no field {name!r} for slot "
+                       f"{slot.to_string()}; its fields are {sorted(row)}")
+    ex[name] = _tensor(row[name], slot.modality, f"{where}[{name!r}]")
+  for name, (slot, grouped, prompt) in targets.items():
+    if name in ex:
+      continue
+    if name in row:
+      ex[name] = _tensor(row[name], slot.modality, f"{where}[{name!r}]")
+    elif prompt:
+      raise ValueError(f"inference: {where} has no field {name!r}: the "
+                       f"no_loss slot {slot.to_string()} is the decoder's prompt")
+    else:
+      ex[name] = _placeholder(slot, grouped, labels)
+  return ex
+
+
+def _dataset_of(examples: Sequence[Mapping[str, tf.Tensor]]) -> tf.data.Dataset:
+  """One dataset of the examples, in order.
+
+  Runs of examples whose tensors agree in dtype and shape (e.g. every image
+  given as a path) become one `from_tensor_slices` each, so a long list is a
+  few datasets concatenated, not one per example.
+  """
+  def signature(ex):
+    return tuple((k, v.dtype, tuple(v.shape)) for k, v in sorted(ex.items()))
+
+  runs: list[list[Mapping[str, tf.Tensor]]] = []
+  for ex in examples:
+    if runs and signature(runs[-1][0]) == signature(ex):
+      runs[-1].append(ex)
+    else:
+      runs.append([ex])
+  ds = None
+  for run in runs:
+    part = tf.data.Dataset.from_tensor_slices(
+        {k: tf.stack([ex[k] for ex in run]) for k in run[0]})
+    ds = part if ds is None else ds.concatenate(part)
   return ds
 
 
@@ -125,48 +151,105 @@ def feature_lengths(examples: Sequence[Mapping[str, np.ndarray]],
   return lengths
 
 
-def prepare(instruction: str, rows: Sequence[Mapping[str, Any]], *,
+ERRORS = ("raise", "record")
+
+
+def prepare(instruction: str, rows: Sequence[Any], *,
             vocabulary: Any, options: Mapping[str, Any],
             closed_set: Optional[Sequence[str]], converter: seqio.FeatureConverter,
             max_source_positions: Optional[int] = None,
-            model_config: Any = None) -> Prepared:
+            model_config: Any = None, first_index: int = 0,
+            errors: str = "raise") -> Prepared:
   """Compiles the instruction, preprocesses the rows, converts them to features.
 
   With `model_config`, the one-off task is checked against the model as a
   training task is (e.g. a target image grid the model's decoder and VQGAN
   head were not built for is refused, naming both).
+
+  A bad row (not a dict, a missing field or file, an undecodable value, an
+  input longer than `max_source_positions`) raises with `errors="raise"`;
+  with `errors="record"` it becomes an `InferenceError` in `failures` and the
+  other rows are prepared as if it were not there. Rows are numbered from
+  `first_index` in messages (a chunk of a longer list).
   """
   from ofa_jax import plan as plan_lib  # pylint: disable=g-import-not-at-top
+  from ofa_jax.plan import source as source_lib  # pylint: disable=g-import-not-at-top
+  if errors not in ERRORS:
+    raise ValueError(f"inference: errors must be one of {ERRORS}, got {errors!r}")
   template = instructions.parse_template(instruction)
-  ds = _rows_dataset(template, rows, closed_set)
+  tensors: dict[int, dict[str, tf.Tensor]] = {}
+  failures: list[failures_lib.InferenceError] = []
+  for i, row in enumerate(rows):
+    try:
+      tensors[i] = _row_tensors(template, row, f"data[{first_index + i}]",
+                                closed_set)
+    except (TypeError, ValueError, FileNotFoundError) as e:
+      if errors == "raise":
+        raise
+      failures.append(failures_lib.from_exception(e, row, first_index + i,
+                                                  template))
   opts = dict(options)
   if closed_set is not None:
     opts["closed_set"] = list(closed_set)
   name = task_name_of(instruction)
+  # Every row refused: the task is still registered (the plan's checks run
+  # and its decoding is known), its dataset is never read.
+  ds = _dataset_of([{**ex, source_lib.ITEM_KEY: tf.constant(i, tf.int64)}
+                    for i, ex in tensors.items()]) if tensors else None
   source = seqio.FunctionDataSource(
       dataset_fn=lambda split, shuffle_files, seed=None: ds, splits=("infer",))
   task = plan_lib.register_task(name, instruction, source, replace=True,
                                 vocabulary=vocabulary, train_splits=(),
                                 shuffle_buffer_size=None,
                                 model_config=model_config, **opts)
+  examples: list[dict[str, np.ndarray]] = []
+  model_rows: list[dict[str, np.ndarray]] = []
+  kept: list[int] = []
   try:
-    task_ds = task.get_dataset(sequence_length=None, split="infer", shuffle=False,
-                               num_epochs=1, seed=0).cache()
-    examples = list(task_ds.as_numpy_iterator())
-    if len(examples) != len(rows):
-      raise ValueError(
-          f"inference: {len(rows) - len(examples)} of {len(rows)} examples could "
-          f"not be preprocessed (undecodable input): {task.plan.skip_counts()}")
-    lengths = feature_lengths(examples, max_source_positions)
-    model_rows = list(converter(task_ds, lengths).as_numpy_iterator())
+    if tensors:
+      task_ds = task.get_dataset(sequence_length=None, split="infer",
+                                 shuffle=False, num_epochs=1, seed=0).cache()
+      came_out = list(task_ds.as_numpy_iterator())
+      for i in sorted(set(tensors) - {int(ex[source_lib.ITEM_KEY])
+                                      for ex in came_out}):
+        reason = failures_lib.explain_dropped(task.plan, tensors[i])
+        failures.append(failures_lib.InferenceError(
+            first_index + i,
+            failures_lib.source_of(rows[i], first_index + i, template), reason))
+      for ex in came_out:
+        i = int(ex.pop(source_lib.ITEM_KEY))
+        n = len(ex[F.INPUTS])
+        if max_source_positions is not None and n > max_source_positions:
+          failures.append(failures_lib.InferenceError(
+              first_index + i,
+              failures_lib.source_of(rows[i], first_index + i, template),
+              failures_lib.too_long(n, max_source_positions)))
+          continue
+        kept.append(i)
+        examples.append(ex)
+      if errors == "raise" and failures:
+        first = min(failures, key=lambda f: f.index)
+        raise ValueError(f"inference: data[{first.index}] ({first.source}): "
+                         f"{first.reason}")
+      if examples:
+        lengths = feature_lengths(examples, max_source_positions)
+        wanted = tf.constant(kept, tf.int64)
+        model_ds = task_ds.filter(lambda ex: tf.reduce_any(
+            tf.equal(ex[source_lib.ITEM_KEY], wanted))).map(
+                lambda ex: {k: v for k, v in ex.items()
+                            if k != source_lib.ITEM_KEY})
+        model_rows = list(converter(model_ds, lengths).as_numpy_iterator())
   finally:
     seqio.TaskRegistry.remove(name)
   image_fields = [s.name for s in template.alternatives[0].source_slots()
                   if s.name is not None and getattr(
                       modalities.get(s.modality), "provides_geometry", False)]
-  images = [row.get(image_fields[0]) if image_fields else None for row in rows]
+  images = [rows[i].get(image_fields[0]) if image_fields else None
+            for i in kept]
   return Prepared(plan=task.plan, examples=examples, model_rows=model_rows,
-                  images=images, postprocess=task.postprocess_fn)
+                  images=images, postprocess=task.postprocess_fn,
+                  indices=kept,
+                  failures=sorted(failures, key=lambda f: f.index))
 
 
 def to_result(prepared: Prepared, i: int, tokens: np.ndarray, score: float,

@@ -24,13 +24,15 @@ their tokens are trained tokens, not a prompt, they never reach the decoder.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Optional, Sequence
+import itertools
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 import jax
 import numpy as np
 
 from ofa_jax import instructions
 from ofa_jax.api import data as api_data
+from ofa_jax.api.failures import InferenceError
 from ofa_jax.decoding import prompts
 from ofa_jax.decoding import rerank
 from ofa_jax.decoding.spec import DecodingSpec
@@ -96,16 +98,8 @@ class Generalist:
   # ---- inference ---------------------------------------------------------------
   def inference(self, instruction: str,
                 data: Mapping[str, Any] | Sequence[Mapping[str, Any]], *,
-                beam_size: Optional[int] = None, max_len: Optional[int] = None,
-                min_len: Optional[int] = None,
-                closed_set: Optional[Sequence[str]] = None,
-                sampling: bool = False, temperature: Optional[float] = None,
-                top_k: Optional[int] = None, top_p: Optional[float] = None,
-                no_repeat_ngram_size: Optional[int] = None,
-                length_penalty: Optional[float] = None, batch_size: int = 8,
-                seed: int = 0, num_candidates: Optional[int] = None,
-                scorer: Optional[rerank.Scorer] = None
-                ) -> Result | list[Result]:
+                errors: str = "record", **kwargs: Any
+                ) -> Result | list[Result | InferenceError]:
     """Runs `instruction` on one example (a dict) or several (a list of dicts).
 
     Keys of a dict are the field names of the instruction's slots: an image is
@@ -118,7 +112,7 @@ class Generalist:
     training: the instruction's answer slot gets the `closed_set` attribute and
     the plan builds the label trie (with the slot's `uncased` /
     `no_punctuation`). Examples are decoded `batch_size` at a time (one compiled
-    program; the last batch is padded).
+    program; the last batch is padded), prepared `chunk_size` at a time.
 
     A target rendered from codes (an IMAGE target: sampled VQ codes) gives
     results with `.image` (uint8 [H, W, 3]) and `.save_image(path)`.
@@ -127,36 +121,98 @@ class Generalist:
     uint8 [n, H, W, 3]) -> n scores; a CLIP plugs in as `rerank.ClipScorer`);
     without a scorer the first sample is kept. The candidates are `.images`,
     their scores `.scores`.
+
+    Bad inputs: a single dict that cannot be run raises (naming the field and
+    why). In a list, with `errors="record"` (the default), a bad item (not a
+    dict, a missing field or file, an undecodable image, an input too long
+    for the model) gets an `InferenceError(index, source, reason)` in its
+    place: falsy, `.ok` False (a `Result`'s `.ok` is True); the other items
+    are predicted exactly as without it. `errors="raise"` raises for a bad item
+    instead (a missing field or file is found before an undecodable value).
     """
     single = isinstance(data, Mapping)
     rows = [data] if single else list(data)
     if not rows:
       raise ValueError("inference: data is an empty list")
-    for i, row in enumerate(rows):
-      if not isinstance(row, Mapping):
-        raise TypeError(f"inference: data[{i}] is a {type(row).__name__}, "
-                        "expected a dict of fields")
+    outcomes = list(self.iter_inference(
+        instruction, rows, errors="raise" if single else errors, **kwargs))
+    return outcomes[0] if single else outcomes
+
+  def iter_inference(self, instruction: str,
+                     data: Iterable[Mapping[str, Any]], *,
+                     beam_size: Optional[int] = None,
+                     max_len: Optional[int] = None,
+                     min_len: Optional[int] = None,
+                     closed_set: Optional[Sequence[str]] = None,
+                     sampling: bool = False, temperature: Optional[float] = None,
+                     top_k: Optional[int] = None, top_p: Optional[float] = None,
+                     no_repeat_ngram_size: Optional[int] = None,
+                     length_penalty: Optional[float] = None, batch_size: int = 8,
+                     seed: int = 0, num_candidates: Optional[int] = None,
+                     scorer: Optional[rerank.Scorer] = None,
+                     errors: str = "record", chunk_size: Optional[int] = None
+                     ) -> Iterator[Result | InferenceError]:
+    """`inference` over any iterable of dicts, one outcome per item, in order.
+
+    Why a generator: a million inputs are never held preprocessed at once.
+    Items are read and prepared `chunk_size` at a time (default 16 batches),
+    so memory stays bounded and results can be written as they come
+    (`python -m ofa_jax.infer` does). Keywords as `inference`.
+    """
     if num_candidates is not None and beam_size is not None and (
         int(num_candidates) != int(beam_size)):
       raise ValueError(f"inference: num_candidates={num_candidates} and "
                        f"beam_size={beam_size} both set the number of samples; "
                        "give one of them")
+    if errors not in api_data.ERRORS:
+      raise ValueError(f"inference: errors must be one of {api_data.ERRORS}, "
+                       f"got {errors!r}")
+    chunk_size = _chunk_size(chunk_size, batch_size)
     rerank.check_scorer(scorer, num_candidates or 1)
     labels = None if closed_set is None else tuple(str(x) for x in closed_set)
     if labels is not None:
       instruction = closed_set_instruction(instruction)
-    prepared = api_data.prepare(
-        instruction, rows, vocabulary=self.vocabulary, options=self.task_options,
-        closed_set=labels, converter=self._converter,
-        max_source_positions=self.model.config.max_source_positions,
-        model_config=self.model.config)
+    overrides = {
+        "beam_size": beam_size, "max_len": max_len, "min_len": min_len,
+        "sampling": sampling, "temperature": temperature, "top_k": top_k,
+        "top_p": top_p, "no_repeat_ngram_size": no_repeat_ngram_size,
+        "length_penalty": length_penalty}
+    rng = jax.random.key(seed)
+    items = iter(data)
+    first_index = 0
+    batches_done = 0  # sampling keys continue across chunks
+    while True:
+      rows = list(itertools.islice(items, chunk_size))
+      if not rows:
+        return
+      prepared = api_data.prepare(
+          instruction, rows, vocabulary=self.vocabulary,
+          options=self.task_options, closed_set=labels,
+          converter=self._converter,
+          max_source_positions=self.model.config.max_source_positions,
+          model_config=self.model.config, first_index=first_index,
+          errors=errors)
+      outcomes: dict[int, Result | InferenceError] = {
+          f.index - first_index: f for f in prepared.failures}
+      if prepared.examples:
+        results, n_batches = self._decode(
+            instruction, prepared, rows, overrides, batch_size=batch_size,
+            num_candidates=num_candidates, scorer=scorer, rng=rng,
+            first_batch=batches_done)
+        batches_done += n_batches
+        outcomes.update(zip(prepared.indices, results))
+      for i in range(len(rows)):
+        yield outcomes[i]
+      first_index += len(rows)
+
+  def _decode(self, instruction: str, prepared: api_data.Prepared,
+              rows: Sequence[Mapping[str, Any]], overrides: Mapping[str, Any],
+              *, batch_size: int, num_candidates: Optional[int],
+              scorer: Optional[rerank.Scorer], rng: jax.Array,
+              first_batch: int) -> tuple[list[Result], int]:
+    """The results of a prepared chunk's examples, and the batches it took."""
     decoding = prompts.with_prompt_room(
-        _decoding(prepared.plan, {
-            "beam_size": beam_size, "max_len": max_len, "min_len": min_len,
-            "sampling": sampling, "temperature": temperature, "top_k": top_k,
-            "top_p": top_p, "no_repeat_ngram_size": no_repeat_ngram_size,
-            "length_penalty": length_penalty}),
-        lambda: prepared.model_rows)
+        _decoding(prepared.plan, overrides), lambda: prepared.model_rows)
     if num_candidates is not None:
       decoding = rerank.candidates_spec(decoding, num_candidates)
     to_picture = (pictures.to_picture_fn(prepared.plan)
@@ -164,21 +220,22 @@ class Generalist:
     key = (instruction,)  # the runner adds decoding.cache_key()
     runner = self._runner(batch_size)
     variables = self._get_variables(prepared.model_rows[0])
-    rng = jax.random.key(seed)
     choices: list[rerank.Choice] = []
+    n_batches = 0
     rows_iter = enumerate(prepared.model_rows)
     for k, (indices, batch, n) in enumerate(lib.batches_of(rows_iter,
                                                            batch_size)):
       prediction = runner.predict(key, decoding, variables, batch,
-                                  jax.random.fold_in(rng, k))
+                                  jax.random.fold_in(rng, first_batch + k))
       choices.extend(rerank.choose_rows(
           prediction, n, to_picture=to_picture, scorer=scorer,
           examples=None if scorer is None else _scorer_inputs(
               prepared, rows, indices)))
+      n_batches += 1
     results = [api_data.to_result(prepared, i, c.tokens, c.score, decoding.kind,
                                   choice=c)
                for i, c in enumerate(choices)]
-    return results[0] if single else results
+    return results, n_batches
 
   def _runner(self, batch_size: int) -> lib.BatchRunner:
     if batch_size not in self._runners:
@@ -193,6 +250,17 @@ class Generalist:
     return self._variables
 
 
+def _chunk_size(chunk_size: Optional[int], batch_size: int) -> int:
+  """Rows prepared at once: whole batches, 16 by default."""
+  if batch_size < 1:
+    raise ValueError(f"inference: batch_size must be >= 1, got {batch_size}")
+  if chunk_size is None:
+    return 16 * batch_size
+  if chunk_size < 1:
+    raise ValueError(f"inference: chunk_size must be >= 1, got {chunk_size}")
+  return -(-int(chunk_size) // batch_size) * batch_size
+
+
 def _scorer_inputs(prepared: api_data.Prepared,
                    rows: Sequence[Mapping[str, Any]], indices: np.ndarray):
   """Row of a batch -> the scorer's `example_inputs` (the caller's fields)."""
@@ -201,7 +269,7 @@ def _scorer_inputs(prepared: api_data.Prepared,
   def inputs(j: int) -> dict[str, Any]:
     i = int(indices[j])
     return rerank.example_inputs(
-        prepared.model_rows[i], fields=rows[i],
+        prepared.model_rows[i], fields=rows[prepared.indices[i]],
         input_text=lib.decode_inputs(prepared.examples[i], vocab))
 
   return inputs
@@ -254,4 +322,4 @@ def save_model_config(model_dir: str, config: Any, *, vocabulary: Any = None,
                          task_options=task_options)
 
 
-__all__ = ["Generalist", "Result", "save_model_config"]
+__all__ = ["Generalist", "InferenceError", "Result", "save_model_config"]

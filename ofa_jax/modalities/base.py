@@ -166,6 +166,20 @@ class Modality:
       return tf.zeros([0], tf.string)
     return tf.constant(labels[0] if labels else "")
 
+  def explain_invalid(self, value: tf.Tensor, ctx: SlotContext
+                      ) -> Optional[str]:
+    """Why `value` (an input as `to_tensor` made it) cannot be preprocessed,
+    or None when this modality sees nothing wrong with it.
+
+    Why: inside tf.data an undecodable value only yields `valid=False` (the
+    plan drops and counts the example), which says neither which example nor
+    why. The inference API asks this, eagerly and only for the examples that
+    were dropped, to tell the user e.g. "not a JPEG/PNG/GIF/BMP image" next to
+    the file's name. Default: no explanation (the caller says "dropped").
+    """
+    del value, ctx
+    return None
+
   @property
   def modality(self) -> str:
     """The slot type (the processors' former attribute of the same name)."""

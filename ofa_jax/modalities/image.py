@@ -236,6 +236,16 @@ class ImageProcessor(DenseModality):
     del grouped, labels
     return tf.constant(image_value(np.zeros((8, 8, 3), np.uint8), "placeholder"))
 
+  def explain_invalid(self, value: tf.Tensor, ctx: SlotContext
+                      ) -> Optional[str]:
+    """Decodes `value` eagerly, outside the guard, to catch its error."""
+    try:
+      image_ops.decode_image_uint8(tf.convert_to_tensor(value),
+                                   image_source(ctx))
+    except (tf.errors.OpError, ValueError) as e:
+      return image_ops.error_text(e)
+    return None
+
   def _input_settings(self, ctx: SlotContext) -> dict[str, Any]:
     variant = options.slot_option(ctx, "preprocess", (), "image", str)
     if variant not in _INPUT_VARIANTS:

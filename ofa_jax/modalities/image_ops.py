@@ -20,6 +20,7 @@ Three concerns live here because several modality files need them:
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Callable, Iterable, Optional
 
 import tensorflow as tf
@@ -110,6 +111,23 @@ def run_checked(fn: Callable[[Any], Any], value: tf.Tensor, fallback: Any
     result = tf.cond(nonempty, lambda: fn(value), lambda: fallback)
     return result, nonempty
   return guarded(fn, value, fallback)
+
+
+def error_text(error: Exception) -> str:
+  """A TF error's message without TF's framing: the text of a failed
+  `assert_that` ("not a JPEG/PNG/GIF/BMP image"), else the failing op's
+  message without its op and node names ("Invalid PNG data, size 43")."""
+  text = (getattr(error, "message", None) or str(error)).strip()
+  if not text:
+    return type(error).__name__
+  # Eager asserts: "... Summarized data: b'msg'"; graph ones: "assertion failed: [msg]".
+  match = (re.search(r"Summarized data: b'(.*?)'", text)
+           or re.search(r"assertion failed: \[(.*?)\]", text))
+  if match:
+    return match.group(1)
+  text = text.splitlines()[0]
+  text = re.sub(r"\s*\[Op:\w+\].*$", "", text)
+  return re.sub(r"^\{\{[^}]*\}\}\s*", "", text).strip()
 
 
 def assert_that(condition: tf.Tensor, message: str) -> tf.Operation:

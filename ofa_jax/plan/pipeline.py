@@ -39,7 +39,8 @@ from ofa_jax import features as F
 from ofa_jax import modalities
 from ofa_jax.decoding import prompts
 from ofa_jax.plan import build as B
-from ofa_jax.plan.source import EVAL_KEY, TRAIN_KEY, is_training_dataset
+from ofa_jax.plan.source import (EVAL_KEY, ITEM_KEY, TRAIN_KEY,
+                                 is_training_dataset)
 
 
 def _dense_used(plan) -> list[Any]:
@@ -145,7 +146,10 @@ def _build(plan, ds: tf.data.Dataset, sequence_length) -> tf.data.Dataset:
   @seqio.map_over_dataset(num_seeds=1)
   @tf.autograph.experimental.do_not_convert
   def per_example(ex, seed):
-    return variant(ex, tf.cast(tf.reshape(seed, [2]), tf.int32), is_training)
+    out = variant(ex, tf.cast(tf.reshape(seed, [2]), tf.int32), is_training)
+    if ITEM_KEY in ex:  # the caller's example number (source.ITEM_KEY)
+      out[ITEM_KEY] = ex[ITEM_KEY]
+    return out
 
   return per_example(ds)
 
@@ -189,7 +193,8 @@ def filter_and_count(plan) -> Callable[[tf.data.Dataset], tf.data.Dataset]:
                             ex[B.TRUNCATED_KEY.format(F.TARGETS)]),
       ] + [counters.count(reason, ex[key]) for reason, key in clipped.items()]
       with tf.control_dependencies(updates):
-        return {k: tf.identity(v) for k, v in ex.items() if not k.startswith("_")}
+        return {k: tf.identity(v) for k, v in ex.items()
+                if k == ITEM_KEY or not k.startswith("_")}
 
     # The counters' assign_add is external state: without this, saving the
     # iterator of a task with no dense slot (no filter_invalid) fails.

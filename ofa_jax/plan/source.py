@@ -15,6 +15,12 @@ import tensorflow as tf
 
 TRAIN_KEY = "_ofa_split_train"
 EVAL_KEY = "_ofa_split_eval"
+# An optional int64 scalar field of a source example that the pipeline carries
+# to its output unchanged: the caller's number for the example. Examples whose
+# dense value is invalid are dropped inside tf.data; comparing the numbers that
+# came out with those that went in tells a caller (the inference API) which of
+# its examples were dropped, without re-running anything.
+ITEM_KEY = "_ofa_item"
 
 
 def is_training_dataset(ds: tf.data.Dataset) -> bool:
