@@ -31,6 +31,7 @@ import orbax.checkpoint as ocp
 # types and write shapes next to the arrays) from its private tree only.
 from orbax.checkpoint._src.metadata import array_metadata_store
 
+from ofa_jax import multihost
 from ofa_jax import run_dir
 
 STATE, DATA, META = run_dir.STATE, run_dir.DATA, run_dir.META
@@ -38,6 +39,18 @@ STATE, DATA, META = run_dir.STATE, run_dir.DATA, run_dir.META
 
 class CheckpointError(ValueError):
   """A checkpoint is missing, or does not fit the model it is loaded into."""
+
+
+class DamagedCheckpointError(CheckpointError):
+  """Every step of a run directory failed to read back."""
+
+
+# What reading a damaged step raises: tensorstore reports truncated or missing
+# array files as ValueError (OUT_OF_RANGE, NOT_FOUND), a broken JSON item is a
+# JSONDecodeError (a ValueError), a missing folder or file an OSError; a tree
+# that lost entries surfaces as KeyError or TypeError. A model that does not fit
+# the checkpoint (`CheckpointError`) is not damage and is re-raised.
+_READ_ERRORS = (ValueError, OSError, KeyError, TypeError)
 
 
 def _nonempty(tree: Any) -> Any:
@@ -177,6 +190,66 @@ class CheckpointManager:
         target, _restore_empty(restored[STATE]))
     return state, dict(restored[DATA] or {}), dict(restored[META] or {})
 
+  def restore_latest(self, abstract_state: Any
+                     ) -> Optional[tuple[int, Any, dict[str, Any], dict[str, Any]]]:
+    """(step, state, data position, meta) of the newest step that reads back.
+
+    Why: orbax renames a step folder only once it is complete, but a finished
+    step can still be damaged later (a full disk, an interrupted copy, a
+    truncated file). A restart then falls back instead of failing: each step
+    that does not read back is named in a warning with the reason, and the next
+    older one is tried. Damaged steps are moved aside, not deleted, to
+    `run_dir.damaged_checkpoint_dir` (`<dir>/damaged/<step>`): kept for
+    inspection, and out of the way of the run saving that step number again.
+    None when there is no step; `DamagedCheckpointError` naming every step and
+    its reason when none reads back (nothing is moved then). A model that does
+    not fit the checkpoint raises `CheckpointError` at once.
+
+    Every host must call it: whether a step is good is agreed between hosts
+    (`multihost.any_host`), so that all restore the same one. The limit: a
+    damage that only one host meets while reading its shards makes that host
+    leave orbax's restore early, and the others fail at orbax's restore barrier
+    instead (an error on every host, not a fallback).
+    """
+    damaged: list[tuple[int, str]] = []
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        restored, reason = self.restore(abstract_state, step), ""
+      except CheckpointError:
+        raise  # the model does not fit: an older step would not fit either
+      except _READ_ERRORS as e:
+        restored, reason = None, _short_reason(e)
+      if multihost.any_host(restored is None):
+        reason = reason or "unreadable on another host"
+        logging.warning("checkpoint %s is damaged and skipped (%s); trying the "
+                        "previous step", self._step_dir(step), reason)
+        damaged.append((step, reason))
+        continue
+      self._move_aside([s for s, _ in damaged])
+      return (step, *restored)
+    if damaged:
+      raise DamagedCheckpointError(
+          f"no checkpoint in {self.directory} reads back:\n" + "\n".join(
+              f"  {self._step_dir(s)}: {r}" for s, r in damaged))
+    return None
+
+  def _step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
+
+  def _move_aside(self, steps: list[int]) -> None:
+    """Renames damaged step folders to `<dir>/damaged/<step>` (leader only)."""
+    if not steps:
+      return
+    if multihost.is_leader():
+      for step in steps:
+        target = run_dir.damaged_checkpoint_dir(self.directory, step)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        os.rename(self._step_dir(step), target)
+        logging.warning("checkpoint %s moved to %s", self._step_dir(step),
+                        target)
+    multihost.barrier("checkpoints:move_damaged")
+    self._mgr.reload()
+
   def _state_metadata(self, step: int) -> Any:
     meta = self._mgr.item_metadata(step)
     tree = meta[STATE] if meta is not None else None
@@ -189,6 +262,13 @@ class CheckpointManager:
   def close(self) -> None:
     self._mgr.wait_until_finished()
     self._mgr.close()
+
+
+def _short_reason(error: BaseException) -> str:
+  """The first line of `error`, without tensorstore's long spec."""
+  text = str(error).split(" [tensorstore_spec=")[0].strip().splitlines()
+  text = text[0] if text else ""
+  return f"{type(error).__name__}: {text[:300]}"
 
 
 def _flat_shapes(tree: Any) -> dict[str, tuple[int, ...]]:

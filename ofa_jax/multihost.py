@@ -8,6 +8,15 @@ What is left is starting the distributed runtime and making decisions (stop on a
 signal, stop on NaN) the same on every host, so that no host waits forever in a
 collective that the others skipped.
 
+Starting the runtime (`--multihost=auto`, the default): explicit flags
+(`--coordinator_address`, `--num_processes`, `--process_id`) win; without
+them, a process that a cluster launcher started as one of several (SLURM's
+srun, Open MPI's mpirun, the hosts of a Cloud TPU slice: `cluster_env`) calls
+`jax.distributed.initialize()`, which reads the coordinator from the same
+environment; any other process stays single-host. `--multihost=on` calls it
+even when `cluster_env` recognises nothing (JAX's own detection decides, and
+fails naming what it lacks); `--multihost=off` never starts it.
+
 On one machine, several processes on loopback test all of this: CPU collectives
 go through gloo (`jax_cpu_collectives_implementation`).
 """
@@ -16,10 +25,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import jax
 import numpy as np
+
+from ofa_jax import cluster_env
+
+MODES = ("auto", "on", "off")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,17 +40,21 @@ class MultihostFlags:
   coordinator_address: Optional[str] = None
   num_processes: Optional[int] = None
   process_id: Optional[int] = None
+  mode: str = "auto"  # MODES: from the environment / always / never
 
   @property
   def enabled(self) -> bool:
+    """Whether the flags name the coordinator (they then override the
+    environment)."""
     return self.coordinator_address is not None
 
 
 def parse_flags(argv: Sequence[str]) -> tuple[MultihostFlags, list[str]]:
-  """Takes `--coordinator_address`, `--num_processes`, `--process_id` out of argv."""
+  """Takes `--coordinator_address`, `--num_processes`, `--process_id` and
+  `--multihost` out of argv."""
   values: dict[str, str] = {}
   rest = []
-  names = ("coordinator_address", "num_processes", "process_id")
+  names = ("coordinator_address", "num_processes", "process_id", "multihost")
   args = list(argv)
   i = 0
   while i < len(args):
@@ -60,27 +77,67 @@ def parse_flags(argv: Sequence[str]) -> tuple[MultihostFlags, list[str]]:
       coordinator_address=values.get("coordinator_address"),
       num_processes=int(values["num_processes"]) if "num_processes" in values
       else None,
-      process_id=int(values["process_id"]) if "process_id" in values else None)
+      process_id=int(values["process_id"]) if "process_id" in values else None,
+      mode=values.get("multihost", "auto"))
+  if flags.mode not in MODES:
+    raise ValueError(f"--multihost={flags.mode}: expected one of {', '.join(MODES)}")
   if flags.enabled and (flags.num_processes is None or flags.process_id is None):
     raise ValueError("--coordinator_address needs --num_processes and --process_id")
+  if not flags.enabled and (flags.num_processes is not None
+                            or flags.process_id is not None):
+    raise ValueError("--num_processes and --process_id need --coordinator_address "
+                     "(without all three, a cluster launcher's environment is "
+                     "read: --multihost=auto)")
+  if flags.enabled and flags.mode == "off":
+    raise ValueError("--multihost=off contradicts --coordinator_address")
   if flags.enabled and not 0 <= flags.process_id < flags.num_processes:
     raise ValueError(f"--process_id={flags.process_id} must be in "
                      f"[0, --num_processes={flags.num_processes})")
   return flags, rest
 
 
-def initialize(flags: MultihostFlags) -> None:
-  """Starts `jax.distributed` when a coordinator is given; a no-op otherwise.
+def initialize(flags: MultihostFlags,
+               environ: Optional[Mapping[str, str]] = None) -> None:
+  """Starts `jax.distributed` from the flags, else from a cluster launcher's
+  environment (`environ`, default `os.environ`); a no-op for a single process.
 
   Must run before anything touches the devices.
   """
-  if not flags.enabled:
+  if flags.mode == "off":
     return
+  if flags.enabled:
+    _start("flags", coordinator_address=flags.coordinator_address,
+           num_processes=flags.num_processes, process_id=flags.process_id)
+    return
+  cluster = cluster_env.detect(environ)
+  if cluster is None and flags.mode == "on":
+    cluster = cluster_env.Cluster("JAX's cluster detection")
+  if cluster is None:
+    return
+  _start(f"the {cluster.name} environment", num_processes=cluster.num_processes,
+         process_id=cluster.process_id)
+
+
+def _select_cpu_collectives() -> None:
+  """CPU devices of several processes talk through gloo."""
   if (jax.config.jax_platforms or "").startswith("cpu"):
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(coordinator_address=flags.coordinator_address,
-                             num_processes=flags.num_processes,
-                             process_id=flags.process_id)
+
+
+def _start(source: str, **kwargs: Any) -> None:
+  """`jax.distributed.initialize` with the arguments that are set (JAX reads
+  the others from the environment)."""
+  _select_cpu_collectives()
+  kwargs = {k: v for k, v in kwargs.items() if v is not None}
+  try:
+    jax.distributed.initialize(**kwargs)
+  except (ValueError, RuntimeError) as e:
+    raise ValueError(
+        f"multihost: could not start jax.distributed from {source} "
+        f"({', '.join(f'{k}={v}' for k, v in kwargs.items()) or 'no arguments'}):"
+        f" {e}; pass --coordinator_address, --num_processes and --process_id, "
+        "or --multihost=off for a single-process run") from e
+  logging.info("multihost: started from %s", source)
   logging.info("multihost: process %d of %d, %d local / %d global devices",
                jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count())

@@ -17,6 +17,8 @@ A training run directory (`MODEL_DIR`):
     progress.json                the last logged step, loss and rate (`read_progress`)
     train/                       event files of the training scalars
     <step>/{state,data,meta}     orbax checkpoints, one folder per saved step
+    damaged/<step>               steps found unreadable on a restart, moved aside
+                                 (kept for inspection; `damaged_checkpoint_dir`)
     eval/<step>/                 in-training evaluation outputs (see below)
 
 An evaluation or inference output directory: `metrics.json` and one
@@ -48,6 +50,7 @@ PREDICTIONS = "predictions"
 INFERENCES = "inferences"
 # Items of one orbax step folder (`<MODEL_DIR>/<step>/<item>`).
 STATE, DATA, META = "state", "data", "meta"
+DAMAGED = "damaged"
 # A converted checkpoint.
 CONVERTED_CHECKPOINT = "checkpoint"
 CONVERSION = "conversion.json"
@@ -147,6 +150,20 @@ def steps(directory: str) -> list[int]:
     return []
   return sorted(int(d) for d in os.listdir(directory)
                 if d.isdigit() and os.path.isdir(os.path.join(directory, d)))
+
+
+def damaged_checkpoint_dir(directory: str, step: int) -> str:
+  """A free path under `directory`/damaged/ for an unreadable step folder.
+
+  Outside the step folders (their names are digits), so neither orbax nor
+  `steps` counts it, and a later save of the same step number finds the place
+  free; `<step>.<n>` when that step was moved aside before.
+  """
+  base = os.path.join(directory, DAMAGED, str(step))
+  path, n = base, 1
+  while os.path.exists(path):
+    path, n = f"{base}.{n}", n + 1
+  return path
 
 
 def latest_step(directory: str) -> Optional[int]:

@@ -3,7 +3,9 @@
 Flags (t5x conventions): `--gin_file` (repeatable), `--gin_bindings`
 (repeatable), `--gin.NAME=VALUE`, `--gin_search_paths` (comma-separated; the
 repository's `gin/` folder is always searched), and the multi-host flags
-`--coordinator_address`, `--num_processes`, `--process_id`.
+`--coordinator_address`, `--num_processes`, `--process_id` and
+`--multihost=auto|on|off` (auto: a process started by srun, mpirun or on a
+Cloud TPU slice joins its peers without flags; `ofa_jax.multihost`).
 
 The gin files bind `ofa_jax.trainer.train` (see `gin/runs/train.gin`); this module
 only parses flags, starts the distributed runtime and calls it. Exit status: 0 when
@@ -19,7 +21,8 @@ from typing import Optional, Sequence
 
 USAGE = ("usage: python -m ofa_jax.train --gin_file=FILE [--gin_file=...] "
          "[--gin.NAME=VALUE ...] [--gin_bindings=...] [--gin_search_paths=a,b] "
-         "[--coordinator_address=H:P --num_processes=N --process_id=I]")
+         "[--coordinator_address=H:P --num_processes=N --process_id=I] "
+         "[--multihost=auto|on|off]")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

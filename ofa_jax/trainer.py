@@ -13,7 +13,12 @@ Guarantees:
   the uninterrupted run would have used;
 * a non-finite loss stops the run naming the step, *before* any later save, so
   the last checkpoint on disk is the last good one;
-* SIGTERM / SIGINT finish the current step, save, and return cleanly.
+* SIGTERM / SIGINT finish the current step, save, and return cleanly; with
+  several processes, a signal to any one stops all of them at the same step
+  (agreed before every step), so all save it and none waits in a collective;
+* a step folder that no longer reads back (truncated, half deleted) is skipped
+  with a warning naming it, and the run resumes from the previous good step
+  (`CheckpointManager.restore_latest`).
 """
 
 from __future__ import annotations
@@ -56,7 +61,12 @@ class TrainResult:
 
 
 class _StopRequest:
-  """SIGTERM/SIGINT set a flag; the loop saves and returns at the next step."""
+  """SIGTERM/SIGINT set a flag; the loop saves and returns at the next step.
+
+  Only a flag, because a handler runs between two Python bytecodes of the main
+  thread, possibly inside a collective: the loop acts on it at the next step
+  boundary, where every host asks the others (`multihost.any_host`).
+  """
 
   def __init__(self, enabled: bool):
     self.signal: Optional[int] = None
@@ -68,6 +78,12 @@ class _StopRequest:
   def _handle(self, signum, frame):
     del frame
     self.signal = signum
+
+  def describe(self) -> str:
+    """Why the run stops, for the log: this host's signal, or another's."""
+    if self.signal is None:
+      return "signal received on another host"
+    return f"{signal.Signals(self.signal).name} received"
 
   def restore(self):
     for sig, handler in self._old.items():
@@ -318,13 +334,15 @@ def _restore_or_initialize(ckpts: ckpt_lib.CheckpointManager,
                            model_dir: str, initial_checkpoint_path: Optional[str],
                            fallback_to_scratch: bool) -> tuple[Any, Optional[int]]:
   """(state, the step resumed from or None) at the start of the loop."""
-  latest = ckpts.latest_step()
-  if latest is not None:
+  found, t0 = None, time.time()
+  if ckpts.latest_step() is not None:
     abstract_state = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
         jax.eval_shape(init_fn, rng), shardings)
-    t0 = time.time()
-    state, position, _ = ckpts.restore(abstract_state, latest)
+    # The newest step that reads back (damaged ones are skipped with a warning).
+    found = ckpts.restore_latest(abstract_state)
+  if found is not None:
+    latest, state, position, _ = found
     data.restore(position)
     logging.info("resumed from %s step %d (input position restored in %.1fs)",
                  model_dir, latest, time.time() - t0)
@@ -414,8 +432,13 @@ class _Loop:
     first_step, status = self.step, "done"
     try:
       while self.step < self.train_steps:
+        # A collective every step: each host calls it at the same step, so a
+        # signal to any host stops all of them before the same step (a host
+        # that went on alone would wait forever in the next train step). Cost:
+        # 6.5 ms per call with 2 processes x 2 CPU devices on loopback (a
+        # loaded 2-core host), lost in the noise of the toy's 90-180 ms step.
         if multihost.any_host(stop.signal is not None):
-          logging.warning("signal received: saving step %d and stopping",
+          logging.warning("%s: saving step %d and stopping", stop.describe(),
                           self.step)
           status = "preempted"
           break
