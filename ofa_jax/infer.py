@@ -6,6 +6,9 @@ Two modes:
   --gin_file=runs/infer.gin --gin.CHECKPOINT_PATH="'...'" ...` calls
   `infer_task`, which writes `<INFER_OUTPUT_DIR>/<task>_inferences.jsonl` (decoded
   input, target when the split has one, prediction, score) for every task;
+  several processes (`--coordinator_address=H:P --num_processes=N
+  --process_id=I`, as `ofa_jax.train`) each decode their rows of every batch,
+  and process 0 writes the files;
 * files (no gin): `--checkpoint=DIR --instruction="[IMAGE:img] ... -> [TEXT:cap]"
   --input=X --output=OUT.jsonl`, where X is a JSONL file of field dicts (one
   example per line; relative file paths are taken relative to the file) or a
@@ -43,6 +46,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 # Binds `infer_task` to its macros; parsed before the command line's files.
 RUN_GIN = "runs/infer.gin"
 USAGE = ("usage: python -m ofa_jax.infer --gin_file=FILE [--gin.NAME=VALUE ...]"
+         " [--coordinator_address=H:P --num_processes=N --process_id=I]"
          " | --checkpoint=DIR --instruction=I --input=X --output=Y")
 
 
@@ -63,6 +67,8 @@ def infer_task(*, model: Any, checkpoint_path: str, mixture_or_task_name: str,
   `infer.infer_task.decoding_overrides = {'demo_caption': {'beam_size': 3}}`.
   Tasks that generate pictures sample `num_candidates` per example and keep
   the one `scorer` ranks first (`decoding.rerank`; gin: a configurable).
+  With several processes every one calls it (with a partitioner over all
+  their devices); process 0 writes the files, all return the same counts.
   """
   from ofa_jax import checkpoints  # pylint: disable=g-import-not-at-top
   from ofa_jax import evaluation  # pylint: disable=g-import-not-at-top
@@ -362,15 +368,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ValueError, FileNotFoundError) as e:
       print(f"ofa_jax.infer: {e}", file=sys.stderr)
       return 2
+  from ofa_jax import entry_flags  # pylint: disable=g-import-not-at-top
   from ofa_jax import gin_utils  # pylint: disable=g-import-not-at-top
   try:
-    gin_utils.parse_run_flags(argv, RUN_GIN, USAGE)
-    log_setup.log_to_file_in("INFER_OUTPUT_DIR", "infer.log")
+    entry_flags.parse_and_start(argv, RUN_GIN, USAGE)
+    log_setup.log_to_file_in("INFER_OUTPUT_DIR",
+                             entry_flags.log_file_name("infer.log"))
   except (gin_utils.GinConfigError, ValueError) as e:
     print(f"ofa_jax.infer: configuration error: {e}", file=sys.stderr)
     return 2
   import gin  # pylint: disable=g-import-not-at-top
-  counts = gin.get_configurable(infer_task)()
+  from ofa_jax import infer  # pylint: disable=g-import-not-at-top
+  from ofa_jax import multihost  # pylint: disable=g-import-not-at-top
+  # The registered function: under `python -m ofa_jax.infer` this module runs
+  # as `__main__`, whose `infer_task` is not the one gin knows.
+  counts = gin.get_configurable(infer.infer_task)()
+  if not multihost.is_leader():
+    return 0
   gin_utils.write_operative_config_to("INFER_OUTPUT_DIR")
   print(f"ofa_jax.infer: {counts}")
   return 0

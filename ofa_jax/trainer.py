@@ -284,13 +284,13 @@ def _evaluator(model: Any, mixture_or_task_name: str,
                partitioner: partitioning.Partitioner,
                feature_converter: seqio.FeatureConverter, eval_period: int,
                eval_kwargs: Optional[Mapping[str, Any]]) -> Any:
-  """The in-training `Evaluator` (None: no evaluation this run)."""
+  """The in-training `Evaluator` (None: no evaluation this run).
+
+  Every process builds it: with several processes each decodes its rows of
+  every eval batch on the training mesh, and process 0 writes the metrics
+  and predictions (`evaluation/hosts.py`).
+  """
   if eval_period <= 0:
-    return None
-  if jax.process_count() > 1:
-    logging.warning("in-training evaluation runs on one host only; it is off for "
-                    "this %d-process run (use ofa_jax.evaluate on the "
-                    "checkpoints)", jax.process_count())
     return None
   from ofa_jax import evaluation  # pylint: disable=g-import-not-at-top
   return evaluation.Evaluator(
@@ -480,7 +480,9 @@ class _Loop:
         self.last_good = self.step
 
   def _evaluate(self, log: MetricsLog) -> None:
-    """Decodes every task with the current state (single host: see evaluation)."""
+    """Decodes every task with the current state; with several processes all
+    of them call it (a collective), every one gets the metrics, and process 0
+    writes the files (its writer is the one that records the scalars)."""
     from ofa_jax import evaluation  # pylint: disable=g-import-not-at-top
     log.flush(self.last_good)
     t0 = time.time()

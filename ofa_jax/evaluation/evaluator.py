@@ -24,6 +24,12 @@ in the JSONL rows), and its metric functions receive the uint8 pictures.
 Used during training (build one `Evaluator`, call `evaluate(params, step=...)`
 every eval period: datasets are cached and nothing recompiles) and offline
 (`evaluate_checkpoint`, the function `python -m ofa_jax.evaluate` calls).
+
+Several processes (`evaluation/hosts.py`): every process builds the same
+Evaluator and calls `evaluate` / `predict` together; each decodes, scores and
+computes the loss of its rows of every batch, and the outputs are gathered to
+every process. Process 0 alone computes the seqio metrics and writes the
+files; its metrics are then shared, so every process returns the same dict.
 """
 
 from __future__ import annotations
@@ -40,7 +46,9 @@ from seqio.metrics import ModelOutputType
 
 from ofa_jax import checkpoints
 from ofa_jax import feature_converter as fc_lib
+from ofa_jax import multihost
 from ofa_jax import run_dir
+from ofa_jax.evaluation import hosts
 from ofa_jax.evaluation import pictures
 from ofa_jax.evaluation import runner as lib
 from ofa_jax import features as F
@@ -270,6 +278,7 @@ class Evaluator:
     """
     variables = self._variables(params)
     rng = jax.random.key(self.seed) if rng is None else rng
+    # Device work, on every process: decode, score, teacher-forced loss.
     predictions: dict[str, dict[int, rerank.Choice]] = {}
     for k, name in enumerate(self.task_names):
       predictions[name] = self._predict_task(name, variables,
@@ -277,24 +286,25 @@ class Evaluator:
       progress = ("evaluation", k + 1, len(self.task_names))  # see log_setup.py
       logging.info("evaluation: decoded %s (%d/%d)", name, *progress[1:],
                    extra={"progress": progress})
-    scores: dict[str, dict[int, float]] = {}
-    raw: dict[str, dict[str, Any]] = {}
-    for name in self.task_names:
-      task = self._tasks[name]
-      if task.score_metric_fns:
-        scores[name] = self._score_task(name, variables)
-      raw[name] = self._metrics(task, predictions[name], scores.get(name))
-    results: dict[str, dict[str, float]] = {}
-    for name in self.task_names:
-      metrics = {k: lib.to_jsonable(v) for k, v in raw[name].items()}
-      if self.eval_loss:
-        metrics.update(self._loss_task(name, variables))
-      metrics["num_examples"] = len(predictions[name])
-      results[name] = metrics
-    out_dir = output_dir or self.output_dir
-    if out_dir:
-      self.write(out_dir, results, predictions, step)
-    return results
+    scores = {name: self._score_task(name, variables) for name in self.task_names
+              if self._tasks[name].score_metric_fns}
+    losses = {name: self._loss_task(name, variables) if self.eval_loss else {}
+              for name in self.task_names}
+    # Host work, once: metrics and files on process 0, then shared.
+    results: Optional[dict[str, dict[str, float]]] = None
+    if multihost.is_leader():
+      results = {}
+      for name in self.task_names:
+        raw = self._metrics(self._tasks[name], predictions[name],
+                            scores.get(name))
+        metrics = {k: lib.to_jsonable(v) for k, v in raw.items()}
+        metrics.update(losses[name])
+        metrics["num_examples"] = len(predictions[name])
+        results[name] = metrics
+      out_dir = output_dir or self.output_dir
+      if out_dir:
+        self.write(out_dir, results, predictions, step)
+    return hosts.share_from_leader(results)
 
   def predict(self, params: PyTree, *, output_dir: Optional[str] = None,
               rng: Optional[jax.Array] = None,
@@ -302,9 +312,10 @@ class Evaluator:
     """Decodes every task (no metrics); writes one JSONL per task if asked.
 
     The files are `run_dir.predictions_file(output_dir, task, kind)`, and the
-    pictures of tasks that predict them (see `prediction_rows`).
+    pictures of tasks that predict them (see `prediction_rows`); with several
+    processes, process 0 writes them (every process decodes its rows).
 
-    Returns {task: number of examples}.
+    Returns {task: number of examples} (the same on every process).
     """
     variables = self._variables(params)
     rng = jax.random.key(self.seed) if rng is None else rng
@@ -313,10 +324,12 @@ class Evaluator:
     for k, name in enumerate(self.task_names):
       predictions = self._predict_task(name, variables, jax.random.fold_in(rng, k))
       counts[name] = len(predictions)
-      if out_dir:
+      if out_dir and multihost.is_leader():
         os.makedirs(out_dir, exist_ok=True)
         lib.write_jsonl(run_dir.predictions_file(out_dir, name, kind),
                         self.prediction_rows(name, predictions, out_dir))
+    # No process returns before the files exist (a caller may read them).
+    multihost.barrier("evaluation.predict")
     return counts
 
   def _metrics(self, task: seqio.Task,

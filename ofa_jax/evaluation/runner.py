@@ -30,6 +30,7 @@ import numpy as np
 from ofa_jax import features as F
 from ofa_jax import modalities
 from ofa_jax.decoding.spec import DecodingSpec
+from ofa_jax.evaluation import hosts
 
 PyTree = Any
 
@@ -193,9 +194,16 @@ class BatchRunner:
   compiles anew. With a `partitioner`
   the batch is split over its `data` axis and the functions run under its mesh
   (the variables keep whatever sharding they have, e.g. the trainer's).
+
+  With several processes (`evaluation/hosts.py`) every process passes the
+  same global batches: each feeds the rows its devices hold, and the results
+  come back whole (every row) on every process. A partitioner is then needed.
   """
 
   def __init__(self, model: Any, batch_size: int, *, partitioner: Any = None):
+    if partitioner is None and hosts.is_multiprocess():
+      raise ValueError(f"BatchRunner: {jax.process_count()} processes need a "
+                       "partitioner (a mesh over every process's devices)")
     if partitioner is not None and batch_size % partitioner.num_data_shards:
       raise ValueError(f"batch_size={batch_size} must be a multiple of the "
                        f"{partitioner.num_data_shards} data shards of the mesh")
@@ -218,7 +226,8 @@ class BatchRunner:
   def _place(self, batch: Mapping[str, np.ndarray]) -> Any:
     if self.partitioner is None:
       return dict(batch)
-    return self.partitioner.shard_batch(dict(batch))
+    return self.partitioner.shard_batch(hosts.local_rows(self.partitioner,
+                                                         batch))
 
   def predict(self, key: Hashable, spec: DecodingSpec, variables: PyTree,
               batch: Mapping[str, np.ndarray], rng: jax.Array
@@ -237,8 +246,8 @@ class BatchRunner:
           return model.score_batch(variables, batch, spec)
         return fn
 
-      best, scores = jax.device_get(self._call(("score_candidates", key), make,
-                                               variables, self._place(batch), rng))
+      best, scores = hosts.fetch(self._call(("score_candidates", key), make,
+                                            variables, self._place(batch), rng))
       best = np.asarray(best, np.int64)
       scores = np.asarray(scores)
       return BatchPrediction(tokens=cands[best],
@@ -257,8 +266,8 @@ class BatchRunner:
         return out
       return fn
 
-    out = jax.device_get(self._call(("predict", key), make, variables,
-                                    self._place(batch), rng))
+    out = hosts.fetch(self._call(("predict", key), make, variables,
+                                 self._place(batch), rng))
     rendered = out.get("rendered")
     return BatchPrediction(
         tokens=np.asarray(out["tokens"]), scores=np.asarray(out["scores"]),
@@ -276,8 +285,8 @@ class BatchRunner:
                 if k in aux}
       return fn
 
-    out = jax.device_get(self._call(("loss",), make, variables,
-                                    self._place(batch)))
+    out = hosts.fetch(self._call(("loss",), make, variables,
+                                 self._place(batch)))
     return {k: np.asarray(v) for k, v in out.items()}
 
 
