@@ -7,6 +7,10 @@ What we add is the layout of one step and the checks:
 
 * ``state``: the `TrainState` (step, params, optimizer state), sharded arrays;
 * ``data``: the input position (JSON), so a resumed run sees the same examples;
+* ``data_iterator``: the tf.data iterator state of each input shard, one file
+  per shard written by the process reading it (`data_checkpoint`), so that the
+  position is restored without replaying the input; absent when the pipeline
+  cannot be checkpointed (the position is then a batch count to skip);
 * ``meta``: what produced it (JSON: mixture, batch size, seed, ...).
 
 The state is saved as a plain nested dict (`flax.serialization.to_state_dict`), so
@@ -31,10 +35,12 @@ import orbax.checkpoint as ocp
 # types and write shapes next to the arrays) from its private tree only.
 from orbax.checkpoint._src.metadata import array_metadata_store
 
+from ofa_jax import data_checkpoint
 from ofa_jax import multihost
 from ofa_jax import run_dir
 
 STATE, DATA, META = run_dir.STATE, run_dir.DATA, run_dir.META
+DATA_ITERATOR = data_checkpoint.ITEM
 
 
 class CheckpointError(ValueError):
@@ -137,8 +143,10 @@ class CheckpointManager:
         enable_async_checkpointing=async_save, create=True,
         cleanup_tmp_directories=True)
     self._mgr = ocp.CheckpointManager(
-        self.directory, options=options, item_names=(STATE, DATA, META),
-        item_handlers={STATE: array_tree_handler()})
+        self.directory, options=options,
+        item_names=(STATE, DATA, META, DATA_ITERATOR),
+        item_handlers={STATE: array_tree_handler(),
+                       DATA_ITERATOR: data_checkpoint.IteratorStatesHandler()})
 
   def latest_step(self) -> Optional[int]:
     return self._mgr.latest_step()
@@ -147,8 +155,13 @@ class CheckpointManager:
     return list(self._mgr.all_steps())
 
   def save(self, step: int, state: Any, data_position: Mapping[str, Any],
-           meta: Mapping[str, Any], *, force: bool = False) -> bool:
-    """Starts a save when `step` is on the period (or `force`); returns whether."""
+           meta: Mapping[str, Any], *, force: bool = False,
+           data_iterator_states: Optional[Mapping[int, bytes]] = None) -> bool:
+    """Starts a save when `step` is on the period (or `force`); returns whether.
+
+    `data_iterator_states`: this process's input shards' iterator states
+    (`DataIterator.iterator_states()`), or None when there are none.
+    """
     if not force and step % self.save_period:
       return False
     if step in self._mgr.all_steps():
@@ -158,6 +171,9 @@ class CheckpointManager:
             flax.serialization.to_state_dict(state))),
         DATA: ocp.args.JsonSave(dict(data_position)),
         META: ocp.args.JsonSave(dict(meta)),
+        **({} if data_iterator_states is None else {
+            DATA_ITERATOR: data_checkpoint.IteratorStatesSave(
+                dict(data_iterator_states))}),
     })
     saved = self._mgr.save(int(step), args=args, force=True)
     if saved:
@@ -167,6 +183,9 @@ class CheckpointManager:
   def restore(self, abstract_state: Any, step: Optional[int] = None
               ) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """(state, data position, meta) of `step` (default: the latest).
+
+    The position names the step's directory of input iterator states, when it
+    has one (under `data_checkpoint.ITERATOR_STATE_DIR`).
 
     `abstract_state` is the state's structure with `jax.ShapeDtypeStruct` leaves
     carrying the target shardings (or real arrays, whose shardings are used).
@@ -188,7 +207,11 @@ class CheckpointManager:
     }))
     state = flax.serialization.from_state_dict(
         target, _restore_empty(restored[STATE]))
-    return state, dict(restored[DATA] or {}), dict(restored[META] or {})
+    position = dict(restored[DATA] or {})
+    states = os.path.join(self.directory, str(step), DATA_ITERATOR)
+    if os.path.isdir(states):
+      position[data_checkpoint.ITERATOR_STATE_DIR] = states
+    return state, position, dict(restored[META] or {})
 
   def restore_latest(self, abstract_state: Any
                      ) -> Optional[tuple[int, Any, dict[str, Any], dict[str, Any]]]:

@@ -138,6 +138,7 @@ def train(*, model: Any, model_dir: str, mixture_or_task_name: str,
           eval_period: int = 0,
           eval_kwargs: Optional[Mapping[str, Any]] = None,
           handle_signals: bool = True,
+          reset_data_position: bool = False,
           prng_impl: str = ts_lib.DEFAULT_DROPOUT_PRNG) -> TrainResult:
   """Trains `model` on a SeqIO mixture until `train_steps`; resumes from `model_dir`.
 
@@ -163,6 +164,11 @@ def train(*, model: Any, model_dir: str, mixture_or_task_name: str,
   (`train_state.DEFAULT_DROPOUT_PRNG` says why); "threefry2x32" is JAX's
   default. Initialization always uses threefry, so the choice changes the
   dropout masks only.
+
+  A resume continues the input where the checkpoint left it (from the saved
+  tf.data iterator states: `data_iterator` says how and when it falls back
+  to skipping); a checkpoint of another input stream is refused, naming what
+  changed. `reset_data_position` starts the input afresh instead (logged).
   """
   _register_tasks(register_fns)
   if cache_dirs:  # where seqio looks for offline caches (tools/tokenize_images.py)
@@ -184,7 +190,7 @@ def train(*, model: Any, model_dir: str, mixture_or_task_name: str,
     feature_converter = fc_lib.for_model(model, "train")
   data = _input(mixture_or_task_name, task_feature_lengths, batch_size, split,
                 shuffle, seed if data_seed is None else data_seed, use_cached,
-                num_input_shards, feature_converter)
+                num_input_shards, feature_converter, reset_data_position)
 
   init_fn, shardings, abstract = _state_layout(model, optimizer, data,
                                                partitioner)
@@ -242,13 +248,15 @@ def _start_run_dir(model_dir: str) -> None:
 def _input(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
            batch_size: int, split: str, shuffle: bool, seed: int,
            use_cached: bool, num_input_shards: Optional[int],
-           feature_converter: seqio.FeatureConverter) -> data_lib.DataIterator:
+           feature_converter: seqio.FeatureConverter,
+           reset_position: bool) -> data_lib.DataIterator:
   config = data_lib.DataConfig(
       mixture_or_task_name=mixture_or_task_name,
       task_feature_lengths=dict(task_feature_lengths), batch_size=batch_size,
       split=split, shuffle=shuffle, seed=seed, use_cached=use_cached,
       num_shards=num_input_shards)
-  return data_lib.DataIterator(config, feature_converter)
+  return data_lib.DataIterator(config, feature_converter,
+                               reset_position=reset_position)
 
 
 # ---- model and optimizer ---------------------------------------------------------
@@ -476,7 +484,8 @@ class _Loop:
     if force or self.step % self.checkpoint_period == 0:
       log.flush(self.last_good)  # never save a state after a non-finite loss
       if self.ckpts.save(self.step, self.state, self.data.position(), self.meta,
-                         force=force):
+                         force=force,
+                         data_iterator_states=self.data.iterator_states()):
         self.last_good = self.step
 
   def _evaluate(self, log: MetricsLog) -> None:
