@@ -40,6 +40,8 @@ METADATA_FILE = run_dir.CONVERSION
 PARAMS = "params"
 BATCH_STATS = "batch_stats"
 COLLECTIONS = (PARAMS, BATCH_STATS)
+# The shared token embedding (padded to `OFAConfig.padded_vocab_size` rows).
+EMBEDDING_PATH = ("embed_tokens",)
 
 Path = tuple[str, ...]
 
@@ -197,6 +199,7 @@ def convert_state_dict(
     *,
     target: Optional[Mapping[str, Any]] = None,
     ignore_patterns: Iterable[str] = (),
+    vocab_size: Optional[int] = None,
 ) -> tuple[dict[str, Any], str]:
   """A PyTorch OFA state dict -> ``({"params", "batch_stats"}, naming)``.
 
@@ -209,6 +212,11 @@ def convert_state_dict(
       instead, e.g. from ``model.init``.
     ignore_patterns: regexes of further keys to drop on purpose (e.g.
       ``r"^classification_heads\\."``).
+    vocab_size: the checkpoint's vocabulary size (default: ``config.vocab_size``).
+      When the target's shared embedding has more rows (the padding of
+      ``OFAConfig.vocab_pad_multiple``) and the checkpoint has exactly this many,
+      the extra rows are zeros: OFA's weights are kept as they are, the padding
+      ids are never read, and the model masks their logits.
 
   Returns the variables as contiguous numpy arrays in the target's dtypes and
   the detected naming ('fairseq' or 'hf'). Raises ConversionError listing every
@@ -218,6 +226,8 @@ def convert_state_dict(
     if config is None:
       raise ValueError("convert_state_dict: pass `config` or `target`")
     target = abstract_variables(config)
+  if vocab_size is None and config is not None:
+    vocab_size = config.vocab_size
   target = _unbox(dict(target))
   source = names.canonicalize(state_dict, ignore_patterns)
   canonical, naming = source.arrays, source.naming
@@ -241,6 +251,8 @@ def convert_state_dict(
         continue
       used.add(key)
       value = _to_flax_layout(canonical[key], path[-1])
+      if collection == PARAMS and path == EMBEDDING_PATH:
+        value = _pad_embedding(value, tuple(leaf.shape), vocab_size)
       if tuple(value.shape) != tuple(leaf.shape):
         problems.append(
             f"shape mismatch for {source.source_key(key)!r}: checkpoint "
@@ -262,18 +274,43 @@ def convert_state_dict(
   return _unflatten(out), naming
 
 
+def _pad_embedding(value: np.ndarray, shape: tuple[int, ...],
+                   vocab_size: Optional[int]) -> np.ndarray:
+  """The checkpoint's [vocab_size, d] embedding with zero rows up to `shape`.
+
+  Only a checkpoint of exactly `vocab_size` rows is padded, so that a
+  checkpoint of another vocabulary still fails with a shape mismatch.
+  """
+  rows = value.shape[0]
+  if (vocab_size is None or value.ndim != 2 or len(shape) != 2
+      or rows != vocab_size or shape[0] <= rows or shape[1] != value.shape[1]):
+    return value
+  return np.concatenate(
+      [value, np.zeros((shape[0] - rows, value.shape[1]), value.dtype)])
+
+
 def to_state_dict(variables: Mapping[str, Any], naming: str = names.HF,
-                  *, with_tied_aliases: bool = True) -> dict[str, np.ndarray]:
+                  *, with_tied_aliases: bool = True,
+                  vocab_size: Optional[int] = None) -> dict[str, np.ndarray]:
   """The reverse map: ofa_jax variables -> a PyTorch state dict (numpy).
 
   Buffers that OFA recomputes (``IGNORED_BUFFERS``) are not produced.
+  vocab_size: keep only this many rows of the shared embedding (drops the
+  padding rows of ``OFAConfig.vocab_pad_multiple``, giving OFA's shape).
   """
   variables = _unbox(dict(variables))
   canonical = {}
   for collection in COLLECTIONS:
     for path, value in _flatten(variables.get(collection, {})).items():
       key = flax_path_to_torch_key(collection, path)
-      canonical[key] = _to_torch_layout(np.asarray(value), path[-1])
+      value = np.asarray(value)
+      if (collection == PARAMS and path == EMBEDDING_PATH
+          and vocab_size is not None):
+        if not 0 < vocab_size <= value.shape[0]:
+          raise ValueError(f"to_state_dict: vocab_size={vocab_size} but the "
+                           f"embedding has {value.shape[0]} rows")
+        value = value[:vocab_size]
+      canonical[key] = _to_torch_layout(value, path[-1])
   return names.to_naming(canonical, naming, with_tied_aliases=with_tied_aliases)
 
 

@@ -65,7 +65,8 @@ class _LazyClassAttr:
 # ---------------------------------------------------------------------------
 def token_losses(logits: Array, targets: Array, kinds: Optional[Array], *,
                  kind_ranges: np.ndarray, label_smoothing: float,
-                 constrain_by_kind: bool) -> dict[str, Array]:
+                 constrain_by_kind: bool,
+                 num_ids: Optional[int] = None) -> dict[str, Array]:
   """Per-token label-smoothed cross entropy over the allowed ids (OFA's loss).
 
   The allowed set of a target token is the union of the id ranges of its
@@ -77,12 +78,20 @@ def token_losses(logits: Array, targets: Array, kinds: Optional[Array], *,
     loss = (1 - eps - eps_i) * nll + eps_i * sum_{allowed} -log p,
     eps_i = eps / (|allowed| - 1).
 
+  num_ids: the vocabulary's size when the logits are wider (the embedding's
+  padding rows, `OFAConfig.vocab_pad_multiple`): ids from num_ids on are never
+  allowed, so no smoothing mass goes to them whatever `constrain_by_kind`.
+
   Returns float32 [B, L] `loss`, `nll` and bool [B, L] `correct` (argmax over
   the allowed ids equals the target).
   """
   logits = logits.astype(jnp.float32)
-  vocab = logits.shape[-1]
-  ids = jnp.arange(vocab, dtype=jnp.int32)
+  width = logits.shape[-1]
+  vocab = width if num_ids is None else int(num_ids)
+  if not 0 < vocab <= width:
+    raise ValueError(f"token_losses: num_ids={num_ids} must be in [1, "
+                     f"{width}] (the logits' width)")
+  ids = jnp.arange(width, dtype=jnp.int32)
   targets = targets.astype(jnp.int32)
   if constrain_by_kind:
     if kinds is None:
@@ -92,14 +101,19 @@ def token_losses(logits: Array, targets: Array, kinds: Optional[Array], *,
     rng = table[jnp.clip(kinds, 0, table.shape[0] - 1)]  # [B, L, R, 2]
     lo, hi = rng[..., 0], rng[..., 1]  # [B, L, R]
     in_range = jnp.zeros(logits.shape, jnp.bool_)
+    hi = jnp.minimum(hi, vocab)
     for r in range(table.shape[1]):  # R is 1 or 2: no [B, L, R, V] temporary
       in_range |= (ids >= lo[..., r:r + 1]) & (ids < hi[..., r:r + 1])
     allowed = in_range | (ids == targets[..., None])
     # The ranges of a kind are disjoint, so their sizes add up.
     target_inside = jnp.any((targets[..., None] >= lo) & (targets[..., None] < hi),
                             axis=-1)
-    num_allowed = (jnp.sum(jnp.maximum(jnp.minimum(hi, vocab) - lo, 0), axis=-1)
+    num_allowed = (jnp.sum(jnp.maximum(hi - lo, 0), axis=-1)
                    + (~target_inside).astype(jnp.int32))
+    logits = jnp.where(allowed, logits, -jnp.inf)
+  elif vocab < width:
+    allowed = jnp.broadcast_to(ids < vocab, logits.shape)
+    num_allowed = jnp.full(targets.shape, vocab, jnp.int32)
     logits = jnp.where(allowed, logits, -jnp.inf)
   else:
     allowed = None
@@ -314,7 +328,8 @@ class OFAModel:
     per_tok = token_losses(logits, targets, batch.get(F.DECODER_TARGET_KINDS),
                            kind_ranges=self.kind_ranges,
                            label_smoothing=label_smoothing,
-                           constrain_by_kind=constrain_by_kind)
+                           constrain_by_kind=constrain_by_kind,
+                           num_ids=self.config.vocab_size)
     on = weights > 0
     # where(): a -inf nll at a weight-0 position must not make a NaN.
     loss_sum = jnp.sum(jnp.where(on, per_tok["loss"] * weights, 0.0), axis=1)
@@ -361,7 +376,8 @@ class OFAModel:
     per_tok = token_losses(logits, batch[F.DECODER_TARGET_TOKENS],
                            batch.get(F.DECODER_TARGET_KINDS),
                            kind_ranges=self.kind_ranges, label_smoothing=0.0,
-                           constrain_by_kind=constrain_by_kind)
+                           constrain_by_kind=constrain_by_kind,
+                           num_ids=self.config.vocab_size)
     return -jnp.sum(jnp.where(weights > 0, per_tok["nll"] * weights, 0.0), axis=1)
 
   # ---- prediction ----------------------------------------------------------

@@ -8,7 +8,10 @@ just a rule table mapping logical names to the mesh axes ``('data', 'model')``:
 * FSDP: as data parallel, plus the ``embed`` dimension of parameters (and so of the
   optimizer state) split over ``data``, so every device holds 1/N of the weights;
 * tensor (model) parallel: ``mlp``, ``heads``, ``joined_kv`` and ``vocab`` split over
-  ``model`` (sized by ``num_partitions``).
+  ``model`` (sized by ``num_partitions``). Activations follow: the FFN's hidden
+  units, the attention's queries, keys, values and scores (``heads``, see
+  ``model/layers.py``) and the logits (``vocab``, padded to a multiple of
+  ``OFAConfig.vocab_pad_multiple`` so that it divides).
 
 Tables are tuples built fresh by a function, never module-level lists that a caller
 could mutate (UIO2's pitfall); projects extend them through ``additional_rules``,
@@ -43,7 +46,7 @@ Rules = tuple[Rule, ...]
 # add the axes of their own activations (`replicated_axes` of their classes).
 _REPLICATED_AXES = ("length", "kv", "relpos_buckets", "abspos_buckets", "layers",
                     "stack", "channels", "conv_height", "conv_width", "norm",
-                    "type")
+                    "type", "head_dim", "kv_length")
 
 
 def _replicated_axes() -> tuple[str, ...]:

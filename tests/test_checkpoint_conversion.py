@@ -180,6 +180,14 @@ def _assert_trees_equal(a, b):
                                   err_msg=str(path))
 
 
+def _padded(variables, rows):
+  """The variables with zero embedding rows up to `rows` (the tool's padding)."""
+  emb = variables["params"]["embed_tokens"]
+  pad = np.zeros((rows - emb.shape[0], emb.shape[1]), emb.dtype)
+  params = {**variables["params"], "embed_tokens": np.concatenate([emb, pad])}
+  return {**variables, "params": params}
+
+
 def test_every_variable_has_a_distinct_torch_key(demo):
   _, abstract, _ = demo
   sd = cc.to_state_dict(abstract, names.HF, with_tied_aliases=False)
@@ -359,7 +367,8 @@ def test_tool_converts_a_fairseq_pt_file(demo, tmp_path):
   rc = tool.main([str(pt), str(out), "--size", "demo", "--override",
                   "vocab_size=64", "--vocab_dir", str(vocab)])
   assert rc == 0
-  _assert_trees_equal(cc.load_converted(str(out)), variables)
+  # The tool pads the embedding to 128 rows (zeros); OFA's 64 rows unchanged.
+  _assert_trees_equal(cc.load_converted(str(out)), _padded(variables, 128))
   meta = json.loads((out / cc.METADATA_FILE).read_text())
   assert meta["config_name"] == "demo"
   assert meta["config_overrides"] == {"vocab_size": 64}
@@ -447,9 +456,12 @@ def test_generalist_loads_a_converted_checkpoint_without_arguments(tmp_path):
   moved = tmp_path / "elsewhere"
   os.rename(out, moved)
   generalist = api.Generalist.load(str(moved))
-  assert generalist.model.config == config
+  # The tool pads the embedding as gin runs do (config_lib's default multiple).
+  padding = config_lib.DEFAULT_VOCAB_PAD_MULTIPLE
+  padded = config.replace(vocab_pad_multiple=padding)
+  assert generalist.model.config == padded
   assert isinstance(generalist.vocabulary.text_tokenizer, bpe.GPT2BPETokenizer)
   assert generalist.vocabulary.vocab_size == vocab.vocab_size
   _assert_trees_equal(
       {c: generalist._params[c] for c in cc.COLLECTIONS},  # pylint: disable=protected-access
-      variables)
+      _padded(variables, padded.padded_vocab_size))

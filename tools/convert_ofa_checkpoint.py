@@ -18,6 +18,11 @@ Writes a model directory (its layout is ``ofa_jax.run_dir``'s):
 arguments) and, with ``--vocab_dir``, OFA's BPE files (``encoder.json``,
 ``vocab.bpe``, ``dict.txt``) next to them.
 
+The shared embedding gets zero rows up to a multiple of 128 (as gin runs
+pad it: ``OFAConfig.vocab_pad_multiple``); OFA's rows are unchanged and the
+padding ids are never produced. ``--override vocab_pad_multiple=1`` keeps
+OFA's exact shape.
+
 Loading uses ``torch.load(weights_only=True)``. Released fairseq files also
 pickle their training arguments, which that refuses; pass ``--allow_pickle``
 only for files you trust (full unpickling runs code).
@@ -151,7 +156,12 @@ def write_model_dir(state_dict: Mapping[str, Any], out_dir: str, size: str, *,
   from ofa_jax.model import config as config_lib  # pylint: disable=g-import-not-at-top
   _refuse_to_overwrite(out_dir, force)
   overrides = dict(overrides or {})
-  config = config_lib.get_config(size, **overrides)
+  # Padded as a gin run's model is (gin/models/common.gin), so that training
+  # starts from the converted weights; `--override vocab_pad_multiple=1` keeps
+  # OFA's exact embedding shape.
+  config = config_lib.get_config(
+      size, **{"vocab_pad_multiple": config_lib.DEFAULT_VOCAB_PAD_MULTIPLE,
+               **overrides})
   variables, naming = cc.convert_state_dict(state_dict, config,
                                             ignore_patterns=ignore)
   metadata = {

@@ -17,6 +17,13 @@ from typing import Any
 import jax.numpy as jnp
 
 _DTYPES = ("float32", "bfloat16")
+# The names of `ofa_jax.model.remat`'s policies (listed here so that the config
+# validates without importing the model).
+REMAT_POLICIES = ("none", "full", "dots_saveable", "minimal")
+# The padding of gin runs (gin/models/common.gin `VOCAB_PAD_MULTIPLE`) and of
+# the OFA checkpoint converter: a multiple of 128 splits over up to 128 model
+# shards and keeps TPU lanes full. The dataclass default stays 1 (OFA's shapes).
+DEFAULT_VOCAB_PAD_MULTIPLE = 128
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +45,19 @@ class OFAConfig:
       weights come from a VQGAN directory (`OFAModel(target_head_dirs=...)`).
     dtype: compute dtype. Params stay float32; softmax, LayerNorm and logits are
       float32 whatever this is.
-    remat: rematerialize each transformer layer in the backward pass.
+    remat: rematerialize each transformer layer in the backward pass (the
+      same as remat_policy="full"; kept for configs written before the policies).
+    remat_policy: what the backward pass of each transformer layer recomputes
+      instead of keeping (`ofa_jax/model/remat.py`): "none" (keep everything),
+      "full" (keep only the layer's inputs), "dots_saveable" (keep every matmul
+      output) or "minimal" (keep only the weight matmuls' outputs, recompute the
+      attention scores and elementwise ops). Same numbers, other memory/time.
+    vocab_pad_multiple: the shared embedding (and so the logits) gets
+      `padded_vocab_size` rows, `vocab_size` rounded up to this multiple, so the
+      vocabulary axis splits over 2, 4, 8... model shards (OFA's 59457 ids split
+      over none). The padded ids are never read (no token has them) and never
+      produced: the decoder sets their logits to the float32 minimum. 1 = no
+      padding (OFA's exact shapes); gin's `VOCAB_PAD_MULTIPLE` sets 128.
     conv_formulation: how the ResNet's convolutions are computed
       (`ofa_jax/model/conv.py`): "auto" (1x1 as matmuls, the stem as im2col,
       3x3 as XLA convolutions: the fast backward on XLA:CPU) or "conv" (all
@@ -98,6 +117,8 @@ class OFAConfig:
   pad_id: int = 1
   dtype: str = "float32"
   remat: bool = False
+  remat_policy: str = "none"
+  vocab_pad_multiple: int = 1
   conv_formulation: str = "auto"
   use_dot_product_attention: bool = False
   encoder_adapters: tuple[str, ...] = ("images",)
@@ -126,6 +147,15 @@ class OFAConfig:
     if self.conv_formulation not in ("auto", "conv"):
       problems.append(f"conv_formulation={self.conv_formulation!r} (expected "
                       "'auto' or 'conv')")
+    if self.vocab_pad_multiple < 1:
+      problems.append(f"vocab_pad_multiple={self.vocab_pad_multiple} (need an "
+                      "int >= 1; 1 = no padding)")
+    if self.remat_policy not in REMAT_POLICIES:
+      problems.append(f"remat_policy={self.remat_policy!r} (expected one of "
+                      f"{REMAT_POLICIES})")
+    elif self.remat and self.remat_policy not in ("none", "full"):
+      problems.append(f"remat=True (= remat_policy 'full') contradicts "
+                      f"remat_policy={self.remat_policy!r}; set only remat_policy")
     if self.vocab_size <= self.pad_id:
       problems.append(f"vocab_size={self.vocab_size} <= pad_id={self.pad_id}")
     for name in ("dropout", "attention_dropout", "activation_dropout",
@@ -140,6 +170,19 @@ class OFAConfig:
     object.__setattr__(self, "resnet_layers", tuple(self.resnet_layers))
     object.__setattr__(self, "encoder_adapters", tuple(self.encoder_adapters))
     object.__setattr__(self, "target_heads", tuple(self.target_heads))
+
+  @property
+  def padded_vocab_size(self) -> int:
+    """Rows of the shared embedding: vocab_size up to a multiple of vocab_pad_multiple."""
+    m = self.vocab_pad_multiple
+    return -(-self.vocab_size // m) * m
+
+  @property
+  def layer_remat_policy(self) -> str:
+    """The remat policy in force ("full" when only the older `remat` is set)."""
+    if self.remat and self.remat_policy == "none":
+      return "full"
+    return self.remat_policy
 
   @property
   def head_dim(self) -> int:

@@ -37,14 +37,35 @@ import jax.numpy as jnp
 
 from ofa_jax.model import layers
 from ofa_jax.model import position
+from ofa_jax.model import remat
 from ofa_jax.model.config import OFAConfig
 from ofa_jax.model.encoder import EncoderOutput, drop_path_rates
 
 Array = jax.Array
 
 
+def mask_padded_ids(logits: Array, vocab_size: int) -> Array:
+  """Logits [..., V_padded] with the ids >= vocab_size at the float32 minimum.
+
+  The embedding's padding rows (`OFAConfig.vocab_pad_multiple`) exist only so
+  that the vocabulary axis splits evenly over model shards; with their logits
+  at the minimum, argmax, beam search, sampling and scoring never pick them and
+  their softmax probability is exactly 0 (the loss also leaves them out of its
+  label smoothing: `models.token_losses`). Elementwise, so a vocab-sharded
+  logits array stays sharded.
+  """
+  if logits.shape[-1] == vocab_size:
+    return logits
+  ids = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+  return jnp.where(ids < vocab_size, logits, jnp.finfo(jnp.float32).min)
+
+
 class OFADecoder(nn.Module):
-  """Causal decoder over the shared embedding; returns float32 logits [B, Lq, V]."""
+  """Causal decoder over the shared embedding; returns float32 logits [B, Lq, V].
+
+  V is the embedding's row count, `config.padded_vocab_size`; the padding ids'
+  logits are the float32 minimum (`mask_padded_ids`).
+  """
 
   config: OFAConfig
 
@@ -64,9 +85,8 @@ class OFADecoder(nn.Module):
     self.self_pos_k_linear = layers.dense(cfg, cfg.d_model, axes)
     self.cross_pos_q_linear = layers.dense(cfg, cfg.d_model, axes)
     self.cross_pos_k_linear = layers.dense(cfg, cfg.d_model, axes)
-    layer_cls = layers.DecoderLayer
-    if cfg.remat:
-      layer_cls = nn.remat(layer_cls, static_argnums=(8, 9))
+    layer_cls = remat.wrap_layer(layers.DecoderLayer, cfg.layer_remat_policy,
+                                 static_argnums=(8, 9))
     self.layers = [layer_cls(cfg, drop_path_rate=r) for r in
                    drop_path_rates(cfg.decoder_drop_path_rate,
                                    cfg.decoder_layers)]
@@ -223,6 +243,7 @@ class OFADecoder(nn.Module):
     x = layers.apply_ln(self.layer_norm, x, dtype)
     logits = jnp.einsum("bld,vd->blv", x, embedding.astype(dtype),
                         preferred_element_type=jnp.float32)
+    logits = mask_padded_ids(logits, cfg.vocab_size)
     if cached:
       index_var.value = step + 1
     return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))

@@ -35,6 +35,7 @@ from ofa_jax.model import adapters as adapters_lib
 from ofa_jax.model import layers
 from ofa_jax.model import layout
 from ofa_jax.model import position
+from ofa_jax.model import remat
 from ofa_jax.model.config import OFAConfig
 
 Array = jax.Array
@@ -181,9 +182,8 @@ class OFAEncoder(nn.Module):
     if segments is not None:
       mask = mask & (segments[:, None, :, None] == segments[:, None, None, :])
 
-    layer_cls = layers.EncoderLayer
-    if cfg.remat:
-      layer_cls = nn.remat(layer_cls, static_argnums=(5,))
+    layer_cls = remat.wrap_layer(layers.EncoderLayer, cfg.layer_remat_policy,
+                                 static_argnums=(5,))
     for i, rate in enumerate(drop_path_rates(cfg.encoder_drop_path_rate,
                                              cfg.encoder_layers)):
       x = layer_cls(cfg, drop_path_rate=rate, name=f"layers_{i}")(

@@ -120,6 +120,24 @@ def ordered_grid_init(std: float, grid: int):
   return init
 
 
+# Logical axes of the attention internals. Heads split over the `model` mesh
+# axis (partitioning.py), as the q/k/v kernels' `joined_kv` output does, so a
+# model-parallel layer computes its own heads' scores without gathering; the
+# batch stays split over `data`.
+HEADS_AXES = ("batch", "heads", "length", "head_dim")   # q, k, v [B, H, L, hd]
+SCORES_AXES = ("batch", "heads", "length", "kv_length")  # [B, H, Lq, Lk]
+
+
+def constrain_heads(x: Array) -> Array:
+  """Pins q/k/v [B, H, L, hd] to the heads layout (a no-op without a mesh)."""
+  return nn.with_logical_constraint(x, HEADS_AXES)
+
+
+def constrain_scores(x: Array) -> Array:
+  """Pins attention scores / probabilities [B, H, Lq, Lk] likewise."""
+  return nn.with_logical_constraint(x, SCORES_AXES)
+
+
 def split_heads(config: OFAConfig, x: Array) -> Array:
   """[B, L, d] -> [B, H, L, head_dim]."""
   b, l, _ = x.shape
@@ -222,9 +240,9 @@ class Attention(nn.Module):
     cfg = self.config
     dtype = cfg.compute_dtype
     b, lq, _ = x.shape
-    q = split_heads(cfg, self.q_proj(x))
-    k = k.astype(dtype)
-    v = v.astype(dtype)
+    q = constrain_heads(split_heads(cfg, self.q_proj(x)))
+    k = constrain_heads(k.astype(dtype))
+    v = constrain_heads(v.astype(dtype))
     use_dpa = cfg.use_dot_product_attention and (
         deterministic or cfg.attention_dropout == 0.0)
     if use_dpa:
@@ -236,11 +254,12 @@ class Attention(nn.Module):
     else:
       logits = jnp.einsum("bhqd,bhkd->bhqk", q * jnp.asarray(cfg.scaling, dtype),
                           k, preferred_element_type=jnp.float32)
-      logits = jnp.where(mask, logits + bias, _NEG)
+      logits = constrain_scores(jnp.where(mask, logits + bias, _NEG))
       probs = jax.nn.softmax(logits, axis=-1)
-      probs = self.attn_dropout(probs, deterministic=deterministic)
+      probs = constrain_scores(
+          self.attn_dropout(probs, deterministic=deterministic))
       out = jnp.einsum("bhqk,bhkd->bhqd", probs.astype(dtype), v)
-    out = out * self.c_attn.astype(dtype)[None, :, None, None]
+    out = constrain_heads(out) * self.c_attn.astype(dtype)[None, :, None, None]
     out = out.transpose(0, 2, 1, 3).reshape(b, lq, cfg.d_model)
     return self.out_proj(out)
 

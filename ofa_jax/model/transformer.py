@@ -3,7 +3,8 @@
 Variables:
   params/embed_tokens [V, d]   the one matrix shared by encoder input, decoder
                                input and output projection (OFA's
-                               `encoder.embed_tokens.weight`; axes vocab, embed)
+                               `encoder.embed_tokens.weight`; axes vocab, embed);
+                               V = config.padded_vocab_size (zero padding rows)
   params/encoder/..., params/decoder/...  (see encoder.py, decoder.py)
   batch_stats/encoder/images/embed_images/...  ResNet BatchNorm statistics
   cache/decoder/...            only for cached decoding (see decoder.py)
@@ -40,15 +41,21 @@ Array = jax.Array
 DECODER_CODE_MASK = "decoder_code_mask"
 
 
-def _embed_init(pad_id: int, std: float, ordered_bins: int = 0):
+def _embed_init(pad_id: int, std: float, vocab_size: int,
+                ordered_bins: int = 0):
   """Normal rows, the pad row zeroed (as OFA); with ordered_bins > 0 the last
-  `ordered_bins` rows (the <bin_k>) are smooth in k (`OFAConfig.ordered_init`)."""
+  `ordered_bins` ids of the vocabulary (the <bin_k>) are smooth in k
+  (`OFAConfig.ordered_init`). Rows from `vocab_size` on (the padding of
+  `OFAConfig.vocab_pad_multiple`) are zeros: no id reads them, and a converted
+  OFA checkpoint has zeros there too."""
   def init(key, shape, dtype=jnp.float32):
     k_normal, k_bins = jax.random.split(key)
     table = std * jax.random.normal(k_normal, shape, dtype)
     if ordered_bins:
       bins = layers.ordered_rows(k_bins, ordered_bins, shape[1], std)
-      table = table.at[shape[0] - ordered_bins:].set(bins.astype(dtype))
+      table = table.at[vocab_size - ordered_bins:vocab_size].set(
+          bins.astype(dtype))
+    table = table.at[vocab_size:].set(0.0)
     return table.at[pad_id].set(0.0)  # OFA zeroes the pad row
   return init
 
@@ -76,10 +83,10 @@ class OFATransformer(nn.Module):
     cfg = self.config
     self.embed_tokens = self.param(
         "embed_tokens",
-        layers.partitioned(_embed_init(cfg.pad_id, cfg.init_std,
+        layers.partitioned(_embed_init(cfg.pad_id, cfg.init_std, cfg.vocab_size,
                                        cfg.num_bins if cfg.ordered_init else 0),
                            ("vocab", "embed")),
-        (cfg.vocab_size, cfg.d_model), jnp.float32)
+        (cfg.padded_vocab_size, cfg.d_model), jnp.float32)
     self.encoder = OFAEncoder(cfg)
     self.decoder = OFADecoder(cfg)
 
