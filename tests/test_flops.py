@@ -107,16 +107,16 @@ def test_forward_count_matches_xla(num_images):
 
 
 def test_quick_benchmark_turns_backend_optimizations_off_unless_told():
-  from tools import benchmark  # pylint: disable=g-import-not-at-top
+  from tools import bench_args  # pylint: disable=g-import-not-at-top
   env = {}
-  benchmark.use_quick_compiler_flags(env)
-  assert env == {"XLA_FLAGS": benchmark.QUICK_XLA_FLAG}
+  bench_args.use_quick_compiler_flags(env)
+  assert env == {"XLA_FLAGS": bench_args.QUICK_XLA_FLAG}
   env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-  benchmark.use_quick_compiler_flags(env)
+  bench_args.use_quick_compiler_flags(env)
   assert env["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=8",
-                                      benchmark.QUICK_XLA_FLAG]
+                                      bench_args.QUICK_XLA_FLAG]
   chosen = {"XLA_FLAGS": "--xla_backend_optimization_level=2"}
-  benchmark.use_quick_compiler_flags(chosen)
+  bench_args.use_quick_compiler_flags(chosen)
   assert chosen == {"XLA_FLAGS": "--xla_backend_optimization_level=2"}
 
 
