@@ -206,7 +206,7 @@ def test_demo_main_end_to_end(tmp_path):
          "--eval_batch_size=2", "--backbone_steps=2", "--backbone_batch_size=2",
          "--tokenizer_steps=2", "--tokenizer_images=16", "--cache_examples=8"]
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
-                        timeout=1500, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+                        timeout=2400, env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert proc.returncode == 0, proc.stderr[-4000:]
   report = (out / "report.md").read_text()
   for name, _, _ in demo.INSTRUCTIONS:  # every task has its row
