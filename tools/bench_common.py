@@ -146,3 +146,47 @@ def random_variables(config: config_lib.OFAConfig,
 def nbytes(tree: Any) -> int:
   return int(sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize
                  for x in jax.tree.leaves(tree)))
+
+
+def compile_abstract_train_step(model: Any, tx: Any, part: Any, abstract: Any,
+                                state_shardings: Any,
+                                batch: Mapping[str, np.ndarray]
+                                ) -> dict[str, Any]:
+  """Lowers and compiles the trainer's step on abstract arguments (nothing is
+  materialized) and returns the timings and XLA's memory analysis.
+
+  Shared by the memory section (`bench_memory.py`) and
+  `compile_at_scale.py`: both ask what one train step needs per device under
+  a layout. Shardings as the trainer's: the state donated, the batch over
+  `data`, metrics and per-example aux replicated.
+  """
+  from ofa_jax import train_state as ts  # pylint: disable=g-import-not-at-top
+  batch_abs = {k: jax.ShapeDtypeStruct(v.shape, v.dtype,
+                                       sharding=part.data_sharding)
+               for k, v in batch.items()}
+  state_abs = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      abstract, state_shardings)
+  rng_abs = jax.ShapeDtypeStruct((), jax.random.key(0).dtype,
+                                 sharding=part.replicated)
+  jitted = part.jit(ts.make_train_step(model, tx),
+                    in_shardings=(state_shardings,
+                                  part.batch_shardings(batch_abs),
+                                  part.replicated),
+                    out_shardings=(state_shardings, part.replicated,
+                                   part.replicated),
+                    donate_argnums=(0,))
+  out: dict[str, Any] = {}
+  t0 = time.perf_counter()
+  lowered = jitted.lower(state_abs, batch_abs, rng_abs)
+  out["lower_s"] = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  compiled = lowered.compile()
+  out["compile_s"] = time.perf_counter() - t0
+  mem = compiled.memory_analysis()
+  for key in ("argument_size_in_bytes", "output_size_in_bytes",
+              "alias_size_in_bytes", "temp_size_in_bytes",
+              "generated_code_size_in_bytes"):
+    out["executable_" + key] = int(getattr(mem, key, 0) or 0)
+  out["activation_bytes_per_device"] = out["executable_temp_size_in_bytes"]
+  return out

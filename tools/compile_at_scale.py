@@ -31,7 +31,6 @@ import ast
 import json
 import os
 import sys
-import time
 from typing import Any, Mapping, Optional, Sequence
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -148,31 +147,11 @@ def measure(preset: str, data: int, model: int, *, fsdp: bool = False,
                                    text_length=text_length,
                                    decoder_length=decoder_length,
                                    image_size=image_size)
-  batch_abs = {k: jax.ShapeDtypeStruct(v.shape, v.dtype,
-                                       sharding=part.data_sharding)
-               for k, v in batch.items()}
-  state_abs = jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      abstract, state_sh)
-  rng_abs = jax.ShapeDtypeStruct((), jax.random.key(0).dtype,
-                                 sharding=part.replicated)
-  step = ts.make_train_step(OFAModel(cfg), tx)
-  jitted = part.jit(step, in_shardings=(state_sh, part.batch_shardings(batch_abs),
-                                        part.replicated),
-                    out_shardings=(state_sh, part.replicated, part.replicated),
-                    donate_argnums=(0,))
-  t0 = time.perf_counter()
-  lowered = jitted.lower(state_abs, batch_abs, rng_abs)
-  out["lower_s"] = round(time.perf_counter() - t0, 1)
-  t0 = time.perf_counter()
-  compiled = lowered.compile()
-  out["compile_s"] = round(time.perf_counter() - t0, 1)
-  mem = compiled.memory_analysis()
-  for key in ("argument_size_in_bytes", "output_size_in_bytes",
-              "alias_size_in_bytes", "temp_size_in_bytes",
-              "generated_code_size_in_bytes"):
-    out["executable_" + key] = int(getattr(mem, key, 0) or 0)
-  out["activation_bytes_per_device"] = out["executable_temp_size_in_bytes"]
+  compiled = bench_common.compile_abstract_train_step(
+      OFAModel(cfg), tx, part, abstract, state_sh, batch)
+  compiled["lower_s"] = round(compiled["lower_s"], 1)
+  compiled["compile_s"] = round(compiled["compile_s"], 1)
+  out.update(compiled)
   out.update(batch_size=batch_size, text_length=text_length,
              decoder_length=decoder_length, image_size=image_size)
   return out
